@@ -1,0 +1,53 @@
+"""Dependencies: everything a route needs comes from ``app.state``, set once by ``create_app``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from kubecrawl.broker.base import Publisher
+from kubecrawl.core.settings import Settings
+from kubecrawl.store.crawls import CrawlStore
+from kubecrawl.store.pages import PageStore
+from kubecrawl.store.sites import SiteStore
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+def get_pages(request: Request) -> PageStore:
+    pages: PageStore = request.app.state.pages
+    return pages
+
+
+def get_request_id(request: Request) -> str:
+    request_id: str = request.scope["state"]["request_id"]
+    return request_id
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+PagesDep = Annotated[PageStore, Depends(get_pages)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+def get_sites(request: Request) -> SiteStore:
+    sites: SiteStore = request.app.state.sites
+    return sites
+
+
+def get_crawls(request: Request) -> CrawlStore:
+    crawls: CrawlStore = request.app.state.crawls
+    return crawls
+
+
+SitesDep = Annotated[SiteStore, Depends(get_sites)]
+CrawlsDep = Annotated[CrawlStore, Depends(get_crawls)]

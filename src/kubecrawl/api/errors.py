@@ -1,0 +1,85 @@
+"""The one place errors become HTTP answers: ``{"code": "snake_case", "detail": "…"}``.
+
+400 for bad input (never FastAPI's 422), 404/409 for missing or conflicting resources, 503 for a broker or
+database that cannot take the request now (clients should retry), 500 for bugs (logged with the traceback).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kubecrawl.core.errors import (
+    Conflict,
+    KubecrawlError,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
+from kubecrawl.core.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def error_body(code: str, detail: str) -> dict[str, str]:
+    return {"code": code, "detail": detail}
+
+
+def status_for(exc: KubecrawlError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, PermanentError):
+        return 400
+    if isinstance(exc, TransientError):
+        return 503
+    return 500
+
+
+def _retry_headers(exc: KubecrawlError) -> dict[str, str]:
+    # Tell clients and load balancers when to come back; a broker reconnect takes about a second.
+    return {"Retry-After": "1"} if isinstance(exc, TransientError) else {}
+
+
+async def _kubecrawl_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KubecrawlError)
+    return JSONResponse(error_body(exc.code, exc.detail), status_code=status_for(exc), headers=_retry_headers(exc))
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in exc.errors()
+    )
+    return JSONResponse(error_body("invalid_request", problems or "invalid request"), status_code=400)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+
+async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database_error", error=repr(exc))
+    return JSONResponse(
+        error_body("database_unavailable", "the database did not answer"),
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def unexpected_error_response() -> JSONResponse:
+    return JSONResponse(error_body("internal_error", "unexpected error; see the server log"), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(KubecrawlError, _kubecrawl_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(DBAPIError, _database_error)

@@ -1,0 +1,85 @@
+"""What the API and the worker need from a broker, independent of RabbitMQ.
+
+Two implementations: ``publishing.RabbitPublisher`` + ``consuming.RabbitConsumer`` (production) and
+``memory.MemoryBroker`` (the embedded default). The worker pipeline only sees ``Delivery``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class PublisherState(StrEnum):
+    DISCONNECTED = "DISCONNECTED"
+    CONNECTING = "CONNECTING"
+    CONNECTED = "CONNECTED"
+    CHANNEL_OPEN = "CHANNEL_OPEN"
+    CONFIRM_ENABLED = "CONFIRM_ENABLED"
+    QUEUE_DECLARED = "QUEUE_DECLARED"
+    READY = "READY"
+    RECONNECTING = "RECONNECTING"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+
+
+class Publisher(Protocol):
+    @property
+    def state(self) -> PublisherState: ...
+
+    async def start(self) -> None: ...
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, Any] | None = None,
+        log_context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish persistently and return once the broker confirmed it; raise a ``TransientError`` if not."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Delivery(Protocol):
+    """One received message; settle it exactly once."""
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+    @property
+    def redelivered(self) -> bool: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    async def ack(self) -> None: ...
+
+    async def reject(self, *, requeue: bool = False) -> None:
+        """Reject: back to the queue, or (``requeue=False``) to the queue's dead-letter exchange."""
+        ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer(Protocol):
+    async def start(self, handlers: Mapping[str, Handler]) -> None:
+        """Start consuming each queue in ``handlers``; returns once consumption has begun."""
+        ...
+
+    async def drain(self) -> None:
+        """Stop taking new messages and wait until every in-flight handler has returned."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,43 @@
+"""Prometheus metrics, all prefixed ``kubecrawl_`` (checked by ``promtool check metrics`` in the tests).
+
+Metrics live in the default registry: one process = one registry, which is what a scrape sees. Label values are
+bounded sets (routes are templates, outcomes and reasons are codes), never URLs or ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latency buckets in seconds: an enqueue answers in milliseconds, a page fetch in tenths to tens of seconds.
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FETCH = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+API_REQUESTS = Counter("kubecrawl_api_requests", "HTTP requests answered by the API.", ["method", "route", "status"])
+API_LATENCY = Histogram(
+    "kubecrawl_api_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["method", "route"],
+    buckets=_FAST,
+)
+PUBLISH_TOTAL = Counter("kubecrawl_publish", "Messages published to RabbitMQ by outcome.", ["queue", "outcome"])
+PUBLISH_LATENCY = Histogram(
+    "kubecrawl_publish_duration_seconds",
+    "Time from publish to broker confirm.",
+    ["queue"],
+    buckets=_FAST,
+)
+PUBLISHER_STATE = Gauge(
+    "kubecrawl_publisher_state", "1 for the publisher's current state, 0 for the others.", ["state"]
+)
+PUBLISHER_RECONNECTS = Counter("kubecrawl_publisher_reconnects", "Successful publisher reconnections.")
+WORKER_MESSAGES = Counter("kubecrawl_worker_messages", "Messages handled by workers by outcome.", ["queue", "outcome"])
+WORKER_IN_FLIGHT = Gauge("kubecrawl_worker_in_flight", "Messages being processed right now.", ["queue"])
+WORKER_RETRIES = Counter("kubecrawl_worker_retries", "Messages scheduled for a retry.", ["queue", "code"])
+WORKER_DEAD_LETTERS = Counter(
+    "kubecrawl_worker_dead_letters", "Messages dead-lettered with a reason.", ["queue", "code"]
+)
+FETCH_DURATION = Histogram(
+    "kubecrawl_fetch_duration_seconds", "Time to fetch a page (all redirect hops).", buckets=_FETCH
+)
+FETCH_BYTES = Counter("kubecrawl_fetch_response_bytes", "Response body bytes read by fetches.")
+CRAWL_PAGES = Counter("kubecrawl_crawl_pages", "Crawl pages finished by state.", ["state"])

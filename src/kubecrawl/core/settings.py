@@ -1,0 +1,98 @@
+"""Process settings, read once from the environment (prefix ``KUBECRAWL_``, nested with ``__``).
+
+Built in ``main()`` and passed down; never a module-level singleton. The names of the top-level fields are a
+public contract (Helm values and docs use them).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubecrawl.core.urls import TargetPolicy
+
+
+class PublisherSettings(BaseModel):
+    """Connection and confirm behaviour of the RabbitMQ publisher (seed 004 §1)."""
+
+    # 1 s doubling to 30 s, 10 attempts: about 3 minutes before a process gives up at start-up, long enough
+    # for a broker pod to be rescheduled, short enough for Kubernetes to see a crash loop.
+    initial_backoff_seconds: float = Field(default=1.0, gt=0)
+    max_backoff_seconds: float = Field(default=30.0, gt=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    max_connection_attempts: int = Field(default=10, ge=1)
+    # A confirm normally arrives in about a millisecond; 10 s means the broker is in trouble (disk alarm, flow).
+    confirm_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Shutdown waits this long for in-flight publishes before closing the channel anyway.
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class FetchSettings(BaseModel):
+    """How a worker fetches a page."""
+
+    timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Page source beyond this is not stored (and not downloaded): the record is flagged truncated.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_redirects: int = Field(default=10, ge=0, le=30)
+    user_agent: str = "kubecrawl/0.1 (+https://kubecrawl.io/bot)"
+    # Connections kept per process; 100 matches aiohttp's default connector limit.
+    max_connections: int = Field(default=100, ge=1)
+
+
+class RetrySettings(BaseModel):
+    """Retry policy for transient failures of a message."""
+
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    base_delay_seconds: float = Field(default=2.0, gt=0)
+    max_delay_seconds: float = Field(default=300.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a kubecrawl process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBECRAWL_", env_nested_delimiter="__", extra="ignore")
+
+    service_name: str = "kubecrawl"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./kubecrawl.db")
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    allow_private_targets: bool = False
+    # Private ranges a fetch may reach with the guard still on, e.g. '["10.20.0.0/16"]' for an intranet.
+    allowed_private_networks: list[IPv4Network | IPv6Network] = []
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+    metadata_queue_max_length: int = Field(default=1000, ge=1)
+    pages_queue_max_length: int = Field(default=100_000, ge=1)
+    prefetch_count: int = Field(default=16, ge=1, le=1000)
+    # Database connection pool per process.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_connect_attempts: int = Field(default=10, ge=1)
+
+    publisher: PublisherSettings = PublisherSettings()
+    fetch: FetchSettings = FetchSettings()
+    retry: RetrySettings = RetrySettings()
+
+    api_url: str = "http://127.0.0.1:8000"
+    pod_name: str | None = Field(default=None, validation_alias="POD_NAME")
+
+    def target_policy(self) -> TargetPolicy:
+        return TargetPolicy(self.allow_private_targets, tuple(self.allowed_private_networks))
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("database_url must be postgresql+asyncpg://… or sqlite+aiosqlite:///…")
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("rabbitmq_url must be amqp://… or amqps://…")
+        return value

@@ -1,0 +1,155 @@
+"""URL validation, normalisation and the private-network (SSRF) policy.
+
+``normalise_url`` is the one definition of "the same page": it keys ``page_metadata`` and the crawl frontier.
+``is_blocked_address`` is the one definition of an address a fetch must never reach, and ``TargetPolicy`` the
+one place it is relaxed (``KUBECRAWL_ALLOW_PRIVATE_TARGETS``, ``KUBECRAWL_ALLOWED_PRIVATE_NETWORKS``); the
+fetcher applies the policy to every resolved address of every hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from kubecrawl.core.errors import BlockedTarget, InvalidUrl
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Browsers and servers cap URLs around 8 KiB; anything longer is not a page address we want to key on.
+MAX_URL_LENGTH = 8192
+
+# Cloud metadata endpoints that are not covered by the generic private/link-local ranges.
+_METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+    }
+)
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def _split(url: str) -> SplitResult:
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidUrl("url must be a non-empty string", code="empty_url")
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidUrl(f"url longer than {MAX_URL_LENGTH} characters", code="invalid_url")
+    if any(ch in url for ch in ("\n", "\r", "\t", " ")):
+        raise InvalidUrl("url contains whitespace", code="invalid_url")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidUrl(f"malformed url: {exc}", code="invalid_url") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise InvalidUrl(f"scheme {parts.scheme!r} is not supported; use http or https", code="unsupported_scheme")
+    if not parts.hostname:
+        raise InvalidUrl("url has no host", code="invalid_url")
+    del port
+    return parts
+
+
+def _normal_host(hostname: str) -> str:
+    host = hostname.rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url") from exc
+    if not host or any(not label or len(label) > 63 for label in host.split(".")):
+        raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url")
+    return host
+
+
+def normalise_url(url: str) -> str:
+    """Return the canonical form of an http(s) URL or raise ``InvalidUrl``.
+
+    Lower-cases scheme and host, IDNA-encodes the host, drops default ports, the fragment and dot-segments,
+    and gives an empty path as ``/``. The query string is kept as sent: reordering it can change the page.
+    """
+    parts = _split(url)
+    scheme = parts.scheme.lower()
+    host = _normal_host(parts.hostname or "")
+    netloc = f"[{host}]" if ":" in host else host
+    port = parts.port
+    if port is not None and port != DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    if parts.username is not None:
+        userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
+        netloc = f"{userinfo}@{netloc}"
+    path = parts.path or "/"
+    trailing = path.endswith("/")
+    path = posixpath.normpath(path)
+    path = path.removeprefix("//")  # posixpath keeps a leading '//' by POSIX rules; URLs do not
+    if trailing and not path.endswith("/"):
+        path += "/"
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
+def url_host(url: str) -> str:
+    """The normalised host of a URL (no port)."""
+    return _normal_host(_split(url).hostname or "")
+
+
+def is_blocked_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for addresses a fetch must not reach: private, loopback, link-local, metadata, reserved."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or ip in _METADATA_ADDRESSES
+        or (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT)
+    )
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    """Which addresses a fetch may reach.
+
+    ``allow_private`` lifts the guard entirely (tests, laptops); ``allowed_networks`` opens chosen private
+    ranges (an intranet site) while every other blocked address stays refused.
+    """
+
+    allow_private: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+    def refuses(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if self.allow_private:
+            return False
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        if any(ip in network for network in self.allowed_networks):
+            return False
+        return is_blocked_address(ip)
+
+    def check_literal(self, url: str) -> None:
+        """Refuse a URL whose host is an IP literal (or ``localhost``) this policy refuses.
+
+        Host names are checked after DNS resolution by the fetcher; this catches what needs no resolution,
+        so the API can answer 400 at once.
+        """
+        if self.allow_private:
+            return
+        host = url_host(url)
+        if host == "localhost" or host.endswith(".localhost"):
+            raise BlockedTarget(f"target {host} is a loopback name")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if self.refuses(ip):
+            raise BlockedTarget(f"target address {ip} is private, loopback, link-local or reserved")

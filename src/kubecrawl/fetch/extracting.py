@@ -1,0 +1,171 @@
+"""Page metadata extraction (pure): bytes + content type → title, description, links, OpenGraph, …
+
+HTML is parsed with selectolax's lexbor backend (``selectolax.lexbor``; the old ``selectolax.parser`` module is
+gone in selectolax 1.x). The text encoding is chosen the way browsers do, in this order: a byte-order mark, the
+``charset`` of the Content-Type header, a ``<meta charset>`` / ``http-equiv`` declaration near the top of the
+document, then UTF-8 — and if the bytes are not valid UTF-8, windows-1252 (the web's historical default). An
+unknown charset label is ignored rather than trusted. The first of duplicated OpenGraph/Twitter properties
+wins, as Facebook's and Twitter's own parsers do.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+from selectolax.lexbor import LexborHTMLParser
+
+# The HTML spec's encoding prescan looks at the first 1024 bytes; real pages put long comments and scripts
+# before <meta charset>, so look a little further.
+_PRESCAN_BYTES = 4096
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_\-:.]+)""", re.IGNORECASE)
+_HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+# Link targets that are not pages.
+_NON_PAGE_SCHEMES = ("mailto:", "javascript:", "tel:", "data:", "ftp:", "#")
+
+
+@dataclass(slots=True)
+class PageMeta:
+    is_html: bool
+    charset: str | None = None
+    title: str | None = None
+    description: str | None = None
+    canonical: str | None = None
+    language: str | None = None
+    robots: str | None = None
+    opengraph: dict[str, str] = field(default_factory=dict)
+    twitter: dict[str, str] = field(default_factory=dict)
+    # Absolute URLs of followable links (``rel=nofollow`` anchors excluded), in document order, with duplicates.
+    links: list[str] = field(default_factory=list)
+
+
+def _known_codec(label: str | None) -> str | None:
+    if not label:
+        return None
+    try:
+        return codecs.lookup(label.strip().lower()).name
+    except LookupError:
+        return None
+
+
+def detect_charset(body: bytes, content_type: str | None) -> str | None:
+    """The declared encoding (BOM, header, meta), or ``None`` when nothing usable is declared."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return name
+    header = _HEADER_CHARSET.search(content_type or "")
+    codec = _known_codec(header.group(1)) if header else None
+    if codec:
+        return codec
+    meta = _META_CHARSET.search(body[:_PRESCAN_BYTES])
+    return _known_codec(meta.group(1).decode("ascii", errors="ignore")) if meta else None
+
+
+def decode_body(body: bytes, content_type: str | None) -> tuple[str, str]:
+    """Decode a response body; returns ``(text, charset used)``. Never raises."""
+    declared = detect_charset(body, content_type)
+    if declared:
+        # A declared-but-wrong charset still yields text: replacement characters beat losing the page.
+        return body.decode(declared, errors="replace").removeprefix("\ufeff"), declared
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return body.decode("cp1252", errors="replace"), "cp1252"
+
+
+def is_html_type(content_type: str | None, body: bytes) -> bool:
+    if content_type:
+        return content_type.split(";", 1)[0].strip().lower() in _HTML_TYPES
+    head = body[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = " ".join(value.split())
+    return value or None
+
+
+def _absolute(base: str, href: str | None) -> str | None:
+    href = _clean(href)
+    if not href or href.lower().startswith(_NON_PAGE_SCHEMES):
+        return None
+    try:
+        return urljoin(base, href)
+    except ValueError:
+        return None
+
+
+def extract_metadata(body: bytes, *, content_type: str | None, base_url: str) -> PageMeta:
+    """Metadata of one response body; a non-HTML body gives ``is_html=False`` and nothing else."""
+    if not is_html_type(content_type, body):
+        return PageMeta(is_html=False, charset=detect_charset(body, content_type))
+    text, charset = decode_body(body, content_type)
+    tree = LexborHTMLParser(text)
+    meta = PageMeta(is_html=True, charset=charset)
+
+    base_node = tree.css_first("base[href]")
+    base = _absolute(base_url, base_node.attributes.get("href")) if base_node else None
+    base = base or base_url
+
+    title = tree.css_first("title")
+    meta.title = _clean(title.text()) if title else None
+    html = tree.css_first("html")
+    meta.language = _clean(html.attributes.get("lang")) if html else None
+
+    _read_meta_tags(tree, meta)
+    for node in tree.css("link[rel][href]"):
+        rels = (node.attributes.get("rel") or "").lower().split()
+        if "canonical" in rels:
+            meta.canonical = _absolute(base, node.attributes.get("href"))
+            break
+
+    for node in tree.css("a[href], area[href]"):
+        rels = (node.attributes.get("rel") or "").lower().split()
+        if "nofollow" in rels:
+            continue
+        link = _absolute(base, node.attributes.get("href"))
+        if link is not None:
+            meta.links.append(link)
+    return meta
+
+
+def _read_meta_tags(tree: LexborHTMLParser, meta: PageMeta) -> None:
+    for node in tree.css("meta"):
+        attrs = node.attributes
+        key = (attrs.get("property") or attrs.get("name") or "").strip().lower()
+        content = _clean(attrs.get("content"))
+        if not key or content is None:
+            continue
+        if key == "description" and meta.description is None:
+            meta.description = content
+        elif key == "robots" and meta.robots is None:
+            meta.robots = content
+        elif key.startswith("og:"):
+            meta.opengraph.setdefault(key, content)
+        elif key.startswith("twitter:"):
+            meta.twitter.setdefault(key, content)
+    if meta.language is None:
+        lang = tree.css_first("meta[http-equiv='content-language' i]")
+        meta.language = _clean(lang.attributes.get("content")) if lang else None
+
+
+def robots_directives(meta_robots: str | None, x_robots_tag: str | None) -> tuple[bool, bool]:
+    """``(noindex, nofollow)`` from the robots meta tag and the ``X-Robots-Tag`` header.
+
+    ``none`` means both. Header values may name a user agent (``googlebot: noindex``); we honour every
+    directive regardless of the agent named, which errs on the polite side.
+    """
+    tokens: set[str] = set()
+    for value in (meta_robots, x_robots_tag):
+        for part in (value or "").lower().replace(";", ",").split(","):
+            token = part.rsplit(":", 1)[-1].strip()
+            if token:
+                tokens.add(token)
+    none = "none" in tokens
+    return none or "noindex" in tokens, none or "nofollow" in tokens

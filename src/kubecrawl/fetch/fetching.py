@@ -1,0 +1,328 @@
+"""The HTTP fetcher: one GET with every redirect hop, headers, cookies, a capped body and timings.
+
+httpx is the API; the transport is aiohttp's (``httpx-aiohttp``): measured on this machine against a local
+nginx with 16 requests in flight, httpx's default transport managed about 450 pages/s and the aiohttp one about
+2,200 (issue 2). Redirects are followed here, hop by hop, rather than by the client, so that every hop is
+recorded and checked against the private-network policy before anything is sent to it.
+
+Private-network (SSRF) guard, unless ``allow_private``:
+- every hop's URL is validated; an IP-literal host in a blocked range is refused before connecting;
+- host names are resolved by ``GuardedResolver``, the resolver the connection itself uses, which refuses a
+  host if ANY of its addresses is blocked — so a DNS answer cannot change between the check and the connect
+  (DNS rebinding), and a redirect to a private address is refused like a direct request.
+
+Errors leave as ``kubecrawl.core.errors``: network failures are ``FetchTransient`` (``dns_failure``,
+``connect_error``, ``connection_error``, ``timeout``), malformed responses are ``FetchPermanent``
+(``invalid_response``, ``too_many_redirects``, ``redirect_without_location``), refused targets
+``BlockedTarget``, bad URLs ``InvalidUrl``. HTTP statuses are results here; ``policy.response_error``
+decides what a status means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from http.cookies import CookieError, SimpleCookie
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urljoin
+
+import aiohttp
+import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from httpx_aiohttp import AiohttpTransport
+
+from kubecrawl.core.errors import BlockedTarget, FetchPermanent, FetchTransient, InvalidUrl, KubecrawlError
+from kubecrawl.core.settings import FetchSettings
+from kubecrawl.core.urls import TargetPolicy, normalise_url
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Idle keep-alive connections are dropped after this long; sites close theirs after 5-75 s.
+_KEEPALIVE_SECONDS = 30.0
+# aiohttp caches DNS answers this long (its default); the guard checked them when they were cached.
+_DNS_CACHE_SECONDS = 10
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolve with the default resolver, then refuse hosts that have any address the policy refuses."""
+
+    def __init__(self, policy: TargetPolicy) -> None:
+        self._inner = DefaultResolver()
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if self._policy.refuses(result["host"]):
+                raise BlockedTarget(f"{host} resolves to {result['host']}, a private or reserved address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectHop:
+    url: str
+    status: int
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cookie:
+    """One ``Set-Cookie`` as the server sent it, attributes included."""
+
+    name: str
+    value: str
+    domain: str | None
+    path: str | None
+    expires: str | None
+    max_age: int | None
+    secure: bool
+    http_only: bool
+    same_site: str | None
+    set_by: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "domain": self.domain,
+            "path": self.path,
+            "expires": self.expires,
+            "max_age": self.max_age,
+            "secure": self.secure,
+            "http_only": self.http_only,
+            "same_site": self.same_site,
+            "set_by": self.set_by,
+        }
+
+
+def parse_set_cookie(header: str, url: str) -> Cookie | None:
+    """Parse one ``Set-Cookie`` value; ``None`` when it has no name=value pair."""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        jar = SimpleCookie()
+    if not jar:
+        name, sep, value = header.split(";", 1)[0].partition("=")
+        if not sep or not name.strip():
+            return None
+        return Cookie(
+            name=name.strip(),
+            value=value.strip(),
+            domain=None,
+            path=None,
+            expires=None,
+            max_age=None,
+            secure=False,
+            http_only=False,
+            same_site=None,
+            set_by=url,
+        )
+    morsel = next(iter(jar.values()))
+    max_age: int | None = None
+    if morsel["max-age"]:
+        try:
+            max_age = int(morsel["max-age"])
+        except ValueError:
+            max_age = None
+    expires = morsel["expires"] or None
+    if expires is None and max_age is not None:
+        expires = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + max_age))
+    return Cookie(
+        name=morsel.key,
+        value=morsel.value,
+        domain=morsel["domain"] or None,
+        path=morsel["path"] or None,
+        expires=expires,
+        max_age=max_age,
+        secure=bool(morsel["secure"]),
+        http_only=bool(morsel["httponly"]),
+        same_site=morsel["samesite"] or None,
+        set_by=url,
+    )
+
+
+@dataclass(slots=True)
+class FetchResult:
+    url: str
+    final_url: str
+    status_code: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    content_type: str | None
+    content_length: int | None
+    truncated: bool
+    redirects: list[RedirectHop] = field(default_factory=list)
+    cookies: list[Cookie] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def body_bytes(self) -> int:
+        return len(self.body)
+
+
+def _network_error(exc: Exception) -> KubecrawlError:
+    """Map an httpx/aiohttp error to ours (httpx-aiohttp keeps the aiohttp error as ``__cause__``)."""
+    cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ is not None else exc
+    detail = f"{type(cause).__name__}: {cause}"
+    # Order matters: aiohttp's DNS error is a connector error, and its timeouts are connection errors.
+    if isinstance(cause, aiohttp.ClientConnectorDNSError):
+        error: KubecrawlError = FetchTransient(f"DNS lookup failed: {detail}", code="dns_failure")
+    elif isinstance(cause, (TimeoutError, aiohttp.ServerTimeoutError, httpx.TimeoutException)):
+        error = FetchTransient(f"timed out: {detail}", code="timeout")
+    elif isinstance(cause, aiohttp.ClientConnectorError):
+        error = FetchTransient(f"could not connect: {detail}", code="connect_error")
+    elif isinstance(cause, (aiohttp.ClientResponseError, httpx.DecodingError)):
+        error = FetchPermanent(f"invalid HTTP response: {detail}", code="invalid_response")
+    elif isinstance(cause, (httpx.UnsupportedProtocol, httpx.InvalidURL, aiohttp.InvalidURL)):
+        error = InvalidUrl(detail)
+    else:
+        error = FetchTransient(f"connection failed: {detail}", code="connection_error")
+    return error
+
+
+class Fetcher:
+    """One per process: a pooled client shared by every concurrent fetch (``async with Fetcher(...)``)."""
+
+    def __init__(self, settings: FetchSettings, policy: TargetPolicy) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._client: httpx.AsyncClient | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.max_connections,
+            keepalive_timeout=_KEEPALIVE_SECONDS,
+            ttl_dns_cache=_DNS_CACHE_SECONDS,
+            resolver=None if self._policy.allow_private else GuardedResolver(self._policy),
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+    async def __aenter__(self) -> Self:
+        # The client-level cookie jar must stay empty: one fetch's cookies must never reach another site or
+        # another fetch. A policy that allows no domain stores nothing; each fetch keeps its own jar instead.
+        isolated = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        self._client = httpx.AsyncClient(
+            transport=AiohttpTransport(client=self._session),
+            timeout=httpx.Timeout(self._settings.timeout_seconds, connect=self._settings.connect_timeout_seconds),
+            headers={"User-Agent": self._settings.user_agent, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+            cookies=isolated,
+            follow_redirects=False,
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def fetch(self, url: str, *, headers: dict[str, str] | None = None) -> FetchResult:
+        """GET ``url`` following redirects; ``fetch_timeout`` bounds the whole fetch, every hop included."""
+        if self._client is None:
+            raise RuntimeError("Fetcher used outside its 'async with' block")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                result = await self._follow(self._client, url, headers or {}, started)
+        except TimeoutError as exc:
+            raise FetchTransient(f"fetch took longer than {self._settings.timeout_seconds}s", code="timeout") from exc
+        result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return result
+
+    async def _follow(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], started: float
+    ) -> FetchResult:
+        jar = httpx.Cookies()
+        hops: list[RedirectHop] = []
+        cookies: list[Cookie] = []
+        current = url
+        for _ in range(self._settings.max_redirects + 1):
+            current = normalise_url(current)
+            self._policy.check_literal(current)
+            request = client.build_request("GET", current, headers=headers)
+            jar.set_cookie_header(request)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise _network_error(exc) from exc
+            except aiohttp.ClientError as exc:
+                raise _network_error(exc) from exc
+            try:
+                jar.extract_cookies(response)
+                cookies.extend(
+                    cookie
+                    for value in response.headers.get_list("set-cookie")
+                    if (cookie := parse_set_cookie(value, current)) is not None
+                )
+                if response.status_code in _REDIRECT_STATUSES:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise FetchPermanent(
+                            f"HTTP {response.status_code} without a Location header", code="redirect_without_location"
+                        )
+                    target = urljoin(current, location.strip())
+                    hops.append(RedirectHop(current, response.status_code, target))
+                    current = target
+                    continue
+                first_byte = time.perf_counter()
+                body, truncated = await self._read_capped(response)
+            finally:
+                await response.aclose()
+            return FetchResult(
+                url=url,
+                final_url=current,
+                status_code=response.status_code,
+                # As sent: original case and order, repeated headers kept.
+                headers=[
+                    (name.decode(response.headers.encoding), value.decode(response.headers.encoding))
+                    for name, value in response.headers.raw
+                ],
+                body=body,
+                content_type=response.headers.get("content-type"),
+                content_length=_content_length(response.headers.get("content-length")),
+                truncated=truncated,
+                redirects=hops,
+                cookies=cookies,
+                timings={
+                    "ttfb_ms": round((first_byte - started) * 1000, 3),
+                    "download_ms": round((time.perf_counter() - first_byte) * 1000, 3),
+                },
+            )
+        raise FetchPermanent(f"more than {self._settings.max_redirects} redirects", code="too_many_redirects")
+
+    async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
+        """Read at most ``max_body_bytes`` (decoded); the rest is never downloaded."""
+        limit = self._settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= limit:
+                    # Stop here: a body of exactly the limit counts as truncated, since finding out whether
+                    # more follows would mean reading it.
+                    return b"".join(chunks)[:limit], True
+        except httpx.HTTPError as exc:
+            raise _network_error(exc) from exc
+        except aiohttp.ClientError as exc:
+            raise _network_error(exc) from exc
+        return b"".join(chunks), False
+
+
+def _content_length(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())

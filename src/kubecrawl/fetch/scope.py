@@ -1,0 +1,58 @@
+"""Crawl scope (pure): which discovered links a crawl follows.
+
+A link is in scope when it is http(s), normalises cleanly (fragment stripped, default port and dot-segments
+removed), sits on the seed's host (or an allowed host; with ``sameHost: false`` any host), matches an
+``include`` regex when any is given, and matches no ``exclude`` regex. Depth and maxPages are enforced by
+the frontier (``store/crawls.py``), which knows how many pages the crawl already holds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kubecrawl.core.errors import InvalidUrl
+from kubecrawl.core.sites import ScopeSpec
+from kubecrawl.core.urls import normalise_url, url_host
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    hosts: frozenset[str]
+    any_host: bool
+    include: tuple[re.Pattern[str], ...]
+    exclude: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def for_site(cls, seed_url: str, spec: ScopeSpec) -> Scope:
+        hosts = {url_host(seed_url), *(host.lower().rstrip(".") for host in spec.allowed_hosts)}
+        return cls(
+            hosts=frozenset(hosts),
+            any_host=not spec.same_host,
+            include=tuple(re.compile(p) for p in spec.include),
+            exclude=tuple(re.compile(p) for p in spec.exclude),
+        )
+
+    def admit(self, url: str) -> str | None:
+        """The normalised URL if it is in scope, else ``None``."""
+        try:
+            normal = normalise_url(url)
+            host = url_host(normal)
+        except InvalidUrl:
+            return None
+        if not self.any_host and host not in self.hosts:
+            return None
+        if self.include and not any(p.search(normal) for p in self.include):
+            return None
+        if any(p.search(normal) for p in self.exclude):
+            return None
+        return normal
+
+    def filter(self, urls: Iterable[str]) -> list[str]:
+        seen: dict[str, None] = {}
+        for url in urls:
+            normal = self.admit(url)
+            if normal is not None:
+                seen.setdefault(normal, None)
+        return list(seen)

@@ -1,0 +1,71 @@
+"""Engine creation, connect-with-backoff and the readiness ping."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from kubecrawl.broker.backoff import backoff_delays
+from kubecrawl.core.errors import StoreUnavailable
+from kubecrawl.core.logging import get_logger
+
+log = get_logger(__name__)
+# Readiness must answer quickly: a DB that takes 2 s for SELECT 1 is not ready for traffic.
+PING_TIMEOUT_SECONDS = 2.0
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets readers (API) and the writer (worker) of the embedded default proceed together;
+            # busy_timeout waits for the write lock instead of failing at once.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # asyncpg: fail a connect after 10 s instead of hanging readiness and start-up.
+        connect_args={"timeout": 10},
+    )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise ``StoreUnavailable`` unless ``SELECT 1`` answers within the ping timeout."""
+    try:
+        async with asyncio.timeout(PING_TIMEOUT_SECONDS), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (TimeoutError, OSError, DBAPIError, OperationalError) as exc:
+        raise StoreUnavailable(f"database ping failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def connect_with_backoff(
+    engine: AsyncEngine, *, attempts: int, initial: float = 1.0, maximum: float = 30.0
+) -> None:
+    """Wait for the database at start-up (1 s ×2 up to 30 s), then fail fast."""
+    delays = backoff_delays(initial, 2.0, maximum)
+    for attempt in range(1, attempts + 1):
+        try:
+            await ping(engine)
+        except StoreUnavailable as exc:
+            delay = next(delays)
+            log.warning("db_connect_failed", attempt=attempt, error=exc.detail, next_delay_s=delay)
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(delay)
+        else:
+            log.info("db_connected", attempt=attempt)
+            return

@@ -1,0 +1,155 @@
+"""SQL tables (SQLAlchemy Core). Alembic migrations in ``store/migrations`` create them; the app never does
+in production. The same tables serve PostgreSQL (production, tests) and SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments INTEGER PRIMARY KEY, not BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+page_metadata = Table(
+    "page_metadata",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False, unique=True),
+    Column("status", String(32), nullable=False),
+    Column("http_status", Integer),
+    Column("final_url", Text),
+    Column("redirects", Json),
+    Column("response_headers", Json),
+    Column("cookies", Json),
+    Column("title", Text),
+    Column("description", Text),
+    Column("canonical", Text),
+    Column("language", String(64)),
+    Column("robots", Text),
+    Column("opengraph", Json),
+    Column("twitter", Json),
+    Column("content_type", Text),
+    Column("content_length", BigInteger),
+    Column("content_hash", String(64)),
+    Column("charset", String(64)),
+    Column("body_bytes", BigInteger),
+    Column("truncated", Boolean),
+    Column("page_source", Text),
+    Column("timings", Json),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("last_error_code", String(64)),
+    Column("last_request_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("fetched_at", DateTime(timezone=True)),
+    Index("ix_page_metadata_created_at", "created_at"),
+)
+
+sites = Table(
+    "sites",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("namespace", String(253), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("spec", Json, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("namespace", "name", name="uq_sites_namespace_name"),
+)
+
+crawls = Table(
+    "crawls",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("site_namespace", String(253), nullable=False),
+    Column("site_name", String(253), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("idempotency_key", String(512), unique=True),
+    Column("state", String(16), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("previous_crawl_id", String(36)),
+    Column("discovered", Integer, nullable=False, server_default="0"),
+    Column("queued", Integer, nullable=False, server_default="0"),
+    Column("fetched", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("changed", Integer, nullable=False, server_default="0"),
+    Column("unchanged", Integer, nullable=False, server_default="0"),
+    Column("skipped_robots", Integer, nullable=False, server_default="0"),
+    # pages published and not yet finished: the cluster-wide politeness.maxConcurrency window
+    Column("in_flight", Integer, nullable=False, server_default="0"),
+    # bumped on every page outcome; SSE event ids, so Last-Event-ID resumes without gaps
+    Column("version", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_crawls_site_created", "site_namespace", "site_name", "created_at"),
+)
+
+crawl_pages = Table(
+    "crawl_pages",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("crawl_id", String(36), ForeignKey("crawls.id", ondelete="CASCADE"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("depth", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("http_status", Integer),
+    Column("content_hash", String(64)),
+    Column("changed", Boolean),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("title", Text),
+    Column("description", Text),
+    Column("canonical", Text),
+    Column("noindex", Boolean),
+    Column("nofollow", Boolean),
+    Column("links", Integer),
+    Column("error_code", String(64)),
+    Column("error", Text),
+    Column("seq", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("fetched_at", DateTime(timezone=True)),
+    UniqueConstraint("crawl_id", "url", name="uq_crawl_pages_crawl_id_url"),
+    Index("ix_crawl_pages_crawl_state", "crawl_id", "state", "depth", "id"),
+    Index("ix_crawl_pages_crawl_seq", "crawl_id", "seq"),
+)
+
+crawl_hosts = Table(
+    "crawl_hosts",
+    metadata,
+    Column("crawl_id", String(36), ForeignKey("crawls.id", ondelete="CASCADE"), primary_key=True),
+    Column("host", String(300), primary_key=True),
+    Column("robots_state", String(16), nullable=False),  # PENDING | READY
+    Column("robots_txt", Text),
+    Column("crawl_delay", Float),
+    Column("next_fetch_at", DateTime(timezone=True)),
+)

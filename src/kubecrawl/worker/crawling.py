@@ -1,0 +1,248 @@
+"""The crawl page pipeline: one ``PageTask`` → politeness → fetch → links → one frontier transaction → settle.
+
+Per page: robots.txt (fetched once per crawl and host, by whichever worker claims it first), the host's
+request spacing (max of ``delaySeconds`` and robots ``Crawl-delay``, reserved cluster-wide in the DB, paused by
+429/503 ``Retry-After``), a conditional fetch with the previous crawl's validators (304 = unchanged, no body),
+change detection by content hash, and in-scope links added to the frontier. The depth-0 seed also reads the
+site's sitemaps when ``scope.sitemap`` is on. ``finish_page`` returns the pages that now fit in the window;
+they are published before the message is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from pydantic import ValidationError
+
+from kubecrawl.broker.base import Delivery, Publisher
+from kubecrawl.broker.tasks import publish_pages
+from kubecrawl.core import metrics
+from kubecrawl.core.contracts import PageTask
+from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
+from kubecrawl.core.logging import get_logger
+from kubecrawl.core.models import FINAL_CRAWL_STATES, CrawlPageState
+from kubecrawl.core.settings import FetchSettings, RetrySettings
+from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.core.urls import url_host
+from kubecrawl.fetch.extracting import extract_metadata, robots_directives
+from kubecrawl.fetch.fetching import Fetcher
+from kubecrawl.fetch.policy import response_error, retry_delay
+from kubecrawl.fetch.robots import Robots, robots_text_for, robots_url
+from kubecrawl.fetch.scope import Scope
+from kubecrawl.fetch.sitemaps import parse_sitemap
+from kubecrawl.store.crawls import CrawlStore, PageOutcome, PageStart
+from kubecrawl.worker.settling import dead_letter, retry_later
+
+log = get_logger(__name__)
+# Another worker is fetching this host's robots.txt: wait for it at most this long, then crawl as if absent.
+_ROBOTS_WAIT_SECONDS = 30.0
+_ROBOTS_POLL_SECONDS = 0.1
+# Sitemap indexes can nest; follow at most this many sitemap documents per crawl seed.
+_MAX_SITEMAPS = 20
+# Cap Retry-After pauses so one misbehaving header cannot stall a crawl for a day.
+_MAX_HOST_PAUSE_SECONDS = 600.0
+
+
+class PagePipeline:
+    def __init__(
+        self,
+        *,
+        crawls: CrawlStore,
+        fetcher: Fetcher,
+        publisher: Publisher,
+        retry: RetrySettings,
+        fetch: FetchSettings,
+    ) -> None:
+        self._crawls = crawls
+        self._fetcher = fetcher
+        self._publisher = publisher
+        self._retry = retry
+        self._fetch = fetch
+        self._robots: dict[tuple[str, str], Robots | None] = {}
+
+    async def handle(self, delivery: Delivery) -> None:
+        metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).inc()
+        try:
+            outcome = await self._handle(delivery)
+        except Exception:
+            log.exception("page_handling_failed")
+            outcome = "requeued"
+            await asyncio.sleep(1.0)  # a bug must not become a hot redelivery loop
+            await delivery.reject(requeue=True)
+        finally:
+            metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).dec()
+        metrics.WORKER_MESSAGES.labels(queue=delivery.queue, outcome=outcome).inc()
+
+    async def _handle(self, delivery: Delivery) -> str:
+        try:
+            task = PageTask.model_validate_json(delivery.body)
+        except ValidationError as exc:
+            await dead_letter(self._publisher, delivery, code="invalid_message", reason=f"not a PageTask v1: {exc}")
+            return "invalid"
+        start = await self._crawls.begin_page(task.crawl_id, task.page_id)
+        if start is None:
+            await delivery.ack()
+            return "duplicate"
+        if start.crawl_state in FINAL_CRAWL_STATES:
+            await self._finish(
+                task, PageOutcome(CrawlPageState.SKIPPED, error_code="crawl_" + start.crawl_state.lower())
+            )
+            await delivery.ack()
+            return "skipped"
+        if start.attempts > self._retry.max_attempts:
+            reason = f"gave up after {start.attempts - 1} attempts (worker crashes or redeliveries)"
+            await self._finish(
+                task, PageOutcome(CrawlPageState.FAILED, error_code="max_attempts_exceeded", error=reason)
+            )
+            await dead_letter(self._publisher, delivery, code="max_attempts_exceeded", reason=reason)
+            return "dead_lettered"
+        spec = CrawlSiteSpec.model_validate(start.config)
+        try:
+            outcome = await self._crawl_page(task, start, spec)
+        except KubecrawlError as exc:
+            return await self._failed(delivery, task, start, spec, exc)
+        await self._finish(task, outcome)
+        await delivery.ack()
+        metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()
+        return "completed"
+
+    async def _crawl_page(self, task: PageTask, start: PageStart, spec: CrawlSiteSpec) -> PageOutcome:
+        host = url_host(start.url)
+        user_agent = spec.fetch.user_agent or self._fetch.user_agent
+        robots = await self._robots_for(task.crawl_id, host, start.url, spec)
+        if robots is not None and not robots.allowed(user_agent, start.url):
+            return PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed")
+        spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
+        wait = await self._crawls.reserve_slot(task.crawl_id, host, spacing)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        headers = {"User-Agent": user_agent}
+        previous = start.previous or {}
+        if previous.get("etag"):
+            headers["If-None-Match"] = previous["etag"]
+        if previous.get("last_modified"):
+            headers["If-Modified-Since"] = previous["last_modified"]
+        result = await self._fetcher.fetch(start.url, headers=headers)
+        metrics.FETCH_BYTES.inc(result.body_bytes)
+        response_headers = {name.lower(): value for name, value in result.headers}
+        if result.status_code == 304 and start.previous is not None:
+            return PageOutcome(
+                CrawlPageState.DONE,
+                http_status=304,
+                content_hash=previous.get("content_hash"),
+                changed=False,
+                etag=previous.get("etag"),
+                last_modified=previous.get("last_modified"),
+            )
+        error = response_error(result.status_code, response_headers)
+        if error is not None:
+            if isinstance(error, TransientError) and error.retry_after:
+                pause = min(error.retry_after, _MAX_HOST_PAUSE_SECONDS)
+                await self._crawls.pause_host(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=pause))
+            raise error
+        meta = extract_metadata(result.body, content_type=result.content_type, base_url=result.final_url)
+        noindex, nofollow = robots_directives(meta.robots, response_headers.get("x-robots-tag"))
+        content_hash = hashlib.sha256(result.body).hexdigest()
+        links: list[str] = []
+        scope = Scope.for_site(spec.url, spec.scope)
+        if not nofollow and start.depth < spec.scope.max_depth:
+            links = scope.filter(meta.links)
+        if start.depth == 0 and spec.scope.sitemap:
+            links.extend(await self._sitemap_links(start.url, robots, scope))
+        return PageOutcome(
+            CrawlPageState.DONE,
+            http_status=result.status_code,
+            content_hash=content_hash,
+            # first crawl of a site: nothing to compare with; later crawls: a new page counts as changed
+            changed=None if not start.has_previous_crawl else previous.get("content_hash") != content_hash,
+            etag=response_headers.get("etag"),
+            last_modified=response_headers.get("last-modified"),
+            title=meta.title,
+            description=meta.description,
+            canonical=meta.canonical,
+            noindex=noindex,
+            nofollow=nofollow,
+            links=len(meta.links),
+            new_links=links,
+        )
+
+    async def _robots_for(self, crawl_id: str, host: str, url: str, spec: CrawlSiteSpec) -> Robots | None:
+        key = (crawl_id, host)
+        if key in self._robots:
+            return self._robots[key]
+        claimed, row = await self._crawls.host(crawl_id, host)
+        if claimed:
+            text: str | None = None
+            delay: float | None = None
+            if spec.politeness.respect_robots_txt:
+                try:
+                    response = await self._fetcher.fetch(robots_url(url))
+                    text = robots_text_for(response.status_code, response.body)
+                except TransientError as exc:
+                    log.info("robots_unavailable", host=host, code=exc.code)
+                    text = ""
+                robots = Robots(text)
+                delay = robots.crawl_delay(spec.fetch.user_agent or self._fetch.user_agent)
+            await self._crawls.set_robots(crawl_id, host, text, delay)
+        else:
+            deadline = asyncio.get_running_loop().time() + _ROBOTS_WAIT_SECONDS
+            while row.robots_state != "READY" and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(_ROBOTS_POLL_SECONDS)
+                _, row = await self._crawls.host(crawl_id, host)
+            text = row.robots_txt
+        robots_ = Robots(text) if spec.politeness.respect_robots_txt and text is not None else None
+        self._robots[key] = robots_
+        return robots_
+
+    async def _sitemap_links(self, url: str, robots: Robots | None, scope: Scope) -> list[str]:
+        queue = (robots.sitemaps() if robots else []) or [robots_url(url).replace("/robots.txt", "/sitemap.xml")]
+        pages: list[str] = []
+        seen: set[str] = set()
+        while queue and len(seen) < _MAX_SITEMAPS:
+            sitemap_url = queue.pop(0)
+            if sitemap_url in seen:
+                continue
+            seen.add(sitemap_url)
+            try:
+                result = await self._fetcher.fetch(sitemap_url)
+            except (TransientError, PermanentError) as exc:
+                log.info("sitemap_unavailable", sitemap=sitemap_url, code=exc.code)
+                continue
+            if result.status_code != 200:
+                continue
+            parsed = parse_sitemap(result.body)
+            pages.extend(parsed.pages)
+            queue.extend(parsed.sitemaps)
+        return scope.filter(pages)
+
+    async def _failed(
+        self, delivery: Delivery, task: PageTask, start: PageStart, spec: CrawlSiteSpec, exc: KubecrawlError
+    ) -> str:
+        del spec
+        retryable = isinstance(exc, TransientError)
+        if retryable and start.attempts < self._retry.max_attempts:
+            assert isinstance(exc, TransientError)
+            await self._crawls.retry_page(task.page_id, code=exc.code, error=exc.detail)
+            delay = retry_delay(start.attempts, self._retry, exc.retry_after)
+            await retry_later(self._publisher, delivery, attempt=start.attempts, delay=delay, code=exc.code)
+            return "retried"
+        reason = exc.detail if not retryable else f"{exc.detail} (gave up after {start.attempts} attempts)"
+        http_status = None
+        if exc.code.startswith("http_") and exc.code[5:].isdigit():
+            http_status = int(exc.code[5:])
+        await self._finish(
+            task, PageOutcome(CrawlPageState.FAILED, http_status=http_status, error_code=exc.code, error=reason)
+        )
+        await dead_letter(self._publisher, delivery, code=exc.code, reason=reason)
+        metrics.CRAWL_PAGES.labels(state="FAILED").inc()
+        return "dead_lettered"
+
+    async def _finish(self, task: PageTask, outcome: PageOutcome) -> None:
+        result = await self._crawls.finish_page(task.crawl_id, task.page_id, outcome)
+        if result is None:
+            return
+        await publish_pages(self._publisher, task.crawl_id, result.to_publish, release=self._crawls.release)
+        if result.completed_now:
+            log.info("crawl_completed", crawl_id=task.crawl_id)

@@ -1,0 +1,81 @@
+"""Worker process: connect (with backoff), consume, and drain on SIGTERM.
+
+SIGTERM/SIGINT: stop consuming (basic.cancel), let in-flight messages finish and settle, close the channel,
+the publisher and the database, exit 0. Kubernetes' terminationGracePeriodSeconds must exceed the longest
+message (fetch timeout × redirects); the chart derives it from the fetch settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+from prometheus_client import start_http_server
+
+from kubecrawl.broker.consuming import RabbitConsumer
+from kubecrawl.broker.publishing import RabbitPublisher
+from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
+from kubecrawl.core.logging import get_logger
+from kubecrawl.core.settings import Settings
+from kubecrawl.fetch.fetching import Fetcher
+from kubecrawl.store.crawls import CrawlStore
+from kubecrawl.store.database import connect_with_backoff, create_engine
+from kubecrawl.store.pages import PageStore
+from kubecrawl.worker.crawling import PagePipeline
+from kubecrawl.worker.processing import MetadataPipeline
+
+log = get_logger(__name__)
+
+
+async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
+    name = settings.pod_name or socket.gethostname()
+    if metrics_port:
+        start_http_server(metrics_port)
+    engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
+    await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
+    rabbit_url = settings.rabbitmq_url.get_secret_value()
+    publisher = RabbitPublisher(
+        rabbit_url,
+        settings.publisher,
+        connection_name=f"{name}-publisher",
+        metadata_max_length=settings.metadata_queue_max_length,
+        pages_max_length=settings.pages_queue_max_length,
+    )
+    await publisher.start()
+    consumer = RabbitConsumer(
+        rabbit_url,
+        settings.publisher,
+        prefetch_count=settings.prefetch_count,
+        connection_name=name,
+        metadata_max_length=settings.metadata_queue_max_length,
+        pages_max_length=settings.pages_queue_max_length,
+    )
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
+            pipeline = MetadataPipeline(
+                pages=PageStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry
+            )
+            pages = PagePipeline(
+                crawls=CrawlStore(engine),
+                fetcher=fetcher,
+                publisher=publisher,
+                retry=settings.retry,
+                fetch=settings.fetch,
+            )
+            await consumer.start({METADATA_QUEUE: pipeline.handle, PAGES_QUEUE: pages.handle})
+            log.info("worker_started", connection_name=name, prefetch=settings.prefetch_count)
+            await stop.wait()
+            log.info("worker_draining")
+            await consumer.drain()
+    finally:
+        await consumer.close()
+        await publisher.close()
+        await engine.dispose()
+        log.info("worker_stopped")

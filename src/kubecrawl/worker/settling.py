@@ -1,0 +1,57 @@
+"""Settling a delivery: ack, retry later through a delay tier, or dead-letter with a reason.
+
+Always after the database write. A retry or dead letter is published (with confirm) before the original is
+acked, so a crash in between duplicates a message rather than losing it; processing is idempotent.
+"""
+
+from __future__ import annotations
+
+from kubecrawl.broker.base import Delivery, Publisher
+from kubecrawl.broker.topology import (
+    ATTEMPT_HEADER,
+    CODE_HEADER,
+    DEAD_LETTER_QUEUE,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    retry_queue_name,
+    retry_tier,
+)
+from kubecrawl.core import metrics
+from kubecrawl.core.errors import TransientError
+from kubecrawl.core.logging import get_logger
+
+log = get_logger(__name__)
+# Header values are bounded: RabbitMQ frames and log lines should not carry whole error pages.
+_MAX_REASON = 1000
+
+
+async def retry_later(publisher: Publisher, delivery: Delivery, *, attempt: int, delay: float, code: str) -> None:
+    tier = retry_tier(delay)
+    headers = dict(delivery.headers)
+    headers[ATTEMPT_HEADER] = attempt
+    headers[CODE_HEADER] = code
+    await publisher.publish(
+        retry_queue_name(delivery.queue, tier),
+        delivery.body,
+        message_id=delivery.message_id or "",
+        headers=headers,
+    )
+    await delivery.ack()
+    metrics.WORKER_RETRIES.labels(queue=delivery.queue, code=code).inc()
+    log.info("message_retry_scheduled", attempt=attempt, delay_s=tier, code=code)
+
+
+async def dead_letter(publisher: Publisher, delivery: Delivery, *, code: str, reason: str) -> None:
+    """Publish to ``kubecrawl.dead`` with the reason, then ack; if that cannot be published, reject the
+    original so the queue's own dead-letter exchange takes it (with RabbitMQ's x-death, without our reason)."""
+    headers = dict(delivery.headers)
+    headers.update({CODE_HEADER: code, REASON_HEADER: reason[:_MAX_REASON], SOURCE_HEADER: delivery.queue})
+    try:
+        await publisher.publish(DEAD_LETTER_QUEUE, delivery.body, message_id=delivery.message_id or "", headers=headers)
+    except TransientError as exc:
+        log.warning("dead_letter_publish_failed", code=code, error=exc.code)
+        await delivery.reject()
+    else:
+        await delivery.ack()
+    metrics.WORKER_DEAD_LETTERS.labels(queue=delivery.queue, code=code).inc()
+    log.warning("message_dead_lettered", code=code, reason=reason[:_MAX_REASON])

@@ -1,0 +1,26 @@
+"""Session-wide real servers. Started once per run; a missing server fails the run (never a skip)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import PostgresServer, RabbitServer
+
+
+@pytest.fixture(scope="session")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
+    server = RabbitServer(Path(tmp_path_factory.mktemp("rabbitmq")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(Path(tmp_path_factory.mktemp("postgres")))
+    server.start()
+    yield server
+    server.stop()

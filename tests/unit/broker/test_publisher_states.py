@@ -1,0 +1,78 @@
+"""The publisher's state machine without a broker: legal paths pass, anything else is refused."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kubecrawl.broker.backoff import backoff_delays
+from kubecrawl.broker.base import PublisherState as S
+from kubecrawl.broker.publishing import TRANSITIONS, InvalidTransition, RabbitPublisher, check_transition
+from kubecrawl.core.errors import ConnectionLost, PublisherNotReady
+from kubecrawl.core.settings import PublisherSettings
+
+HAPPY_PATH = [S.DISCONNECTED, S.CONNECTING, S.CONNECTED, S.CHANNEL_OPEN, S.CONFIRM_ENABLED, S.QUEUE_DECLARED, S.READY]
+
+
+def test_start_up_path_is_legal_step_by_step() -> None:
+    for current, new in itertools.pairwise(HAPPY_PATH):
+        check_transition(current, new)
+
+
+def test_lost_connection_goes_through_reconnecting_back_to_ready() -> None:
+    for current, new in [(S.READY, S.RECONNECTING), (S.RECONNECTING, S.CONNECTING), (S.CONNECTING, S.RECONNECTING)]:
+        check_transition(current, new)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (S.DISCONNECTED, S.READY),
+        (S.CONNECTING, S.READY),
+        (S.CLOSED, S.CONNECTING),
+        (S.READY, S.CONNECTING),
+        (S.CLOSING, S.READY),
+    ],
+)
+def test_skipping_states_is_refused(current: S, new: S) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(current, new)
+
+
+def test_every_state_can_reach_closed_except_closed_itself() -> None:
+    for state in S:
+        if state in (S.CLOSING, S.CLOSED):
+            continue
+        assert S.CLOSING in TRANSITIONS[state] or state is S.DISCONNECTED
+    assert TRANSITIONS[S.CLOSED] == frozenset()
+
+
+def test_backoff_doubles_from_one_second_and_caps_at_thirty() -> None:
+    delays = backoff_delays(1.0, 2.0, 30.0)
+    assert [next(delays) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+async def test_start_fails_fast_after_max_attempts_with_the_seed_backoff() -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    publisher = RabbitPublisher(
+        "amqp://guest:guest@127.0.0.1:1/",  # nothing listens on port 1
+        PublisherSettings(),
+        metadata_max_length=10,
+        pages_max_length=10,
+        sleep=fake_sleep,
+    )
+    with pytest.raises(ConnectionLost):
+        await publisher.start()
+    assert slept == [1, 2, 4, 8, 16, 30, 30, 30, 30]  # 10 attempts, 9 waits
+    assert publisher.state is S.DISCONNECTED
+
+
+async def test_publish_before_ready_fails_at_once_with_publisher_not_ready() -> None:
+    publisher = RabbitPublisher("amqp://x/", PublisherSettings(), metadata_max_length=1, pages_max_length=1)
+    with pytest.raises(PublisherNotReady):
+        await publisher.publish("kubecrawl.metadata", b"{}", message_id="m")
