@@ -1,4 +1,4 @@
-"""A local web site for tests, on 127.0.0.1: static pages plus programmable behaviour.
+"""A local web site for tests, on 127.0.0.1 (or another loopback address): static pages plus programmable behaviour.
 
 Counts requests per path and the peak number of concurrent requests, so tests can assert on what a crawler
 actually did to the site.
@@ -7,6 +7,7 @@ actually did to the site.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,10 +25,15 @@ class Page:
 
 
 class Site:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        # Any loopback address works on Linux (127.0.0.0/8); a second one (127.0.0.2) lets SSRF tests open
+        # exactly one address with TargetPolicy.allowed_networks while 127.0.0.1 stays blocked.
+        self.host = host
         self.pages: dict[str, Page] = {}
         self.handlers: dict[str, Handler] = {}
         self.hits: Counter[str] = Counter()
+        # (monotonic arrival time, path) of every request, for politeness assertions
+        self.requests: list[tuple[float, str]] = []
         self.in_flight = 0
         self.peak_in_flight = 0
         self.delay = 0.0
@@ -36,7 +42,7 @@ class Site:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -51,6 +57,7 @@ class Site:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path_qs if request.path_qs in self.pages or request.path_qs in self.handlers else request.path
         self.hits[path] += 1
+        self.requests.append((time.monotonic(), path))
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
@@ -70,7 +77,7 @@ class Site:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         server = site._server
         assert server is not None

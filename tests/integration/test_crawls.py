@@ -1,0 +1,429 @@
+"""Site crawls end to end: API → RabbitMQ ``kubecrawl.pages`` → workers → PostgreSQL frontier, on local sites."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import json
+import os
+import signal
+from typing import Any
+
+import aio_pika
+import httpx
+from aiohttp import web
+from sqlalchemy import func, select
+
+from kubecrawl.core.settings import Settings
+from kubecrawl.store.database import create_engine
+from kubecrawl.store.schema import crawl_pages
+from tests.integration.conftest import ApiHandle
+from tests.support.polling import eventually
+from tests.support.servers import RabbitServer
+from tests.support.sites import Page, Site
+
+
+def links(*paths: str) -> str:
+    return "".join(f"<a href='{p}'>{p}</a>" for p in paths)
+
+
+async def put_site(client: httpx.AsyncClient, name: str, spec: dict[str, Any]) -> None:
+    response = await client.put(f"/sites/default/{name}", json=spec)
+    assert response.status_code in (200, 201), response.text
+
+
+async def trigger(client: httpx.AsyncClient, name: str, key: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"trigger": "manual"}
+    if key is not None:
+        body["idempotency_key"] = key
+    response = await client.post(f"/sites/default/{name}/crawls", json=body)
+    assert response.status_code in (200, 202), response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def wait_crawl(client: httpx.AsyncClient, crawl_id: str, timeout: float = 60) -> dict[str, Any]:
+    async def finished() -> dict[str, Any] | None:
+        crawl = (await client.get(f"/crawls/{crawl_id}")).json()
+        return crawl if crawl["state"] in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+    return await eventually(finished, timeout=timeout, what=f"crawl {crawl_id} to finish")
+
+
+async def all_pages(client: httpx.AsyncClient, crawl_id: str, **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        query = {"limit": 2, **params, **({"cursor": cursor} if cursor else {})}
+        body = (await client.get(f"/crawls/{crawl_id}/pages", params=query)).json()
+        items.extend(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return items
+
+
+async def crawl_site(client: httpx.AsyncClient, name: str, spec: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    await put_site(client, name, spec)
+    crawl = await trigger(client, name)
+    done = await wait_crawl(client, crawl["id"])
+    return done, await all_pages(client, crawl["id"])
+
+
+def paths(site: Site, pages: list[dict[str, Any]], state: str = "DONE") -> set[str]:
+    return {p["url"].removeprefix(site.base) for p in pages if p["state"] == state}
+
+
+async def test_crawl_follows_in_scope_links_to_max_depth_and_completes(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    site.html("/", title="home", body=links("/a", "/a#frag", "/b?x=1", "/./a", "mailto:x@example.com"))
+    site.html("/a", title="a", body=links("/a/deeper", "/"))
+    site.html("/b?x=1", title="b")
+    site.html("/a/deeper", title="deeper", body=links("/too-deep"))
+    site.html("/too-deep", title="too deep")
+    done, pages = await crawl_site(api.client, "depth", {"url": site.url("/"), "scope": {"maxDepth": 2}})
+    assert done["state"] == "COMPLETED"
+    assert paths(site, pages) == {"/", "/a", "/b?x=1", "/a/deeper"}
+    assert done["counters"]["fetched"] == 4
+    assert done["counters"]["discovered"] == 4
+    assert site.hits["/too-deep"] == 0
+    assert site.hits["/a"] == 1  # "/a#frag" and "/./a" normalise to the same page
+    assert {p["url"]: p["depth"] for p in pages}[site.url("/a/deeper")] == 2
+
+
+async def test_crawl_stays_on_the_seed_host_and_honours_include_exclude(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    other = f"http://127.0.0.2:{site.port}"
+    site.html("/", body=links("/docs/1", "/docs/2", "/docs/private/3", "/blog/1", f"{other}/docs/4"))
+    for path in ("/docs/1", "/docs/2", "/docs/private/3", "/blog/1"):
+        site.html(path, title=path)
+    spec = {"url": site.url("/"), "scope": {"include": ["/docs/", r"/$"], "exclude": ["/private/"]}}
+    done, pages = await crawl_site(api.client, "scoped", spec)
+    assert done["state"] == "COMPLETED"
+    assert paths(site, pages) == {"/", "/docs/1", "/docs/2"}
+    assert site.hits["/blog/1"] == 0
+    assert site.hits["/docs/private/3"] == 0
+    assert not any(p["url"].startswith(other) for p in pages)
+
+
+async def test_crawl_stops_discovering_at_max_pages(api: ApiHandle, site: Site, worker: None) -> None:
+    site.html("/", body=links(*(f"/p{i}" for i in range(20))))
+    for i in range(20):
+        site.html(f"/p{i}", title=str(i))
+    done, pages = await crawl_site(api.client, "capped", {"url": site.url("/"), "scope": {"maxPages": 5}})
+    assert done["state"] == "COMPLETED"
+    assert len(pages) == 5
+    assert done["counters"]["discovered"] == 5
+    assert sum(site.hits.values()) == 5 + 1  # five pages and robots.txt
+
+
+async def test_nofollow_meta_and_header_are_recorded_and_links_not_followed(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    site.html("/", body=links("/meta", "/header"))
+    site.html("/meta", head="<meta name='robots' content='noindex,nofollow'>", body=links("/from-meta"))
+    site.html(
+        "/header",
+        body=links("/from-header"),
+        headers={"Content-Type": "text/html", "X-Robots-Tag": "nofollow"},
+    )
+    site.html("/from-meta")
+    site.html("/from-header")
+    _, pages = await crawl_site(api.client, "nofollow", {"url": site.url("/")})
+    by_path = {p["url"].removeprefix(site.base): p for p in pages}
+    assert set(by_path) == {"/", "/meta", "/header"}
+    assert by_path["/meta"]["noindex"] is True
+    assert by_path["/meta"]["nofollow"] is True
+    assert by_path["/header"]["nofollow"] is True
+    assert by_path["/header"]["noindex"] is False
+
+
+async def test_max_concurrency_holds_across_two_worker_processes(api: ApiHandle, site: Site, worker_process) -> None:
+    site.delay = 0.3
+    site.html("/", body=links(*(f"/p{i}" for i in range(12))))
+    for i in range(12):
+        site.html(f"/p{i}")
+    await asyncio.to_thread(worker_process)
+    await asyncio.to_thread(worker_process)
+    spec = {"url": site.url("/"), "politeness": {"maxConcurrency": 2, "respectRobotsTxt": False}}
+    done, pages = await crawl_site(api.client, "window", spec)
+    assert done["state"] == "COMPLETED"
+    assert len(pages) == 13
+    assert site.peak_in_flight == 2  # the window was used, and never exceeded
+
+
+async def test_robots_disallow_is_honoured_and_counted(api: ApiHandle, site: Site, worker: None) -> None:
+    site.pages["/robots.txt"] = Page("User-agent: *\nDisallow: /private\n", headers={"Content-Type": "text/plain"})
+    site.html("/", body=links("/public", "/private/1", "/private/2"))
+    site.html("/public")
+    site.html("/private/1")
+    site.html("/private/2")
+    done, pages = await crawl_site(api.client, "robots", {"url": site.url("/")})
+    assert done["counters"]["skipped_robots"] == 2
+    assert paths(site, pages) == {"/", "/public"}
+    assert paths(site, pages, "SKIPPED") == {"/private/1", "/private/2"}
+    assert site.hits["/private/1"] == 0
+    assert site.hits["/robots.txt"] == 1
+
+
+async def test_robots_crawl_delay_spaces_requests_to_the_host(api: ApiHandle, site: Site, worker: None) -> None:
+    site.pages["/robots.txt"] = Page("User-agent: *\nCrawl-delay: 1\n", headers={"Content-Type": "text/plain"})
+    site.html("/", body=links("/1", "/2", "/3"))
+    for path in ("/1", "/2", "/3"):
+        site.html(path)
+    done, _ = await crawl_site(api.client, "delay", {"url": site.url("/"), "politeness": {"maxConcurrency": 4}})
+    assert done["counters"]["fetched"] == 4
+    arrivals = [at for at, path in site.requests if path != "/robots.txt"]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(gaps) == 3
+    assert min(gaps) >= 0.9, gaps  # Crawl-delay: 1, reserved cluster-wide (small clock slack)
+
+
+async def test_sitemap_and_gzipped_sitemap_index_seed_the_crawl(api: ApiHandle, site: Site, worker: None) -> None:
+    site.pages["/robots.txt"] = Page(
+        f"User-agent: *\nSitemap: {site.url('/sitemap_index.xml.gz')}\n", headers={"Content-Type": "text/plain"}
+    )
+    index = f"<sitemapindex><sitemap><loc>{site.url('/sitemap-pages.xml')}</loc></sitemap></sitemapindex>"
+    site.pages["/sitemap_index.xml.gz"] = Page(
+        gzip.compress(index.encode()), headers={"Content-Type": "application/gzip"}
+    )
+    urlset = "".join(f"<url><loc>{site.url(p)}</loc></url>" for p in ("/orphan-1", "/orphan-2"))
+    site.pages["/sitemap-pages.xml"] = Page(f"<urlset>{urlset}</urlset>", headers={"Content-Type": "application/xml"})
+    site.html("/")
+    site.html("/orphan-1")
+    site.html("/orphan-2")
+    _, pages = await crawl_site(api.client, "sitemap", {"url": site.url("/"), "scope": {"sitemap": True}})
+    assert paths(site, pages) == {"/", "/orphan-1", "/orphan-2"}
+
+
+async def test_concurrent_duplicate_triggers_create_one_crawl_and_enqueue_once(
+    api: ApiHandle, site: Site, rabbit: RabbitServer, vhost: str
+) -> None:
+    site.html("/")
+    await put_site(api.client, "dup", {"url": site.url("/")})
+    key = "site:default/dup:cron:2026-11-26T10:00:00+00:00"
+    responses = await asyncio.gather(
+        *(
+            api.client.post("/sites/default/dup/crawls", json={"trigger": "schedule", "idempotency_key": key})
+            for _ in range(10)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [200] * 9 + [202]
+    assert len({r.json()["id"] for r in responses}) == 1
+    crawls = (await api.client.get("/sites/default/dup/crawls")).json()["items"]
+    assert len(crawls) == 1
+    # Only the seed page, published once (no worker is running); the broker counts exactly.
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
+
+
+async def queued_messages(rabbit: RabbitServer, vhost: str, queue: str) -> int:
+    connection = await aio_pika.connect(rabbit.url(vhost))
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+async def test_events_stream_progress_and_the_final_event_then_resume_without_gaps(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    site.delay = 0.1
+    site.html("/", body=links(*(f"/p{i}" for i in range(5))))
+    for i in range(5):
+        site.html(f"/p{i}")
+    await put_site(api.client, "sse", {"url": site.url("/"), "politeness": {"maxConcurrency": 1}})
+    crawl = await trigger(api.client, "sse")
+    events = await read_events(api.client, crawl["id"])
+    names = [name for name, _, _ in events]
+    assert names[-1] == "completed"
+    assert names.count("progress") >= 2
+    streamed = [p["url"] for name, _, data in events if name == "progress" for p in data["pages"]]
+    assert sorted(streamed) == sorted({site.url("/"), *(site.url(f"/p{i}") for i in range(5))})
+
+    # Resume from the second progress event: exactly the outcomes after it, then the final event.
+    resume_id, resume_data = next((eid, data) for name, eid, data in events[1:] if name == "progress")
+    seen = {p["url"] for name, eid, data in events if name == "progress" and eid <= resume_id for p in data["pages"]}
+    resumed = await read_events(api.client, crawl["id"], last_event_id=resume_id)
+    rest = [p["url"] for name, _, data in resumed if name == "progress" for p in data["pages"]]
+    assert sorted(seen | set(rest)) == sorted(streamed)
+    assert not seen & set(rest)
+    assert resumed[-1][0] == "completed"
+    del resume_data
+
+    finished = await read_events(api.client, crawl["id"])
+    assert [name for name, _, _ in finished] == ["completed"]
+
+
+async def read_events(
+    client: httpx.AsyncClient, crawl_id: str, *, last_event_id: int | None = None
+) -> list[tuple[str, int, dict[str, Any]]]:
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    events: list[tuple[str, int, dict[str, Any]]] = []
+    async with asyncio.timeout(60), client.stream("GET", f"/crawls/{crawl_id}/events", headers=headers) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line == "":
+                if "event" in fields:
+                    events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
+                fields = {}
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+    return events
+
+
+async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored_once(
+    api: ApiHandle, site: Site, worker_process, settings: Settings
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(_: web.Request) -> web.StreamResponse:
+        entered.set()
+        await release.wait()
+        return web.Response(text="<title>held</title>", content_type="text/html")
+
+    site.html("/", body=links("/held", "/a", "/b"))
+    site.handlers["/held"] = held
+    site.html("/a")
+    site.html("/b")
+    first = await asyncio.to_thread(worker_process)
+    await put_site(api.client, "crash", {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}})
+    crawl = await trigger(api.client, "crash")
+    await asyncio.wait_for(entered.wait(), 30)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    await asyncio.to_thread(first.proc.wait, 10)
+    release.set()
+    await asyncio.to_thread(worker_process)
+    done = await wait_crawl(api.client, crawl["id"])
+    assert done["state"] == "COMPLETED"
+    assert done["counters"]["fetched"] == 4
+    pages = await all_pages(api.client, crawl["id"])
+    assert paths(site, pages) == {"/", "/held", "/a", "/b"}
+    assert {p["url"]: p["attempts"] for p in pages}[site.url("/held")] == 2
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(crawl_pages.c.url, func.count())
+                    .where(crawl_pages.c.crawl_id == crawl["id"])
+                    .group_by(crawl_pages.c.url)
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    assert all(count == 1 for _, count in rows)
+
+
+async def test_always_failing_page_fails_after_max_attempts_is_dead_lettered_and_crawl_completes(
+    api: ApiHandle, site: Site, worker: None, rabbit: RabbitServer, vhost: str, settings: Settings
+) -> None:
+    site.html("/", body=links("/ok", "/broken"))
+    site.html("/ok")
+    site.pages["/broken"] = Page("oops", status=500)
+    done, pages = await crawl_site(
+        api.client, "failing", {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}}
+    )
+    assert done["state"] == "COMPLETED"
+    assert done["counters"]["failed"] == 1
+    assert done["counters"]["fetched"] == 2
+    broken = next(p for p in pages if p["url"] == site.url("/broken"))
+    assert broken["state"] == "FAILED"
+    assert broken["attempts"] == settings.retry.max_attempts
+    assert broken["error_code"] == "http_500"
+    assert site.hits["/broken"] == settings.retry.max_attempts
+
+    async def dead() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(
+            rabbit.api,
+            f"/api/queues/{vhost}/kubecrawl.dead/get",
+            method="POST",
+            body={"count": 10, "ackmode": "ack_requeue_true", "encoding": "auto"},
+        )
+
+    letters = await eventually(dead, what="dead letter")
+    assert letters[0]["properties"]["headers"]["x-kubecrawl-code"] == "http_500"
+    assert letters[0]["properties"]["headers"]["x-kubecrawl-source-queue"] == "kubecrawl.pages"
+
+
+async def test_second_crawl_counts_changed_and_unchanged_pages(api: ApiHandle, site: Site, worker: None) -> None:
+    page_paths = [f"/p{i}" for i in range(5)]
+    site.html("/", body=links(*page_paths))
+    for path in page_paths:
+        site.html(path, title="v1")
+    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}}
+    first, _ = await crawl_site(api.client, "changes", spec)
+    assert first["counters"]["changed"] == 0
+    assert first["counters"]["unchanged"] == 0
+    for path in page_paths[:3]:
+        site.html(path, title="v2")
+    second = await trigger(api.client, "changes")
+    done = await wait_crawl(api.client, second["id"])
+    assert done["counters"]["changed"] == 3
+    assert done["counters"]["unchanged"] == 3  # the home page and two untouched pages
+    changed = await all_pages(api.client, second["id"], changed="true")
+    assert {p["url"].removeprefix(site.base) for p in changed} == set(page_paths[:3])
+
+
+async def test_conditional_refetch_counts_304_as_unchanged_without_a_body(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    bodies: list[int] = []
+
+    async def validated(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("If-None-Match") == '"v1"':
+            bodies.append(0)
+            return web.Response(status=304, headers={"ETag": '"v1"'})
+        bodies.append(1)
+        return web.Response(text="<title>etag</title>", content_type="text/html", headers={"ETag": '"v1"'})
+
+    site.html("/", body=links("/etag"))
+    site.handlers["/etag"] = validated
+    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}}
+    await crawl_site(api.client, "etag", spec)
+    second = await trigger(api.client, "etag")
+    done = await wait_crawl(api.client, second["id"])
+    assert bodies == [1, 0]
+    page = next(p for p in await all_pages(api.client, second["id"]) if p["url"] == site.url("/etag"))
+    assert page["http_status"] == 304
+    assert page["changed"] is False
+    assert done["counters"]["unchanged"] == 2
+
+
+async def test_cancel_stops_a_running_crawl(api: ApiHandle, site: Site, worker: None) -> None:
+    site.delay = 0.2
+    site.html("/", body=links(*(f"/p{i}" for i in range(30))))
+    for i in range(30):
+        site.html(f"/p{i}")
+    await put_site(api.client, "cancel", {"url": site.url("/"), "politeness": {"maxConcurrency": 1}})
+    crawl = await trigger(api.client, "cancel")
+
+    async def running() -> bool:
+        return (await api.client.get(f"/crawls/{crawl['id']}")).json()["counters"]["fetched"] >= 2
+
+    await eventually(running, what="crawl to fetch pages")
+    cancelled = await api.client.post(f"/crawls/{crawl['id']}/cancel")
+    assert cancelled.json()["state"] == "CANCELLED"
+    done = await wait_crawl(api.client, crawl["id"])
+    assert done["state"] == "CANCELLED"
+    assert sum(site.hits.values()) < 31
+
+
+async def test_unknown_crawl_and_site_answer_404_with_codes(api: ApiHandle) -> None:
+    missing = await api.client.get("/crawls/00000000-0000-0000-0000-000000000000")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "crawl_not_found"
+    no_site = await api.client.post("/sites/default/nope/crawls", json={"trigger": "manual"})
+    assert no_site.status_code == 404
+    assert no_site.json()["code"] == "site_not_found"
+
+
+async def test_invalid_site_spec_answers_400_naming_the_field(api: ApiHandle) -> None:
+    response = await api.client.put(
+        "/sites/default/bad", json={"url": "https://example.com/", "scope": {"maxPages": -1}}
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_spec"
+    assert "scope.maxPages" in response.json()["detail"] or "scope.max_pages" in response.json()["detail"]
