@@ -79,21 +79,117 @@ def standalone(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     db: Annotated[Path, typer.Option(help="SQLite file for the embedded store")] = Path("kubecrawl.db"),
+    sites: Annotated[
+        Path | None,
+        typer.Option(help="folder of CrawlSite YAML files to schedule in-process", exists=True, file_okay=False),
+    ] = None,
 ) -> None:
-    """Run API + worker in one process with SQLite and an in-process broker: no servers needed."""
+    """Run API + worker + scheduler in one process with SQLite and an in-process broker: no servers needed."""
     from kubecrawl.api.app import create_app
     from kubecrawl.embedded import embedded_runtime, sqlite_url
+    from kubecrawl.scheduling import Scheduler, load_sites
+    from kubecrawl.store.crawls import CrawlStore
+    from kubecrawl.store.sites import SiteStore
 
     settings = _settings("standalone", database_url=sqlite_url(db))
+    site_files = load_sites(sites) if sites is not None else []
 
     async def main() -> None:
         async with embedded_runtime(settings) as runtime:
             fastapi_app = create_app(settings, publisher=runtime.broker, engine=runtime.engine, manage_lifecycle=False)
             config = uvicorn.Config(fastapi_app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-            log.info("standalone_listening", url=f"http://{host}:{port}", database=str(db))
-            await uvicorn.Server(config).serve()
+            scheduler = Scheduler(SiteStore(runtime.engine), CrawlStore(runtime.engine), runtime.broker)
+            await scheduler.register(site_files)
+            schedules = asyncio.create_task(scheduler.run(site_files))
+            log.info("standalone_listening", url=f"http://{host}:{port}", database=str(db), sites=len(site_files))
+            try:
+                await uvicorn.Server(config).serve()
+            finally:
+                schedules.cancel()
 
     asyncio.run(main())
+
+
+@app.command()
+def crawl(
+    url: Annotated[str, typer.Argument(help="the site's start URL")],
+    max_pages: Annotated[int, typer.Option(help="stop discovering after this many pages")] = 100,
+    max_depth: Annotated[int, typer.Option(help="links followed at most this deep from the start page")] = 3,
+    concurrency: Annotated[int, typer.Option(help="pages fetched at once")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print the finished crawl as JSON")] = False,
+    db: Annotated[Path, typer.Option(help="SQLite file (kept, so the next crawl reports changes)")] = Path(
+        "kubecrawl.db"
+    ),
+) -> None:
+    """Crawl one site in-process (SQLite, in-process broker) with a progress bar and a summary."""
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from kubecrawl.core.errors import KubecrawlError
+    from kubecrawl.core.models import Crawl, CrawlState
+    from kubecrawl.core.sites import CrawlSiteSpec, PolitenessSpec, ScopeSpec
+    from kubecrawl.embedded import crawl_once, sqlite_url
+
+    # Progress and summary own the terminal; logs only when something is wrong.
+    settings = _settings("crawl", database_url=sqlite_url(db), log_format="console", log_level="WARNING")
+    console = Console(stderr=as_json)
+    try:
+        spec = CrawlSiteSpec(
+            url=url,
+            scope=ScopeSpec(max_pages=max_pages, max_depth=max_depth),
+            politeness=PolitenessSpec(max_concurrency=concurrency),
+        )
+    except ValueError as exc:
+        console.print(f"[red]invalid crawl options:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=as_json,
+    ) as progress:
+        task = progress.add_task(url, total=1, failed=0)
+
+        def show(current: Crawl) -> None:
+            counters = current.counters
+            finished = counters.fetched + counters.failed + counters.skipped_robots
+            progress.update(task, completed=finished, total=max(counters.discovered, 1), failed=counters.failed)
+
+        try:
+            result = asyncio.run(crawl_once(settings, spec, on_progress=show))
+        except KubecrawlError as exc:
+            console.print(f"[red]{exc.code}:[/red] {exc.detail}")
+            raise typer.Exit(2) from exc
+    elapsed = time.perf_counter() - started
+    counters = result.counters
+    if as_json:
+        body = result.model_dump(mode="json") | {"elapsed_seconds": round(elapsed, 3)}
+        typer.echo(json.dumps(body, indent=2))
+    else:
+        table = Table(title=f"crawl {result.id} {result.state.value}")
+        for column in ("pages", "failed", "changed", "unchanged", "robots skipped", "time", "pages/s"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            str(counters.fetched),
+            str(counters.failed),
+            str(counters.changed),
+            str(counters.unchanged),
+            str(counters.skipped_robots),
+            f"{elapsed:.1f}s",
+            f"{counters.fetched / elapsed:.1f}" if elapsed > 0 else "-",
+        )
+        console.print(table)
+    # A crawl that completed without fetching a single page (start URL refused, site down) is a failure too.
+    if result.state is not CrawlState.COMPLETED or (counters.fetched == 0 and counters.failed > 0):
+        raise typer.Exit(1)
 
 
 def main() -> None:

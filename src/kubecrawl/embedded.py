@@ -5,8 +5,10 @@ The same app factory, pipeline and store serve production; only the broker and t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +16,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.memory import MemoryBroker
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
+from kubecrawl.core.errors import KubecrawlError
+from kubecrawl.core.logging import get_logger
+from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl
 from kubecrawl.core.settings import Settings
+from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.core.urls import normalise_url, url_host
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
 from kubecrawl.store.pages import PageStore
+from kubecrawl.store.sites import SiteStore
+from kubecrawl.triggers import start_crawl
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.processing import MetadataPipeline
+
+log = get_logger(__name__)
+# The CLI's crawls are stored as sites of this namespace, named after the host.
+CLI_NAMESPACE = "cli"
+# How often `kubecrawl crawl` reads the crawl's counters to redraw its progress.
+_PROGRESS_SECONDS = 0.2
 
 
 @dataclass(slots=True)
@@ -66,3 +81,32 @@ async def embedded_runtime(settings: Settings) -> AsyncIterator[Embedded]:
     finally:
         await broker.close()
         await engine.dispose()
+
+
+def cli_site_name(url: str) -> str:
+    """A DNS-1123 name for the host, so a CLI crawl is a site like any other (and the next crawl compares)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", url_host(url)).strip("-")
+    return name[:63].strip("-") or "site"
+
+
+async def crawl_once(
+    settings: Settings, spec: CrawlSiteSpec, *, on_progress: Callable[[Crawl], None] | None = None
+) -> Crawl:
+    """Crawl one site in-process (``kubecrawl crawl URL``) and return the finished crawl."""
+    normalise_url(spec.url)
+    async with embedded_runtime(settings) as runtime:
+        sites, crawls = SiteStore(runtime.engine), CrawlStore(runtime.engine)
+        name = cli_site_name(spec.url)
+        await sites.put(CLI_NAMESPACE, name, spec.model_dump(mode="json", by_alias=True))
+        crawl, _ = await start_crawl(
+            sites, crawls, runtime.broker, CLI_NAMESPACE, name, trigger="manual", idempotency_key=None
+        )
+        while crawl.state not in FINAL_CRAWL_STATES:
+            await asyncio.sleep(_PROGRESS_SECONDS)
+            current = await crawls.get(crawl.id)
+            if current is None:
+                raise KubecrawlError(f"crawl {crawl.id} vanished from the store", code="crawl_not_found")
+            crawl = current
+            if on_progress is not None:
+                on_progress(crawl)
+        return crawl

@@ -367,28 +367,31 @@ async def test_second_crawl_counts_changed_and_unchanged_pages(api: ApiHandle, s
     assert {p["url"].removeprefix(site.base) for p in changed} == set(page_paths[:3])
 
 
-async def test_conditional_refetch_counts_304_as_unchanged_without_a_body(
+async def test_conditional_refetch_counts_304_as_unchanged_and_still_follows_the_pages_links(
     api: ApiHandle, site: Site, worker: None
 ) -> None:
-    bodies: list[int] = []
+    bodies: list[tuple[str, int]] = []
 
-    async def validated(request: web.Request) -> web.StreamResponse:
-        if request.headers.get("If-None-Match") == '"v1"':
-            bodies.append(0)
-            return web.Response(status=304, headers={"ETag": '"v1"'})
-        bodies.append(1)
-        return web.Response(text="<title>etag</title>", content_type="text/html", headers={"ETag": '"v1"'})
+    def validated(text: str) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("If-None-Match") == '"v1"':
+                bodies.append((request.path, 0))
+                return web.Response(status=304, headers={"ETag": '"v1"'})
+            bodies.append((request.path, 1))
+            return web.Response(text=text, content_type="text/html", headers={"ETag": '"v1"'})
 
-    site.html("/", body=links("/etag"))
-    site.handlers["/etag"] = validated
-    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}}
+        return handler
+
+    site.handlers["/"] = validated(f"<title>home</title>{links('/etag')}")
+    site.handlers["/etag"] = validated("<title>etag</title>")
+    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False, "maxConcurrency": 1}}
     await crawl_site(api.client, "etag", spec)
     second = await trigger(api.client, "etag")
     done = await wait_crawl(api.client, second["id"])
-    assert bodies == [1, 0]
-    page = next(p for p in await all_pages(api.client, second["id"]) if p["url"] == site.url("/etag"))
-    assert page["http_status"] == 304
-    assert page["changed"] is False
+    assert bodies == [("/", 1), ("/etag", 1), ("/", 0), ("/etag", 0)]
+    pages = await all_pages(api.client, second["id"])
+    assert {p["url"]: p["http_status"] for p in pages} == {site.url("/"): 304, site.url("/etag"): 304}
+    assert all(p["changed"] is False for p in pages)
     assert done["counters"]["unchanged"] == 2
 
 

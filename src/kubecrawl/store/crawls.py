@@ -316,7 +316,12 @@ class CrawlStore:
             if crawl.previous_crawl_id is not None:
                 prev = (
                     await conn.execute(
-                        select(crawl_pages.c.content_hash, crawl_pages.c.etag, crawl_pages.c.last_modified).where(
+                        select(
+                            crawl_pages.c.content_hash,
+                            crawl_pages.c.etag,
+                            crawl_pages.c.last_modified,
+                            crawl_pages.c.outlinks,
+                        ).where(
                             crawl_pages.c.crawl_id == crawl.previous_crawl_id,
                             crawl_pages.c.url == page.url,
                             crawl_pages.c.state == P.DONE.value,
@@ -328,6 +333,7 @@ class CrawlStore:
                         "content_hash": prev.content_hash,
                         "etag": prev.etag,
                         "last_modified": prev.last_modified,
+                        "outlinks": prev.outlinks or [],
                     }
         return PageStart(
             page.url,
@@ -373,6 +379,7 @@ class CrawlStore:
                     "error",
                 )
             }
+            values["outlinks"] = list(outcome.new_links) if outcome.state is P.DONE else None
             done = (
                 await conn.execute(
                     update(crawl_pages)

@@ -132,6 +132,8 @@ crawl_pages = Table(
     Column("noindex", Boolean),
     Column("nofollow", Boolean),
     Column("links", Integer),
+    # In-scope links found on the page: a later crawl that gets 304 Not Modified follows these.
+    Column("outlinks", Json),
     Column("error_code", String(64)),
     Column("error", Text),
     Column("seq", Integer),

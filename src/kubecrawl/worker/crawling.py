@@ -127,7 +127,13 @@ class PagePipeline:
         result = await self._fetcher.fetch(start.url, headers=headers)
         metrics.FETCH_BYTES.inc(result.body_bytes)
         response_headers = {name.lower(): value for name, value in result.headers}
+        scope = Scope.for_site(spec.url, spec.scope)
+        follow = start.depth < spec.scope.max_depth
         if result.status_code == 304 and start.previous is not None:
+            # Not modified: no body to read, so follow the links the previous crawl found on this page.
+            links = scope.filter(previous.get("outlinks") or []) if follow else []
+            if start.depth == 0 and spec.scope.sitemap:
+                links.extend(await self._sitemap_links(start.url, robots, scope))
             return PageOutcome(
                 CrawlPageState.DONE,
                 http_status=304,
@@ -135,6 +141,7 @@ class PagePipeline:
                 changed=False,
                 etag=previous.get("etag"),
                 last_modified=previous.get("last_modified"),
+                new_links=links,
             )
         error = response_error(result.status_code, response_headers)
         if error is not None:
@@ -145,10 +152,7 @@ class PagePipeline:
         meta = extract_metadata(result.body, content_type=result.content_type, base_url=result.final_url)
         noindex, nofollow = robots_directives(meta.robots, response_headers.get("x-robots-tag"))
         content_hash = hashlib.sha256(result.body).hexdigest()
-        links: list[str] = []
-        scope = Scope.for_site(spec.url, spec.scope)
-        if not nofollow and start.depth < spec.scope.max_depth:
-            links = scope.filter(meta.links)
+        links = scope.filter(meta.links) if follow and not nofollow else []
         if start.depth == 0 and spec.scope.sitemap:
             links.extend(await self._sitemap_links(start.url, robots, scope))
         return PageOutcome(

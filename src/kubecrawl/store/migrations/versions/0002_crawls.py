@@ -85,6 +85,8 @@ def upgrade() -> None:
         sa.Column("noindex", sa.Boolean),
         sa.Column("nofollow", sa.Boolean),
         sa.Column("links", sa.Integer),
+        # In-scope links found on the page: a later crawl that gets 304 Not Modified follows these.
+        sa.Column("outlinks", Json),
         sa.Column("error_code", sa.String(64)),
         sa.Column("error", sa.Text),
         sa.Column("seq", sa.Integer),
