@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -98,8 +99,9 @@ class ApiHandle:
     publisher: RabbitPublisher
 
 
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[ApiHandle]:
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[ApiHandle]:
+    """The API app with its real publisher and database, started and stopped like a process would."""
     engine = create_engine(settings.database_url.get_secret_value())
     publisher = RabbitPublisher(
         settings.rabbitmq_url.get_secret_value(),
@@ -113,6 +115,12 @@ async def api(settings: Settings) -> AsyncIterator[ApiHandle]:
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client,
     ):
         yield ApiHandle(app, client, publisher)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[ApiHandle]:
+    async with running_api(settings) as handle:
+        yield handle
 
 
 @pytest.fixture

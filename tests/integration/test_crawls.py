@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.schema import crawl_pages
-from tests.integration.conftest import ApiHandle
+from tests.integration.conftest import ApiHandle, running_api
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 from tests.support.sites import Page, Site
@@ -430,3 +430,51 @@ async def test_invalid_site_spec_answers_400_naming_the_field(api: ApiHandle) ->
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_spec"
     assert "scope.maxPages" in response.json()["detail"] or "scope.max_pages" in response.json()["detail"]
+
+
+async def test_page_whose_message_was_lost_is_republished_by_the_sweeper_and_the_crawl_completes(
+    api: ApiHandle, site: Site, settings: Settings, rabbit: RabbitServer, vhost: str
+) -> None:
+    site.html("/", body=links("/a"))
+    site.html("/a")
+    await put_site(api.client, "lost", {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}})
+    crawl = await trigger(api.client, "lost")
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
+    await asyncio.to_thread(rabbit.api, f"/api/queues/{vhost}/kubecrawl.pages/contents", method="DELETE")
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 0  # the seed's message is gone
+
+    from kubecrawl.worker.runtime import run_worker
+
+    stop = asyncio.Event()
+    quick = settings.model_copy(update={"lost_page_seconds": 1.0, "sweep_interval_seconds": 0.5})
+    task = asyncio.create_task(run_worker(quick, stop=stop))
+    try:
+        done = await wait_crawl(api.client, crawl["id"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert done["state"] == "COMPLETED"
+    assert done["counters"]["fetched"] == 2
+    assert site.hits["/"] == 1
+
+
+async def test_api_restarted_mid_crawl_leaves_the_crawl_unaffected(
+    settings: Settings, site: Site, worker: None
+) -> None:
+    site.delay = 0.1
+    site.html("/", body=links(*(f"/p{i}" for i in range(8))))
+    for i in range(8):
+        site.html(f"/p{i}")
+    async with running_api(settings) as first:
+        await put_site(first.client, "restart", {"url": site.url("/"), "politeness": {"maxConcurrency": 1}})
+        crawl = await trigger(first.client, "restart")
+
+        async def started() -> bool:
+            return (await first.client.get(f"/crawls/{crawl['id']}")).json()["counters"]["fetched"] >= 2
+
+        await eventually(started, what="crawl to make progress")
+    async with running_api(settings) as second:
+        done = await wait_crawl(second.client, crawl["id"])
+    assert done["state"] == "COMPLETED"
+    assert done["counters"]["fetched"] == 9
+    assert all(site.hits[f"/p{i}"] == 1 for i in range(8))

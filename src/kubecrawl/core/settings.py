@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Database connection pool per process.
     db_pool_size: int = Field(default=10, ge=1)
     db_connect_attempts: int = Field(default=10, ge=1)
+    # A crawl page QUEUED this long without news has lost its message and is re-published; longer than the
+    # longest retry tier (300 s) plus a deep backlog's wait, so duplicates stay rare (they are harmless).
+    lost_page_seconds: float = Field(default=900.0, gt=0)
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
 
     publisher: PublisherSettings = PublisherSettings()
     fetch: FetchSettings = FetchSettings()

@@ -276,7 +276,11 @@ class CrawlStore:
             rows = (
                 await conn.execute(
                     update(crawl_pages)
-                    .where(crawl_pages.c.state == P.QUEUED.value, crawl_pages.c.updated_at < cutoff)
+                    .where(
+                        crawl_pages.c.state == P.QUEUED.value,
+                        crawl_pages.c.updated_at < cutoff,
+                        crawl_pages.c.crawl_id.in_(select(crawls.c.id).where(crawls.c.state.in_(_ACTIVE))),
+                    )
                     .values(updated_at=utcnow())
                     .returning(crawl_pages.c.crawl_id, crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
                 )

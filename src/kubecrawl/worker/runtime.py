@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from datetime import timedelta
 
 from prometheus_client import start_http_server
 
@@ -24,6 +25,7 @@ from kubecrawl.store.database import connect_with_backoff, create_engine
 from kubecrawl.store.pages import PageStore
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.processing import MetadataPipeline
+from kubecrawl.worker.sweeping import sweep_forever
 
 log = get_logger(__name__)
 
@@ -70,9 +72,18 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
                 fetch=settings.fetch,
             )
             await consumer.start({METADATA_QUEUE: pipeline.handle, PAGES_QUEUE: pages.handle})
+            sweeper = asyncio.create_task(
+                sweep_forever(
+                    CrawlStore(engine),
+                    publisher,
+                    lost_after=timedelta(seconds=settings.lost_page_seconds),
+                    interval_seconds=settings.sweep_interval_seconds,
+                )
+            )
             log.info("worker_started", connection_name=name, prefetch=settings.prefetch_count)
             await stop.wait()
             log.info("worker_draining")
+            sweeper.cancel()
             await consumer.drain()
     finally:
         await consumer.close()
