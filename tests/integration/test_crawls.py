@@ -478,3 +478,26 @@ async def test_api_restarted_mid_crawl_leaves_the_crawl_unaffected(
     assert done["state"] == "COMPLETED"
     assert done["counters"]["fetched"] == 9
     assert all(site.hits[f"/p{i}"] == 1 for i in range(8))
+
+
+async def test_retry_after_on_429_pauses_the_host_before_the_next_request(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    answered: list[int] = []
+
+    async def limited(_: web.Request) -> web.StreamResponse:
+        if not answered:
+            answered.append(429)
+            return web.Response(status=429, headers={"Retry-After": "2"})
+        answered.append(200)
+        return web.Response(text="<title>ok</title>", content_type="text/html")
+
+    site.html("/", body=links("/limited"))
+    site.handlers["/limited"] = limited
+    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False, "maxConcurrency": 1}}
+    done, pages = await crawl_site(api.client, "retry-after", spec)
+    assert done["state"] == "COMPLETED"
+    assert answered == [429, 200]
+    limited_at = [at for at, path in site.requests if path == "/limited"]
+    assert limited_at[1] - limited_at[0] >= 1.9  # the host was paused for Retry-After, not just the message
+    assert next(p for p in pages if p["url"] == site.url("/limited"))["attempts"] == 2
