@@ -26,11 +26,9 @@ from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
-from kubecrawl.store.pages import PageStore
 from kubecrawl.store.sites import SiteStore
 from kubecrawl.triggers import start_crawl
-from kubecrawl.worker.crawling import PagePipeline
-from kubecrawl.worker.processing import MetadataPipeline
+from kubecrawl.worker.runtime import queue_handlers
 
 log = get_logger(__name__)
 # The CLI's crawls are stored as sites of this namespace, named after the host.
@@ -66,17 +64,7 @@ async def embedded_runtime(settings: Settings) -> AsyncIterator[Embedded]:
     await broker.start()
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            pipeline = MetadataPipeline(
-                pages=PageStore(engine), fetcher=fetcher, publisher=broker, retry=settings.retry
-            )
-            pages = PagePipeline(
-                crawls=CrawlStore(engine),
-                fetcher=fetcher,
-                publisher=broker,
-                retry=settings.retry,
-                fetch=settings.fetch,
-            )
-            await broker.start_consuming({METADATA_QUEUE: pipeline.handle, PAGES_QUEUE: pages.handle})
+            await broker.start_consuming(queue_handlers(settings, engine, fetcher, broker))
             yield Embedded(settings=settings, engine=engine, broker=broker)
     finally:
         await broker.close()

@@ -33,7 +33,7 @@ from kubecrawl.fetch.robots import Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import parse_sitemap
 from kubecrawl.store.crawls import CrawlStore, PageOutcome, PageStart
-from kubecrawl.worker.settling import dead_letter, retry_later
+from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_later
 
 log = get_logger(__name__)
 # Another worker is fetching this host's robots.txt: wait for it at most this long, then crawl as if absent.
@@ -63,17 +63,7 @@ class PagePipeline:
         self._robots: dict[tuple[str, str], Robots | None] = {}
 
     async def handle(self, delivery: Delivery) -> None:
-        metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).inc()
-        try:
-            outcome = await self._handle(delivery)
-        except Exception:
-            log.exception("page_handling_failed")
-            outcome = "requeued"
-            await asyncio.sleep(1.0)  # a bug must not become a hot redelivery loop
-            await delivery.reject(requeue=True)
-        finally:
-            metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).dec()
-        metrics.WORKER_MESSAGES.labels(queue=delivery.queue, outcome=outcome).inc()
+        await handle_guarded(delivery, self._handle)
 
     async def _handle(self, delivery: Delivery) -> str:
         try:

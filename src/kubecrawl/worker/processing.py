@@ -13,7 +13,6 @@ counts too, and a message that keeps killing workers is still bounded.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 
@@ -31,13 +30,11 @@ from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error, retry_delay
 from kubecrawl.store.pages import PageStore
-from kubecrawl.worker.settling import dead_letter, retry_later
+from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_later
 
 log = get_logger(__name__)
 # A database outage is retried through the shortest useful delay tier without spending an attempt.
 _DB_RETRY_DELAY_SECONDS = 5.0
-# After an unexpected error the message goes back to the queue; wait first so a bug is not a hot loop.
-_REQUEUE_PAUSE_SECONDS = 1.0
 
 
 def fetched_page(result: FetchResult) -> FetchedPage:
@@ -75,17 +72,7 @@ class MetadataPipeline:
         self._retry = retry
 
     async def handle(self, delivery: Delivery) -> None:
-        metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).inc()
-        try:
-            outcome = await self._handle(delivery)
-        except Exception:
-            log.exception("message_handling_failed")
-            outcome = "requeued"
-            await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
-            await delivery.reject(requeue=True)
-        finally:
-            metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).dec()
-        metrics.WORKER_MESSAGES.labels(queue=delivery.queue, outcome=outcome).inc()
+        await handle_guarded(delivery, self._handle)
 
     async def _handle(self, delivery: Delivery) -> str:
         try:

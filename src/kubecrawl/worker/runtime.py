@@ -13,7 +13,9 @@ import socket
 from datetime import timedelta
 
 from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kubecrawl.broker.base import Handler, Publisher
 from kubecrawl.broker.consuming import RabbitConsumer
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
@@ -28,6 +30,17 @@ from kubecrawl.worker.processing import MetadataPipeline
 from kubecrawl.worker.sweeping import sweep_forever
 
 log = get_logger(__name__)
+
+
+def queue_handlers(
+    settings: Settings, engine: AsyncEngine, fetcher: Fetcher, publisher: Publisher
+) -> dict[str, Handler]:
+    """The pipeline for each work queue: the same for `kubecrawl worker` and the embedded default."""
+    metadata = MetadataPipeline(pages=PageStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry)
+    pages = PagePipeline(
+        crawls=CrawlStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry, fetch=settings.fetch
+    )
+    return {METADATA_QUEUE: metadata.handle, PAGES_QUEUE: pages.handle}
 
 
 async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
@@ -61,17 +74,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
             loop.add_signal_handler(sig, stop.set)
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            pipeline = MetadataPipeline(
-                pages=PageStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry
-            )
-            pages = PagePipeline(
-                crawls=CrawlStore(engine),
-                fetcher=fetcher,
-                publisher=publisher,
-                retry=settings.retry,
-                fetch=settings.fetch,
-            )
-            await consumer.start({METADATA_QUEUE: pipeline.handle, PAGES_QUEUE: pages.handle})
+            await consumer.start(queue_handlers(settings, engine, fetcher, publisher))
             sweeper = asyncio.create_task(
                 sweep_forever(
                     CrawlStore(engine),

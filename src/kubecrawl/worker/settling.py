@@ -6,6 +6,9 @@ acked, so a crash in between duplicates a message rather than losing it; process
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from kubecrawl.broker.base import Delivery, Publisher
 from kubecrawl.broker.topology import (
     ATTEMPT_HEADER,
@@ -23,6 +26,24 @@ from kubecrawl.core.logging import get_logger
 log = get_logger(__name__)
 # Header values are bounded: RabbitMQ frames and log lines should not carry whole error pages.
 _MAX_REASON = 1000
+# After an unexpected error the message goes back to the queue; wait first so a bug is not a hot loop.
+_REQUEUE_PAUSE_SECONDS = 1.0
+
+
+async def handle_guarded(delivery: Delivery, handle: Callable[[Delivery], Awaitable[str]]) -> None:
+    """The worker's outer edge: count the message in flight, run ``handle`` (which settles it and names the
+    outcome), and if it raises anyway — a bug, or a database outage mid-way — put the message back."""
+    metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).inc()
+    try:
+        outcome = await handle(delivery)
+    except Exception:
+        log.exception("message_handling_failed", queue=delivery.queue)
+        outcome = "requeued"
+        await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
+        await delivery.reject(requeue=True)
+    finally:
+        metrics.WORKER_IN_FLIGHT.labels(queue=delivery.queue).dec()
+    metrics.WORKER_MESSAGES.labels(queue=delivery.queue, outcome=outcome).inc()
 
 
 async def retry_later(publisher: Publisher, delivery: Delivery, *, attempt: int, delay: float, code: str) -> None:
