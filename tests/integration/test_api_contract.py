@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import pytest
 
 from kubecrawl.core.settings import Settings
 from tests.integration.conftest import ApiHandle
 from tests.support.servers import RabbitServer
+from tests.support.sites import Site
 
 
 async def test_post_metadata_answers_202_queued_with_request_id_and_publishes_persistently(
@@ -129,3 +131,22 @@ async def test_metrics_expose_kubecrawl_series_in_prometheus_text(api: ApiHandle
     assert 'kubecrawl_api_requests_total{method="POST",route="/metadata",status="202"}' in text
     assert 'kubecrawl_publisher_state{state="READY"} 1.0' in text
     assert "kubecrawl_publish_duration_seconds_bucket" in text
+
+
+async def test_metrics_pass_promtool_check_metrics(api: ApiHandle, site: Site, worker: None) -> None:
+    await api.client.post("/metadata", json={"url": site.html("/m", title="m")})
+    await api.client.get("/metadata", params={"url": site.url("/m")})
+    text = (await api.client.get("/metrics")).text
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: scripts/install-deps installs Debian's prometheus"
+    proc = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate(text.encode())
+    kubecrawl_problems = [line for line in out.decode().splitlines() if line.startswith("kubecrawl_")]
+    assert not kubecrawl_problems, out.decode()
