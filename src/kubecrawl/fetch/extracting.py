@@ -4,8 +4,9 @@ HTML is parsed with selectolax's lexbor backend (``selectolax.lexbor``; the old 
 gone in selectolax 1.x). The text encoding is chosen the way browsers do, in this order: a byte-order mark, the
 ``charset`` of the Content-Type header, a ``<meta charset>`` / ``http-equiv`` declaration near the top of the
 document, then UTF-8 — and if the bytes are not valid UTF-8, windows-1252 (the web's historical default). An
-unknown charset label is ignored rather than trusted. The first of duplicated OpenGraph/Twitter properties
-wins, as Facebook's and Twitter's own parsers do.
+unknown charset label is ignored rather than trusted, and labels are read as the WHATWG Encoding Standard
+reads them (``iso-8859-1`` means windows-1252; ``<meta charset=utf-16>`` means UTF-8). The first of duplicated
+OpenGraph/Twitter properties wins, as Facebook's and Twitter's own parsers do.
 """
 
 from __future__ import annotations
@@ -24,6 +25,24 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_\-:.
 _HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+# The WHATWG Encoding Standard decodes these labels with a superset: a page that says iso-8859-1 (or ascii) is
+# decoded as windows-1252 by every browser, so its 0x80-0x9F bytes are curly quotes and dashes, not C1 controls.
+_WHATWG_SUPERSETS = {
+    "ascii": "cp1252",
+    "iso8859-1": "cp1252",
+    "iso8859-9": "cp1254",
+    "iso8859-11": "cp874",
+    "tis-620": "cp874",
+    "gb2312": "gbk",
+    "euc_kr": "cp949",
+    "shift_jis": "cp932",
+}
+# Python knows these labels, browsers do not (UTF-7 was an XSS vector); a page declaring one is decoded as if it
+# had declared nothing.
+_NOT_WEB_ENCODINGS = frozenset({"utf-7", "utf-32", "utf-32-le", "utf-32-be"})
+# A <meta> found by an ASCII scan proves the bytes are ASCII-compatible, so a UTF-16 declaration there is wrong;
+# the HTML spec's prescan reads it as UTF-8.
+_UTF16 = frozenset({"utf-16", "utf-16-le", "utf-16-be"})
 # Link targets that are not pages.
 _NON_PAGE_SCHEMES = ("mailto:", "javascript:", "tel:", "data:", "ftp:", "#")
 
@@ -44,12 +63,16 @@ class PageMeta:
 
 
 def _known_codec(label: str | None) -> str | None:
+    """The codec a browser would use for a charset label, or ``None`` for a label browsers ignore."""
     if not label:
         return None
     try:
-        return codecs.lookup(label.strip().lower()).name
+        name = codecs.lookup(label.strip().lower()).name
     except LookupError:
         return None
+    if name in _NOT_WEB_ENCODINGS:
+        return None
+    return _WHATWG_SUPERSETS.get(name, name)
 
 
 def detect_charset(body: bytes, content_type: str | None) -> str | None:
@@ -62,7 +85,8 @@ def detect_charset(body: bytes, content_type: str | None) -> str | None:
     if codec:
         return codec
     meta = _META_CHARSET.search(body[:_PRESCAN_BYTES])
-    return _known_codec(meta.group(1).decode("ascii", errors="ignore")) if meta else None
+    codec = _known_codec(meta.group(1).decode("ascii", errors="ignore")) if meta else None
+    return "utf-8" if codec in _UTF16 else codec
 
 
 def decode_body(body: bytes, content_type: str | None) -> tuple[str, str]:

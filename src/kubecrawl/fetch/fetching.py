@@ -21,11 +21,11 @@ decides what a status means.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from http.cookies import CookieError, SimpleCookie
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urljoin
@@ -105,50 +105,65 @@ class Cookie:
 
 
 def parse_set_cookie(header: str, url: str) -> Cookie | None:
-    """Parse one ``Set-Cookie`` value; ``None`` when it has no name=value pair."""
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        jar = SimpleCookie()
-    if not jar:
-        name, sep, value = header.split(";", 1)[0].partition("=")
-        if not sep or not name.strip():
-            return None
-        return Cookie(
-            name=name.strip(),
-            value=value.strip(),
-            domain=None,
-            path=None,
-            expires=None,
-            max_age=None,
-            secure=False,
-            http_only=False,
-            same_site=None,
-            set_by=url,
-        )
-    morsel = next(iter(jar.values()))
-    max_age: int | None = None
-    if morsel["max-age"]:
-        try:
-            max_age = int(morsel["max-age"])
-        except ValueError:
-            max_age = None
-    expires = morsel["expires"] or None
-    if expires is None and max_age is not None:
-        expires = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + max_age))
+    """Parse one ``Set-Cookie`` value the way user agents do (RFC 6265 §5.2); ``None`` when it has no name.
+
+    Not ``http.cookies.SimpleCookie``: that parses the *Cookie* request grammar, and on anything it does not
+    expect (a space or a JSON value in the cookie, an attribute it does not know such as ``Partitioned``)
+    it silently drops the attributes. Here the value is kept as sent (quotes included, as browsers keep
+    them), attribute names are case-insensitive, unknown attributes are ignored, and the last occurrence of an
+    attribute wins. ``expires`` is the effective expiry: ``Max-Age`` wins over ``Expires`` (§5.3).
+    """
+    pair, _, attributes = header.partition(";")
+    name, sep, value = pair.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name:
+        return None
+    attrs: dict[str, str] = {}
+    for attribute in attributes.split(";"):
+        key, _, attr_value = attribute.partition("=")
+        key = key.strip().lower()
+        if key:
+            attrs[key] = attr_value.strip()
+    max_age = _max_age(attrs.get("max-age"))
+    expires = attrs.get("expires") or None
+    if max_age is not None:
+        expires = _expiry(max_age)
     return Cookie(
-        name=morsel.key,
-        value=morsel.value,
-        domain=morsel["domain"] or None,
-        path=morsel["path"] or None,
+        name=name,
+        value=value,
+        domain=attrs.get("domain") or None,
+        path=attrs.get("path") or None,
         expires=expires,
         max_age=max_age,
-        secure=bool(morsel["secure"]),
-        http_only=bool(morsel["httponly"]),
-        same_site=morsel["samesite"] or None,
+        secure="secure" in attrs,
+        http_only="httponly" in attrs,
+        same_site=attrs.get("samesite") or None,
         set_by=url,
     )
+
+
+_MAX_AGE = re.compile(r"(-?)0*([0-9]+)")
+# RFC 6265bis §5.6.2: user agents cap a cookie's lifetime at 400 days, whatever the server asked. Capping the
+# reported Max-Age too keeps it a small integer (a 20-digit one would not fit the JSON column's int64).
+_MAX_COOKIE_LIFETIME_SECONDS = 400 * 86_400
+
+
+def _max_age(value: str | None) -> int | None:
+    """``Max-Age`` as delta-seconds (an optional ``-`` and ASCII digits only, §5.2.2), else ignored."""
+    match = _MAX_AGE.fullmatch(value or "")
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    # Compare lengths before converting: int() of thousands of digits is slow, and refused past 4300.
+    too_long = len(digits) > len(str(_MAX_COOKIE_LIFETIME_SECONDS))
+    seconds = _MAX_COOKIE_LIFETIME_SECONDS if too_long else min(int(digits), _MAX_COOKIE_LIFETIME_SECONDS)
+    return -seconds if sign else seconds
+
+
+def _expiry(max_age: int) -> str:
+    if max_age <= 0:  # §5.2.2: "the earliest representable date and time"
+        return "Thu, 01 Jan 1970 00:00:00 GMT"
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + max_age))
 
 
 @dataclass(slots=True)

@@ -1,9 +1,10 @@
 """Retry policy (pure): which responses are worth retrying, and when.
 
-Retryable: 408, 429 and 5xx (``Retry-After`` honoured), plus the network errors the fetcher raises as
+Retryable: 408, 425, 429 and 5xx (``Retry-After`` honoured), plus the network errors the fetcher raises as
 ``FetchTransient`` (DNS failure, connection refused/reset, timeouts). Any other 4xx is permanent at once, and so
-are blocked targets and malformed responses. Delays grow exponentially with full jitter (the AWS architecture
-blog's "exponential backoff and jitter"), so many workers retrying one failing site do not stampede it.
+are blocked targets and malformed responses. Delays grow exponentially with jitter (the "equal jitter" of the
+AWS architecture blog's "exponential backoff and jitter"), so many workers retrying one failing site do not
+stampede it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from kubecrawl.core.errors import FetchPermanent, FetchTransient, KubecrawlError
 from kubecrawl.core.settings import RetrySettings
 
 _RETRYABLE_4XX = frozenset({408, 425, 429})
+# RFC 9110 §15: status codes are 100-599; aiohttp's parser accepts any three digits.
+_MIN_STATUS, _MAX_STATUS = 100, 599
 # A server asking for more than a day is not asking for a retry.
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 
@@ -26,7 +29,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only (RFC 9110 delay-seconds): str.isdigit() also accepts '²' and '١', which float() refuses.
+    if value.isascii() and value.isdigit():
         return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         when = parsedate_to_datetime(value)
@@ -43,6 +47,8 @@ def response_error(status: int, headers: Mapping[str, str]) -> KubecrawlError | 
 
     2xx and 3xx (a redirect the fetcher did not follow, 304) are results; so is nothing else.
     """
+    if not _MIN_STATUS <= status <= _MAX_STATUS:
+        return FetchPermanent(f"HTTP status {status} is outside 100-599", code="invalid_response")
     if status < 400:
         return None
     retry_after = next((value for name, value in headers.items() if name.lower() == "retry-after"), None)
