@@ -192,6 +192,63 @@ def crawl(
         raise typer.Exit(1)
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="watch only this namespace (repeatable); default all")
+    ] = None,
+    liveness: Annotated[
+        str, typer.Option(help="liveness endpoint URL (kopf's /healthz); empty disables")
+    ] = "http://0.0.0.0:8080/healthz",
+    peering: Annotated[
+        str | None, typer.Option(help="kopf peering name for active/standby replicas; default standalone")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="peering priority: the highest-priority replica is active")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; 0 disables")] = 9100,
+) -> None:
+    """Run the operator: CrawlSite → CronJob, site specs synced to the API, CrawlWorkerPool scaling."""
+    from prometheus_client import start_http_server
+
+    from kubecrawl.operator.main import run
+    from kubecrawl.operator.settings import OperatorSettings
+
+    settings = _settings("operator")
+    if metrics_port:
+        start_http_server(metrics_port)
+    run(
+        settings,
+        OperatorSettings(),
+        namespaces=namespace or (),
+        liveness_endpoint=liveness or None,
+        peering=peering,
+        priority=priority,
+    )
+
+
+@app.command()
+def trigger(
+    site: Annotated[str, typer.Option(help="the CrawlSite, NAMESPACE/NAME")],
+    job_name: Annotated[
+        str | None, typer.Option(envvar="JOB_NAME", help="the Job running this pod (downward API)")
+    ] = None,
+    cronjob: Annotated[
+        str | None, typer.Option(envvar="KUBECRAWL_CRONJOB_NAME", help="the CronJob that makes those Jobs")
+    ] = None,
+    job_uid: Annotated[str | None, typer.Option(envvar="JOB_UID", help="the Job's uid (downward API)")] = None,
+) -> None:
+    """Start one crawl of a site through the API; what a CrawlSite's CronJob runs. Exits 1 on failure."""
+    from kubecrawl.operator.syncing import SiteApi
+    from kubecrawl.operator.triggering import REQUEST_TIMEOUT_SECONDS, RETRY_DELAYS, run_trigger, trigger_request
+
+    settings = _settings("trigger")
+    try:
+        request = trigger_request(site, job_name=job_name, cronjob=cronjob, job_uid=job_uid)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--site") from exc
+    api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS)
+    raise typer.Exit(asyncio.run(run_trigger(api, request)))
+
+
 def main() -> None:
     app()
 

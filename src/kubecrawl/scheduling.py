@@ -22,10 +22,10 @@ from kubecrawl.broker.base import Publisher
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_CRAWL_STATES
-from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.core.sites import CrawlSiteSpec, schedule_key
 from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.sites import SiteStore
-from kubecrawl.triggers import schedule_key, start_crawl
+from kubecrawl.triggers import start_crawl
 
 log = get_logger(__name__)
 # Never sleep longer than this between checks, so a clock jump or a new day's DST shift is noticed.

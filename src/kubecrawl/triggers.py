@@ -7,8 +7,6 @@ minute (CronJob retries, two schedulers) create one crawl.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core.errors import NotFound
@@ -20,11 +18,6 @@ from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.sites import SiteStore
 
 log = get_logger(__name__)
-
-
-def schedule_key(namespace: str, name: str, scheduled: datetime) -> str:
-    moment = scheduled.astimezone(UTC).replace(second=0, microsecond=0)
-    return f"site:{namespace}/{name}:cron:{moment.isoformat()}"
 
 
 async def start_crawl(

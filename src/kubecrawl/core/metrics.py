@@ -41,3 +41,31 @@ FETCH_DURATION = Histogram(
 )
 FETCH_BYTES = Counter("kubecrawl_fetch_response_bytes", "Response body bytes read by fetches.")
 CRAWL_PAGES = Counter("kubecrawl_crawl_pages", "Crawl pages finished by state.", ["state"])
+
+# CrawlWorkerPool scaling (operator). One series per pool: pools are few and named by their owners; a deleted
+# pool's series are removed.
+POOL_QUEUE_MESSAGES = Gauge(
+    "kubecrawl_pool_queue_messages",
+    "Messages in a pool's queue by state (ready, unacked).",
+    ["namespace", "pool", "state"],
+)
+POOL_DESIRED_REPLICAS = Gauge(
+    "kubecrawl_pool_desired_replicas", "Replicas the pool's scaler wants its Deployment to have.", ["namespace", "pool"]
+)
+POOL_CURRENT_REPLICAS = Gauge(
+    "kubecrawl_pool_current_replicas", "Replicas of the pool's Deployment (its /scale spec).", ["namespace", "pool"]
+)
+POOL_SCALE = Counter(
+    "kubecrawl_pool_scale",
+    "Replica changes written by a pool's scaler, by direction and cause.",
+    ["namespace", "pool", "direction", "reason"],
+)
+POOL_METRIC_ERRORS = Counter("kubecrawl_pool_metric_errors", "Failed queue depth reads.", ["namespace", "pool"])
+# From the poll that first saw the change to /scale written: well under a second for scale-ups; scale-downs
+# include the stabilisation window (minutes by default), hence the long tail of buckets.
+POOL_REACTION = Histogram(
+    "kubecrawl_pool_reaction_seconds",
+    "Time from a depth change seen by the scaler to the Deployment's /scale written.",
+    ["direction"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)

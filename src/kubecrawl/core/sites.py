@@ -5,6 +5,7 @@ the API refuses the same things when called directly)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -56,3 +57,13 @@ class CrawlSiteSpec(_Spec):
     scope: ScopeSpec = Field(default_factory=ScopeSpec)
     politeness: PolitenessSpec = Field(default_factory=PolitenessSpec)
     fetch: FetchSpec = Field(default_factory=FetchSpec)
+
+
+def schedule_key(namespace: str, name: str, scheduled: datetime) -> str:
+    """Idempotency key of a scheduled crawl: ``site:{ns}/{name}:cron:{scheduled minute, ISO-8601 UTC}``.
+
+    The operator's trigger pods and the embedded scheduler both use it, so two triggers for one scheduled
+    minute (a retried Job, two schedulers) start one crawl.
+    """
+    moment = scheduled.astimezone(UTC).replace(second=0, microsecond=0)
+    return f"site:{namespace}/{name}:cron:{moment.isoformat()}"
