@@ -150,3 +150,19 @@ async def test_metrics_pass_promtool_check_metrics(api: ApiHandle, site: Site, w
     out, _ = await proc.communicate(text.encode())
     kubecrawl_problems = [line for line in out.decode().splitlines() if line.startswith("kubecrawl_")]
     assert not kubecrawl_problems, out.decode()
+
+
+async def test_unexpected_error_answers_500_with_a_code_and_logs_the_traceback(
+    api: ApiHandle, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    async def broken(url: str) -> None:
+        raise RuntimeError("store bug " + url)
+
+    monkeypatch.setattr(api.app.state.pages, "get", broken)
+    response = await api.client.get("/metadata", params={"url": "https://example.com/bug"})
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "store bug" not in response.text  # internals stay in the log
+    logged = capfd.readouterr().out
+    assert "unhandled_error" in logged
+    assert "RuntimeError: store bug https://example.com/bug" in logged
