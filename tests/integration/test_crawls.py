@@ -501,3 +501,21 @@ async def test_retry_after_on_429_pauses_the_host_before_the_next_request(
     limited_at = [at for at, path in site.requests if path == "/limited"]
     assert limited_at[1] - limited_at[0] >= 1.9  # the host was paused for Retry-After, not just the message
     assert next(p for p in pages if p["url"] == site.url("/limited"))["attempts"] == 2
+
+
+async def test_the_sites_fetch_timeout_bounds_each_fetch_of_its_crawls(
+    api: ApiHandle, site: Site, worker: None, settings: Settings
+) -> None:
+    async def slow(_: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(3)  # longer than the site's 1 s timeout, shorter than the worker's default 15 s
+        return web.Response(text="<title>slow</title>", content_type="text/html")
+
+    site.html("/", body=links("/slow"))
+    site.handlers["/slow"] = slow
+    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}, "fetch": {"timeoutSeconds": 1}}
+    done, pages = await crawl_site(api.client, "timeout", spec)
+    assert done["state"] == "COMPLETED"
+    slow_page = next(p for p in pages if p["url"] == site.url("/slow"))
+    assert slow_page["state"] == "FAILED"
+    assert slow_page["error_code"] == "timeout"
+    assert slow_page["attempts"] == settings.retry.max_attempts

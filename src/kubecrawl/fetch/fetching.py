@@ -243,21 +243,31 @@ class Fetcher:
             await self._client.aclose()
             self._client = None
 
-    async def fetch(self, url: str, *, headers: dict[str, str] | None = None) -> FetchResult:
-        """GET ``url`` following redirects; ``fetch_timeout`` bounds the whole fetch, every hop included."""
+    async def fetch(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        max_body_bytes: int | None = None,
+    ) -> FetchResult:
+        """GET ``url`` following redirects. The timeout bounds the whole fetch, every hop included; it and the
+        body cap default to the process settings, and a crawl's ``spec.fetch`` overrides them per call."""
         if self._client is None:
             raise RuntimeError("Fetcher used outside its 'async with' block")
+        timeout = timeout_seconds or self._settings.timeout_seconds
+        limit = max_body_bytes or self._settings.max_body_bytes
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._settings.timeout_seconds):
-                result = await self._follow(self._client, url, headers or {}, started)
+            async with asyncio.timeout(timeout):
+                result = await self._follow(self._client, url, headers or {}, started, limit)
         except TimeoutError as exc:
-            raise FetchTransient(f"fetch took longer than {self._settings.timeout_seconds}s", code="timeout") from exc
+            raise FetchTransient(f"fetch took longer than {timeout}s", code="timeout") from exc
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return result
 
     async def _follow(
-        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], started: float
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], started: float, limit: int
     ) -> FetchResult:
         jar = httpx.Cookies()
         hops: list[RedirectHop] = []
@@ -292,7 +302,7 @@ class Fetcher:
                     current = target
                     continue
                 first_byte = time.perf_counter()
-                body, truncated = await self._read_capped(response)
+                body, truncated = await _read_capped(response, limit)
             finally:
                 await response.aclose()
             return FetchResult(
@@ -317,27 +327,27 @@ class Fetcher:
             )
         raise FetchPermanent(f"more than {self._settings.max_redirects} redirects", code="too_many_redirects")
 
-    async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
-        """Read at most ``max_body_bytes`` (decoded); the rest is never downloaded."""
-        limit = self._settings.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in response.aiter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= limit:
-                    # Stop here: a body of exactly the limit counts as truncated, since finding out whether
-                    # more follows would mean reading it.
-                    return b"".join(chunks)[:limit], True
-        except httpx.HTTPError as exc:
-            raise _network_error(exc) from exc
-        except aiohttp.ClientError as exc:
-            raise _network_error(exc) from exc
-        return b"".join(chunks), False
-
 
 def _content_length(value: str | None) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
     return int(value.strip())
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Read at most ``limit`` bytes (decoded); the rest is never downloaded."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                # Stop here: a body of exactly the limit counts as truncated, since finding out whether
+                # more follows would mean reading it.
+                return b"".join(chunks)[:limit], True
+    except httpx.HTTPError as exc:
+        raise _network_error(exc) from exc
+    except aiohttp.ClientError as exc:
+        raise _network_error(exc) from exc
+    return b"".join(chunks), False

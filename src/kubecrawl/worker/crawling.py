@@ -114,7 +114,12 @@ class PagePipeline:
             headers["If-None-Match"] = previous["etag"]
         if previous.get("last_modified"):
             headers["If-Modified-Since"] = previous["last_modified"]
-        result = await self._fetcher.fetch(start.url, headers=headers)
+        result = await self._fetcher.fetch(
+            start.url,
+            headers=headers,
+            timeout_seconds=spec.fetch.timeout_seconds,
+            max_body_bytes=spec.fetch.max_body_bytes,
+        )
         metrics.FETCH_BYTES.inc(result.body_bytes)
         response_headers = {name.lower(): value for name, value in result.headers}
         scope = Scope.for_site(spec.url, spec.scope)
