@@ -1,0 +1,931 @@
+"""The Helm chart (deploy/helm/kubecrawl) with the helm binary built by tools/controlplane.
+
+Without a cluster: `helm lint --strict`, `helm template` with the defaults and with every option on, and what the
+rendered objects promise (settings that exist in the code, secrets only by reference, probes on the ports the
+processes listen on, the worker's grace period, one source for CRDs, RBAC rules, alert rules and the dashboard).
+
+On the session's control plane (the `cluster` fixture): `helm install` into a namespace that enforces the
+`restricted` Pod Security Standard, `helm upgrade`, `helm uninstall`. No kubelet runs, so pods stay Pending; the
+migration hook Job is completed the way a node would do it: its container's arguments run as a local `kubecrawl`
+process with the Job's own environment (Secrets read back from the cluster) against the session's PostgreSQL, then
+the Job's status is set to Complete, as the job controller does when its pod succeeds — and helm goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+from alembic.script import ScriptDirectory
+from pydantic import BaseModel
+
+from kubecrawl.core.settings import Settings
+from kubecrawl.operator.reconcile import naming
+from kubecrawl.operator.settings import OperatorSettings
+from kubecrawl.store.migrating import alembic_config
+from tests.e2e.conftest import Cluster
+from tests.e2e.stack import ROOT, Kube
+from tests.support.controlplane import ensure_built
+from tests.support.servers import PostgresServer, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CHART = ROOT / "deploy" / "helm" / "kubecrawl"
+RELEASE = "kc"
+NAMESPACE = "crawling"
+FULLNAME = "kc-kubecrawl"
+# deploy/ paths kubectl, promtool and Grafana users know → the chart's files they link to (one copy of each).
+LINKS = {
+    "deploy/crds/crawlsite.yaml": "deploy/helm/kubecrawl/crds/crawlsite.yaml",
+    "deploy/crds/crawlworkerpool.yaml": "deploy/helm/kubecrawl/crds/crawlworkerpool.yaml",
+    "deploy/rbac/clusterrole.yaml": "deploy/helm/kubecrawl/files/rbac/clusterrole.yaml",
+    "deploy/prometheus/rules.yaml": "deploy/helm/kubecrawl/files/prometheus/rules.yaml",
+    "deploy/grafana/kubecrawl.json": "deploy/helm/kubecrawl/files/grafana/kubecrawl.json",
+}
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+# Every optional feature on, and most settings changed from their defaults.
+ALL_OPTIONS: dict[str, Any] = {
+    "image": {"digest": DIGEST},
+    "imagePullSecrets": [{"name": "registry"}],
+    "commonLabels": {"team": "crawl"},
+    "rabbitmq": {"managementUrlSecretKey": "management-url"},
+    "config": {
+        "logLevel": "DEBUG",
+        "allowedPrivateNetworks": ["10.20.0.0/16", "fd00::/8"],
+        "prefetchCount": 8,
+        "fetch": {"timeoutSeconds": 30.5, "maxBodyBytes": 4194304, "userAgent": "acme-bot/1.0"},
+        "retry": {"maxAttempts": 7},
+    },
+    "api": {
+        "extraEnv": [{"name": "EXTRA", "value": "1"}],
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "priorityClassName": "high",
+    },
+    "worker": {
+        "pool": {
+            "minReplicas": 0,
+            "maxReplicas": 20,
+            "activation": 5,
+            "pollSeconds": 1.5,
+            "scaleUp": {"maxPods": 4, "periodSeconds": 15},
+            "scaleDown": {"stabilizationSeconds": 120, "tolerance": 0.1},
+            "cooldownToZeroSeconds": 600,
+            "fallback": {"failureThreshold": 2, "replicas": 3},
+        }
+    },
+    "operator": {
+        "namespaces": ["crawl-a", "crawl-b"],
+        "statusIntervalSeconds": 10,
+        "trigger": {"apiUrl": "http://api.example:8000", "serviceAccount": "trigger"},
+    },
+    "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "prometheusRule": {
+        "enabled": True,
+        "labels": {"release": "prometheus"},
+        "runbookBaseUrl": "https://runbooks.example/kubecrawl",
+    },
+    "networkPolicy": {
+        "enabled": True,
+        "apiFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}],
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Helm:
+    binary: Path
+    env: dict[str, str]
+
+    def command(self, args: tuple[str, ...]) -> list[str]:
+        return [str(self.binary), *args]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.command(args), env=self.env, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def with_kubeconfig(self, kubeconfig: Path) -> Helm:
+        return Helm(self.binary, {**self.env, "KUBECONFIG": str(kubeconfig)})
+
+
+def objects_of(manifest: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(manifest) if doc]
+
+
+def index(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) → object; `namespace/name` for the few objects the chart puts in other namespaces."""
+    keyed = {}
+    for obj in objects:
+        meta = obj["metadata"]
+        keyed[obj["kind"], f"{meta['namespace']}/{meta['name']}" if "namespace" in meta else meta["name"]] = obj
+    assert len(keyed) == len(objects), "two objects of the same kind and name"
+    return keyed
+
+
+def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
+    path = tmp_path / f"values-{uuid.uuid4().hex[:8]}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    home = tmp_path_factory.mktemp("helm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "KUBECONFIG"))}
+    # helm keeps caches and its repository config under these; never the user's own.
+    env.update(
+        HELM_CACHE_HOME=str(home / "cache"),
+        HELM_CONFIG_HOME=str(home / "config"),
+        HELM_DATA_HOME=str(home / "data"),
+        KUBECONFIG=str(home / "no-cluster"),
+    )
+    return Helm(ensure_built() / "helm", env)
+
+
+def render(helm: Helm, *args: str) -> list[dict[str, Any]]:
+    return objects_of(helm.run("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args).stdout)
+
+
+@pytest.fixture(scope="module")
+def default_objects(helm: Helm) -> dict[tuple[str, str], dict[str, Any]]:
+    return index(render(helm))
+
+
+@pytest.fixture(scope="module")
+def all_options_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return values_file(tmp_path_factory.mktemp("values"), ALL_OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def all_objects(helm: Helm, all_options_file: str) -> dict[tuple[str, str], dict[str, Any]]:
+    return index(render(helm, "-f", all_options_file))
+
+
+def pod_specs(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod template the chart renders (Deployments and the migration Job), by object name."""
+    return {
+        name: obj["spec"]["template"]["spec"] for (kind, name), obj in objects.items() if kind in {"Deployment", "Job"}
+    }
+
+
+def container(objects: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = objects[kind, name]["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def environment(objects: dict[tuple[str, str], dict[str, Any]], spec: dict[str, Any]) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom ConfigMaps, then env; Secrets and the downward
+    API replaced by valid stand-ins (their wiring is checked separately)."""
+    stand_ins = {
+        "KUBECRAWL_DATABASE_URL": "postgresql+asyncpg://u:p@db:5432/kubecrawl",
+        "KUBECRAWL_RABBITMQ_URL": "amqp://u:p@rabbitmq:5672/kubecrawl",
+        "KUBECRAWL_RABBITMQ_MANAGEMENT_URL": "http://u:p@rabbitmq:15672",
+        "POD_NAME": "pod-0",
+    }
+    env: dict[str, str] = {}
+    for source in spec.get("envFrom", []):
+        env.update(objects["ConfigMap", source["configMapRef"]["name"]]["data"])
+    for var in spec.get("env", []):
+        env[var["name"]] = var["value"] if "value" in var else stand_ins[var["name"]]
+    return env
+
+
+def setting_variables() -> set[str]:
+    """Every environment variable Settings and OperatorSettings read (prefix, nested with __, aliases)."""
+    names: set[str] = set()
+    for model, prefix in ((Settings, "KUBECRAWL_"), (OperatorSettings, "KUBECRAWL_OPERATOR_")):
+        for name, info in model.model_fields.items():
+            if isinstance(info.validation_alias, str):
+                names.add(info.validation_alias.upper())
+            elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                names |= {f"{prefix}{name}__{sub}".upper() for sub in info.annotation.model_fields}
+            else:
+                names.add(f"{prefix}{name}".upper())
+    return names
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith("KUBECRAWL_") or name == "POD_NAME":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+# ---------------------------------------------------------------------------------------------- lint, template
+
+
+def test_chart_passes_helm_lint_strict_with_defaults(helm: Helm) -> None:
+    result = helm.run("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_chart_passes_helm_lint_strict_with_every_option(helm: Helm, all_options_file: str) -> None:
+    result = helm.run("lint", "--strict", str(CHART), "-f", all_options_file)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_render_has_the_workloads_and_no_optional_objects(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    assert set(default_objects) == {
+        ("Deployment", f"{FULLNAME}-api"),
+        ("Deployment", f"{FULLNAME}-worker"),
+        ("Deployment", f"{FULLNAME}-operator"),
+        ("Job", f"{FULLNAME}-migrate"),
+        ("Service", f"{FULLNAME}-api"),
+        ("Service", f"{FULLNAME}-worker-metrics"),
+        ("Service", f"{FULLNAME}-operator-metrics"),
+        ("PodDisruptionBudget", f"{FULLNAME}-api"),
+        ("CrawlWorkerPool", f"{FULLNAME}-worker"),
+        ("ConfigMap", f"{FULLNAME}-config"),
+        ("ConfigMap", f"{FULLNAME}-dashboard"),
+        ("ServiceAccount", FULLNAME),
+        ("ServiceAccount", f"{FULLNAME}-operator"),
+        ("ClusterRole", f"{FULLNAME}-operator"),
+        ("ClusterRoleBinding", f"{FULLNAME}-operator"),
+    }
+
+
+def test_every_option_renders_monitoring_network_policies_and_namespace_bindings(
+    all_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    kinds = {kind for kind, _ in all_objects}
+    assert {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "RoleBinding"} <= kinds
+    assert ("ClusterRoleBinding", f"{FULLNAME}-operator") not in all_objects
+    bindings = [obj for (kind, _), obj in all_objects.items() if kind == "RoleBinding"]
+    # The chart's own CrawlWorkerPool lives in the release namespace: the operator watches it too.
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["crawl-a", "crawl-b", NAMESPACE]
+    operator = container(all_objects, "Deployment", f"{FULLNAME}-operator")
+    namespaces = [arg.split("=", 1)[1] for arg in operator["args"] if arg.startswith("--namespace=")]
+    assert namespaces == ["crawl-a", "crawl-b", NAMESPACE]
+    assert all(obj["metadata"]["labels"]["team"] == "crawl" for obj in all_objects.values())
+    assert container(all_objects, "Deployment", f"{FULLNAME}-api")["image"] == f"ghcr.io/kubecrawl/kubecrawl@{DIGEST}"
+
+
+def test_api_network_policy_admits_trigger_pods_operator_and_scrapers(
+    all_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    peers = all_objects["NetworkPolicy", f"{FULLNAME}-api"]["spec"]["ingress"][0]["from"]
+    trigger_pod = naming.labels("docs")  # what the operator puts on CrawlSite trigger pods
+    assert any(
+        "namespaceSelector" in peer and peer["podSelector"]["matchLabels"].items() <= trigger_pod.items()
+        for peer in peers
+    )
+    operator_pod = all_objects["Deployment", f"{FULLNAME}-operator"]["spec"]["template"]["metadata"]["labels"]
+    same_namespace = [peer["podSelector"]["matchLabels"] for peer in peers if set(peer) == {"podSelector"}]
+    assert any(labels.items() <= operator_pod.items() for labels in same_namespace)
+    assert ALL_OPTIONS["networkPolicy"]["metricsFrom"][0] in peers
+
+
+def test_values_schema_refuses_unknown_keys_and_bad_values(helm: Helm) -> None:
+    for args, message in (
+        (("--set", "api.replicaz=3"), "replicaz"),
+        (("--set", "config.logFormat=xml"), "logFormat"),
+        (("--set", "config.fetch.timeoutSeconds=0"), "timeoutSeconds"),
+        (("--set", "worker.pool.queue="), "queue"),
+    ):
+        result = helm.run("template", RELEASE, str(CHART), *args, check=False)
+        assert result.returncode != 0, args
+        assert message in result.stderr, result.stderr
+
+
+def test_worker_pool_without_the_operator_is_refused(helm: Helm) -> None:
+    result = helm.run("template", RELEASE, str(CHART), "--set", "operator.enabled=false", check=False)
+    assert result.returncode != 0
+    assert "worker.pool.enabled needs operator.enabled" in result.stderr
+    objects = index(render(helm, "--set", "operator.enabled=false", "--set", "worker.pool.enabled=false"))
+    assert not [key for key in objects if key[0] in {"ClusterRole", "CrawlWorkerPool"} or key[1].endswith("operator")]
+
+
+# ------------------------------------------------------------------------------------------ pods and settings
+
+
+def test_every_pod_runs_non_root_read_only_without_capabilities(
+    all_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    specs = pod_specs(all_objects)
+    assert len(specs) == 4
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] == 10001, name  # the image's user (Dockerfile)
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for box in spec["containers"]:
+            assert box["securityContext"]["readOnlyRootFilesystem"] is True, name
+            assert box["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert box["securityContext"]["capabilities"] == {"drop": ["ALL"]}, name
+            assert box["resources"]["requests"]["memory"], name
+            assert box["resources"]["limits"]["memory"], name
+            assert {"name": "tmp", "mountPath": "/tmp"} in box["volumeMounts"], name
+
+
+def test_only_the_operator_gets_a_kubernetes_api_token(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    for name, spec in pod_specs(default_objects).items():
+        assert spec.get("automountServiceAccountToken", True) is name.endswith("-operator"), name
+
+
+def test_each_role_runs_its_kubecrawl_command(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    boxes = {
+        name: container(default_objects, kind, name) for kind, name in default_objects if kind in {"Deployment", "Job"}
+    }
+    # The image's ENTRYPOINT is `kubecrawl`: containers give arguments only.
+    assert not [name for name, box in boxes.items() if "command" in box]
+    commands = {name: box["args"][0] for name, box in boxes.items()}
+    assert commands == {
+        f"{FULLNAME}-api": "api",
+        f"{FULLNAME}-worker": "worker",
+        f"{FULLNAME}-operator": "operator",
+        f"{FULLNAME}-migrate": "migrate",
+    }
+
+
+def test_probes_hit_the_endpoints_on_the_ports_the_processes_listen_on(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    def port(box: dict[str, Any], name: str) -> int:
+        ports: dict[str, int] = {p["name"]: p["containerPort"] for p in box["ports"]}
+        return ports[name]
+
+    api = container(default_objects, "Deployment", f"{FULLNAME}-api")
+    assert "--port=8000" in api["args"]
+    assert port(api, "http") == 8000
+    assert api["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
+    assert api["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert api["startupProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
+
+    operator = container(default_objects, "Deployment", f"{FULLNAME}-operator")
+    assert "--liveness=http://0.0.0.0:8080/healthz" in operator["args"]
+    assert port(operator, "healthz") == 8080
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert "--metrics-port=9100" in operator["args"]
+    assert port(operator, "metrics") == 9100
+
+    worker = container(default_objects, "Deployment", f"{FULLNAME}-worker")
+    assert "--metrics-port=9100" in worker["args"]
+    assert port(worker, "metrics") == 9100
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+
+    services = {name: obj for (kind, name), obj in default_objects.items() if kind == "Service"}
+    assert services[f"{FULLNAME}-api"]["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    ]
+    for name in (f"{FULLNAME}-worker-metrics", f"{FULLNAME}-operator-metrics"):
+        assert services[name]["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_worker_grace_period_follows_the_fetch_and_publisher_timeouts(helm: Helm) -> None:
+    def grace(*args: str) -> int:
+        objects = index(render(helm, *args))
+        value: int = objects["Deployment", f"{FULLNAME}-worker"]["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+        return value
+
+    # 2 × fetch timeout (robots.txt, then the page) + 2 × confirm timeout + publisher shutdown + drain margin.
+    assert grace() == 2 * 15 + 2 * 10 + 10 + 30
+    assert grace("--set", "config.fetch.timeoutSeconds=60") == 2 * 60 + 2 * 10 + 10 + 30
+    # Rounded up. (--set-json: helm's --set passes 7.25 on as a string, which the values schema refuses.)
+    assert grace("--set-json", "config.fetch.timeoutSeconds=7.25", "--set", "worker.drainMarginSeconds=0") == 45
+    assert grace("--set", "worker.terminationGracePeriodSeconds=45") == 45
+
+
+def test_workers_and_api_get_their_pod_name_from_the_downward_api(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    for name in (f"{FULLNAME}-worker", f"{FULLNAME}-api"):
+        env = {var["name"]: var for var in container(default_objects, "Deployment", name)["env"]}
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_connection_urls_come_from_existing_secrets_only(all_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    assert not [key for key in all_objects if key[0] == "Secret"]
+    expected = {
+        "KUBECRAWL_DATABASE_URL": {"name": "kubecrawl-database", "key": "url"},
+        "KUBECRAWL_RABBITMQ_URL": {"name": "kubecrawl-rabbitmq", "key": "url"},
+        "KUBECRAWL_RABBITMQ_MANAGEMENT_URL": {"name": "kubecrawl-rabbitmq", "key": "management-url"},
+    }
+    seen = set()
+    for spec in pod_specs(all_objects).values():
+        for var in spec["containers"][0].get("env", []):
+            if var["name"] in expected:
+                assert var["valueFrom"] == {"secretKeyRef": expected[var["name"]]}, var
+                seen.add(var["name"])
+    assert seen == set(expected)
+    config = all_objects["ConfigMap", f"{FULLNAME}-config"]["data"]
+    assert not [value for value in config.values() if "@" in value and "://" in value]
+
+
+def test_every_kubecrawl_variable_the_chart_sets_is_a_setting(
+    all_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    known = setting_variables()
+    for name, spec in pod_specs(all_objects).items():
+        env = environment(all_objects, spec["containers"][0])
+        unknown = {var for var in env if var.startswith("KUBECRAWL_") and var not in known}
+        assert not unknown, f"{name} sets variables no kubecrawl setting reads: {sorted(unknown)}"
+
+
+def test_rendered_settings_parse_to_the_values_given(
+    all_objects: dict[tuple[str, str], dict[str, Any]], clean_env: pytest.MonkeyPatch
+) -> None:
+    for var, value in environment(all_objects, container(all_objects, "Deployment", f"{FULLNAME}-worker")).items():
+        clean_env.setenv(var, value)
+    settings = Settings()
+    assert settings.log_level == "DEBUG"
+    assert settings.allowed_private_networks == [ip_network("10.20.0.0/16"), ip_network("fd00::/8")]
+    assert settings.prefetch_count == 8
+    assert settings.fetch.timeout_seconds == 30.5
+    assert settings.fetch.max_body_bytes == 4194304
+    assert settings.fetch.user_agent == "acme-bot/1.0"
+    assert settings.retry.max_attempts == 7
+    assert settings.pod_name == "pod-0"
+
+    for var, value in environment(all_objects, container(all_objects, "Deployment", f"{FULLNAME}-operator")).items():
+        clean_env.setenv(var, value)
+    operator = OperatorSettings()
+    assert operator.image == f"ghcr.io/kubecrawl/kubecrawl@{DIGEST}"
+    assert operator.status_interval_seconds == 10
+    assert operator.trigger_api_url == "http://api.example:8000"
+    assert operator.trigger_service_account == "trigger"
+    assert operator.rabbitmq_management_url is not None
+
+
+def test_chart_defaults_are_the_code_defaults(
+    default_objects: dict[tuple[str, str], dict[str, Any]], clean_env: pytest.MonkeyPatch
+) -> None:
+    code_defaults = Settings().model_dump(exclude={"database_url", "rabbitmq_url"})
+    operator_defaults = OperatorSettings().model_dump(exclude={"image", "rabbitmq_management_url"})
+    for var, value in environment(
+        default_objects, container(default_objects, "Deployment", f"{FULLNAME}-worker")
+    ).items():
+        clean_env.setenv(var, value)
+    assert Settings().model_dump(exclude={"database_url", "rabbitmq_url"}) == {**code_defaults, "pod_name": "pod-0"}
+    for var, value in environment(
+        default_objects, container(default_objects, "Deployment", f"{FULLNAME}-operator")
+    ).items():
+        clean_env.setenv(var, value)
+    assert OperatorSettings().model_dump(exclude={"image", "rabbitmq_management_url"}) == operator_defaults
+
+
+def test_operator_calls_the_api_through_its_service(
+    helm: Helm, default_objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    env = {
+        var["name"]: var.get("value") for var in container(default_objects, "Deployment", f"{FULLNAME}-operator")["env"]
+    }
+    # Namespace-qualified: trigger pods run in the CrawlSites' namespaces.
+    assert env["KUBECRAWL_API_URL"] == f"http://{FULLNAME}-api.{NAMESPACE}.svc:8000"
+    assert ("Service", f"{FULLNAME}-api") in default_objects
+    assert env["KUBECRAWL_OPERATOR_IMAGE"] == "ghcr.io/kubecrawl/kubecrawl:0.1.0"
+    assert "KUBECRAWL_RABBITMQ_MANAGEMENT_URL" not in env
+    plain = index(render(helm, "--set", "rabbitmq.managementUrl=http://rabbitmq.broker:15672"))
+    env = {var["name"]: var.get("value") for var in container(plain, "Deployment", f"{FULLNAME}-operator")["env"]}
+    assert env["KUBECRAWL_RABBITMQ_MANAGEMENT_URL"] == "http://rabbitmq.broker:15672"
+
+
+def test_migration_hook_runs_before_install_and_upgrade_using_nothing_the_chart_creates(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    job = default_objects["Job", f"{FULLNAME}-migrate"]
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    spec = job["spec"]["template"]["spec"]
+    # On install the hook runs before the release's ServiceAccount and ConfigMap exist.
+    assert "serviceAccountName" not in spec
+    box = spec["containers"][0]
+    assert "envFrom" not in box
+    assert box["args"] == ["migrate"]
+    assert spec["restartPolicy"] == "Never"
+
+
+def test_worker_pool_owns_the_worker_replicas(
+    helm: Helm, default_objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    pool = default_objects["CrawlWorkerPool", f"{FULLNAME}-worker"]
+    assert pool["spec"] == {
+        "deploymentName": f"{FULLNAME}-worker",
+        "queue": "kubecrawl.pages",
+        "targetPerReplica": 20,
+        "minReplicas": 1,
+        "maxReplicas": 10,
+        "paused": False,
+    }
+    # Left out, so `helm upgrade` never resets what the pool has set.
+    assert "replicas" not in default_objects["Deployment", f"{FULLNAME}-worker"]["spec"]
+    without = index(render(helm, "--set", "worker.pool.enabled=false"))
+    assert ("CrawlWorkerPool", f"{FULLNAME}-worker") not in without
+    assert without["Deployment", f"{FULLNAME}-worker"]["spec"]["replicas"] == 2
+
+
+def test_worker_pool_values_mirror_the_crawlworkerpool_crd() -> None:
+    crd = yaml.safe_load((CHART / "crds" / "crawlworkerpool.yaml").read_text())
+    crd_spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values_pool = schema["properties"]["worker"]["properties"]["pool"]["properties"]
+
+    def bounds(prop: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = {k: prop[k] for k in ("minimum", "maximum", "minLength", "maxLength") if k in prop}
+        if prop.get("exclusiveMaximum") is True:  # OpenAPI 3.0 → JSON Schema draft 7
+            found["exclusiveMaximum"] = found.pop("maximum")
+        elif "exclusiveMaximum" in prop:
+            found["exclusiveMaximum"] = prop["exclusiveMaximum"]
+        return found
+
+    assert set(values_pool) - {"enabled"} == set(crd_spec) - {"deploymentName"}
+    for key, prop in values_pool.items():
+        if key == "enabled":
+            continue
+        assert bounds(prop) == bounds(crd_spec[key]), key
+        for sub, sub_prop in prop.get("properties", {}).items():
+            assert bounds(sub_prop) == bounds(crd_spec[key]["properties"][sub]), f"{key}.{sub}"
+        assert set(prop.get("properties", {})) == set(crd_spec[key].get("properties", {})), key
+
+
+# ---------------------------------------------------------------------------------------- one source of truth
+
+
+def test_deploy_files_are_links_to_the_charts_copies() -> None:
+    for link, target in LINKS.items():
+        path = ROOT / link
+        assert path.is_symlink(), f"{link} must link to {target}, not be a copy"
+        assert path.resolve() == (ROOT / target).resolve(), link
+    chart_crds = {p.name for p in (CHART / "crds").iterdir()}
+    assert chart_crds == {p.name for p in (ROOT / "deploy" / "crds").iterdir()}
+
+
+def test_helm_show_crds_gives_the_crd_files(helm: Helm) -> None:
+    shown = objects_of(helm.run("show", "crds", str(CHART)).stdout)
+    files = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml"))]
+    assert sorted(shown, key=lambda c: c["metadata"]["name"]) == sorted(files, key=lambda c: c["metadata"]["name"])
+
+
+def test_operator_cluster_role_has_exactly_the_deploy_rbac_rules(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    deploy_rbac = yaml.safe_load((ROOT / "deploy" / "rbac" / "clusterrole.yaml").read_text())
+    assert default_objects["ClusterRole", f"{FULLNAME}-operator"]["rules"] == deploy_rbac["rules"]
+    binding = default_objects["ClusterRoleBinding", f"{FULLNAME}-operator"]
+    assert binding["roleRef"]["name"] == f"{FULLNAME}-operator"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}]
+
+
+def test_prometheus_rule_renders_the_rules_file(all_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    text = (ROOT / "deploy" / "prometheus" / "rules.yaml").read_text()
+    text = text.replace(
+        "https://github.com/kubecrawl/kubecrawl/blob/main/docs/operations.md", "https://runbooks.example/kubecrawl"
+    )
+    rule = all_objects["PrometheusRule", FULLNAME]
+    assert rule["spec"]["groups"] == yaml.safe_load(text)["groups"]
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_service_monitor_scrapes_every_role(all_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    monitor = all_objects["ServiceMonitor", FULLNAME]["spec"]
+    ports = {endpoint["port"] for endpoint in monitor["endpoints"]}
+    services = [obj for (kind, _), obj in all_objects.items() if kind == "Service"]
+    assert len(services) == 3
+    for service in services:
+        labels = service["metadata"]["labels"]
+        assert monitor["selector"]["matchLabels"].items() <= labels.items()
+        assert {port["name"] for port in service["spec"]["ports"]} & ports
+
+
+def test_dashboard_config_map_holds_the_dashboard(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    config_map = default_objects["ConfigMap", f"{FULLNAME}-dashboard"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "kubecrawl.json").read_text())
+    assert json.loads(config_map["data"]["kubecrawl.json"]) == dashboard
+
+
+# ------------------------------------------------------------------------------------ install into the cluster
+
+# Install values: the CrawlWorkerPool with most of its fields (validated by the real API server against the CRD),
+# paused so a session operator, if one runs, never scales this Deployment.
+INSTALL_VALUES: dict[str, Any] = {
+    "worker": {
+        "pool": {
+            "paused": True,
+            "minReplicas": 0,
+            "activation": 5,
+            "pollSeconds": 1.5,
+            "scaleUp": {"maxPods": 4, "periodSeconds": 15},
+            "scaleDown": {"stabilizationSeconds": 120, "tolerance": 0.1},
+            "cooldownToZeroSeconds": 600,
+            "fallback": {"replicas": 3},
+        }
+    },
+    "rabbitmq": {"managementUrl": "http://rabbitmq.broker:15672"},
+}
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    kube: Kube
+    helm: Helm
+    values: str
+    database_url: str
+    # What the namespace held while the install's migration hook ran, and what `helm install` printed.
+    workloads_during_install_hook: list[str] = field(default_factory=list)
+    install_output: str = ""
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-kubecrawl"
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(self.kube.run("get", kind, name, "-n", self.namespace, "-o", "json").stdout)
+        return obj
+
+    def names(self, kinds: str, *selector: str) -> list[str]:
+        args = ["get", kinds, "-n", self.namespace, "-o", "name", *(["-l", ",".join(selector)] if selector else [])]
+        return sorted(self.kube.run(*args).stdout.split())
+
+
+def secret_value(kube: Kube, namespace: str, name: str, key: str) -> str:
+    secret = json.loads(kube.run("get", "secret", name, "-n", namespace, "-o", "json").stdout)
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def run_hook_job(release: Release, job_name: str, before: Callable[[], None] | None = None) -> None:
+    """Be the node for the migration Job: wait for its pod to be admitted, (call ``before``,) run the container's
+    arguments with the Job's environment, then mark the Job Complete as the job controller would."""
+    kube, namespace = release.kube, release.namespace
+
+    def started() -> dict[str, Any] | None:
+        result = kube.run("get", "job", job_name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            return None
+        job: dict[str, Any] = json.loads(result.stdout)
+        # active = 1: the job controller created the pod, so the namespace's Pod Security admission took it.
+        return job if job.get("status", {}).get("active") == 1 and job["status"].get("startTime") else None
+
+    job = wait_for(started, timeout=90, what=f"hook Job {job_name} with an admitted pod")
+    if before is not None:
+        before()
+    box = job["spec"]["template"]["spec"]["containers"][0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECRAWL_", "KUBERNETES_"))}
+    for var in box.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secret_value(kube, namespace, ref["name"], ref["key"])
+    # The image's ENTRYPOINT is `kubecrawl`; the Job gives its arguments.
+    result = subprocess.run(
+        [sys.executable, "-m", "kubecrawl.cli", *box["args"]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    done = {
+        "status": "True",
+        "reason": "CompletionsReached",
+        "message": "run by the e2e test",
+        "lastTransitionTime": now,
+    }
+    status = {
+        "active": 0,
+        "ready": 0,
+        "terminating": 0,
+        "succeeded": 1,
+        "completionTime": now,
+        "conditions": [{"type": "SuccessCriteriaMet", **done}, {"type": "Complete", **done}],
+    }
+    kube.run(
+        "patch",
+        "job",
+        job_name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def helm_with_hook(release: Release, *args: str, before: Callable[[], None] | None = None) -> str:
+    """`helm install|upgrade …` while this test plays the node for its pre-* hook Job; helm's output."""
+    process = release.helm.start(*args, "--timeout", "180s")
+    try:
+        run_hook_job(release, f"{release.fullname}-migrate", before)
+        out, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, out + err
+    return out
+
+
+async def applied_revision(database_url: str) -> str:
+    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        revision: str = await connection.fetchval("SELECT version_num FROM alembic_version")
+    finally:
+        await connection.close()
+    return revision
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: Cluster, postgres: PostgresServer, helm: Helm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    kube = cluster.admin
+    suffix = uuid.uuid4().hex[:8]
+    namespace = f"helm-{suffix}"
+    kube.run("create", "namespace", namespace)
+    # The chart's pods must pass the strictest Pod Security Standard: pods that break it are never created.
+    kube.run(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
+    database_url = postgres.create_database(f"helm_{suffix}")
+    kube.run("create", "secret", "generic", "kubecrawl-database", "-n", namespace, f"--from-literal=url={database_url}")
+    kube.run(
+        "create",
+        "secret",
+        "generic",
+        "kubecrawl-rabbitmq",
+        "-n",
+        namespace,
+        "--from-literal=url=amqp://guest:guest@rabbitmq.broker:5672/",
+    )
+    values = values_file(tmp_path_factory.mktemp("install"), INSTALL_VALUES)
+    release = Release(
+        name=f"kc{suffix[:6]}",
+        namespace=namespace,
+        kube=kube,
+        helm=helm.with_kubeconfig(Path(cluster.controlplane.kubeconfig)),
+        values=values,
+        database_url=database_url,
+    )
+
+    def look_around() -> None:
+        release.workloads_during_install_hook = release.names("deployments,services,crawlworkerpools")
+
+    release.install_output = helm_with_hook(
+        release, "install", release.name, str(CHART), "-n", namespace, "-f", values, before=look_around
+    )
+    yield release
+    release.helm.run("uninstall", release.name, "-n", namespace, "--wait", check=False)
+    kube.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_install_migrates_the_database_before_any_workload_exists(release: Release) -> None:
+    assert release.workloads_during_install_hook == []
+    head = ScriptDirectory.from_config(alembic_config(release.database_url)).get_current_head()
+    assert asyncio.run(applied_revision(release.database_url)) == head
+    # hook-succeeded: the Job is deleted once it completed.
+    wait_for(
+        lambda: (
+            release.kube.run(
+                "get", "job", f"{release.fullname}-migrate", "-n", release.namespace, check=False
+            ).returncode
+            != 0
+        ),
+        timeout=60,
+        what="the completed hook Job to be deleted",
+    )
+
+
+def test_install_creates_workloads_services_pool_and_budget(release: Release) -> None:
+    name = release.fullname
+    assert release.names("deployments") == [
+        f"deployment.apps/{name}-api",
+        f"deployment.apps/{name}-operator",
+        f"deployment.apps/{name}-worker",
+    ]
+    assert release.names("services") == [
+        f"service/{name}-api",
+        f"service/{name}-operator-metrics",
+        f"service/{name}-worker-metrics",
+    ]
+    assert release.names("crawlworkerpools") == [f"crawlworkerpool.kubecrawl.io/{name}-worker"]
+    assert release.names("poddisruptionbudgets") == [f"poddisruptionbudget.policy/{name}-api"]
+    pool = release.get("crawlworkerpool", f"{name}-worker")
+    # The API server applied the CRD's defaults to what the chart left out.
+    assert pool["spec"]["scaleDown"] == {"stabilizationSeconds": 120, "tolerance": 0.1, "periodSeconds": 60}
+    assert pool["spec"]["fallback"] == {"replicas": 3, "failureThreshold": 3}
+    assert release.get("service", f"{name}-api")["spec"]["clusterIP"]
+    # NOTES.txt: where the API is and which Secrets the pods read.
+    assert f"The API: http://{name}-api.{release.namespace}.svc:8000" in release.install_output
+    assert "kubecrawl-database (key url): KUBECRAWL_DATABASE_URL" in release.install_output
+
+
+def test_installed_pods_are_admitted_under_the_restricted_pod_security_standard(release: Release) -> None:
+    # Pending (no scheduler, no kubelet) but created: Pod Security admission refuses a pod at creation.
+    def created() -> bool:
+        for deployment in ("api", "operator", "worker"):
+            status = release.get("deployment", f"{release.fullname}-{deployment}")["status"]
+            wanted = release.get("deployment", f"{release.fullname}-{deployment}")["spec"]["replicas"]
+            if status.get("replicas") != wanted:
+                return False
+        return True
+
+    wait_for(created, timeout=60, what="every Deployment's pods to be created")
+    refused = release.kube.run(
+        "get", "events", "-n", release.namespace, "--field-selector", "reason=FailedCreate", "-o", "name"
+    ).stdout
+    assert not refused.strip()
+    pods = json.loads(
+        release.kube.run(
+            "get", "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=worker", "-o", "json"
+        ).stdout
+    )["items"]
+    assert pods
+    assert all(pod["spec"]["terminationGracePeriodSeconds"] == 90 for pod in pods)
+
+
+def test_installed_crds_are_established(release: Release) -> None:
+    for crd in ("crawlsites.kubecrawl.io", "crawlworkerpools.kubecrawl.io"):
+        release.kube.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+
+
+def test_operator_service_account_has_the_operator_rights_and_no_more(release: Release) -> None:
+    def can(user: str, *args: str) -> bool:
+        result = release.kube.run("auth", "can-i", *args, f"--as={user}", check=False)
+        return result.stdout.strip() == "yes"
+
+    operator = f"system:serviceaccount:{release.namespace}:{release.fullname}-operator"
+    assert can(operator, "watch", "crawlsites.kubecrawl.io", "--all-namespaces")
+    assert can(operator, "patch", "deployments.apps", "--subresource=scale", "-n", "anywhere")
+    assert can(operator, "create", "cronjobs.batch", "-n", "anywhere")
+    assert not can(operator, "get", "secrets", "-n", release.namespace)
+    assert not can(operator, "patch", "deployments.apps", "-n", release.namespace)
+    workload = f"system:serviceaccount:{release.namespace}:{release.fullname}"
+    assert not can(workload, "list", "pods", "-n", release.namespace)
+
+
+def test_upgrade_migrates_again_keeps_the_pools_replicas_and_rolls_new_settings(release: Release) -> None:
+    worker = f"{release.fullname}-worker"
+    before = release.get("deployment", worker)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    # What the CrawlWorkerPool does: scale through /scale.
+    release.kube.run("scale", "deployment", worker, "-n", release.namespace, "--replicas=3")
+    helm_with_hook(
+        release,
+        "upgrade",
+        release.name,
+        str(CHART),
+        "-n",
+        release.namespace,
+        "-f",
+        release.values,
+        "--set",
+        "config.logLevel=DEBUG",
+    )
+    deployment = release.get("deployment", worker)
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != before
+    config = release.get("configmap", f"{release.fullname}-config")
+    assert config["data"]["KUBECRAWL_LOG_LEVEL"] == "DEBUG"
+    status = json.loads(release.helm.run("status", release.name, "-n", release.namespace, "-o", "json").stdout)
+    assert status["version"] == 2
+    assert status["info"]["status"] == "deployed"
+
+
+def test_uninstall_leaves_no_workload_objects(release: Release) -> None:
+    release.helm.run("uninstall", release.name, "-n", release.namespace, "--wait", "--timeout", "120s")
+    kinds = (
+        "deployments,replicasets,pods,services,crawlworkerpools,poddisruptionbudgets,configmaps,serviceaccounts,jobs"
+    )
+    selector = f"app.kubernetes.io/instance={release.name}"
+    wait_for(lambda: not release.names(kinds, selector), timeout=90, what="the release's objects to be deleted")
+    cluster_wide = release.kube.run("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name").stdout
+    assert not cluster_wide.strip()
+    # helm never deletes what it installed from crds/: CrawlSites elsewhere stay.
+    release.kube.run("get", "crd", "crawlsites.kubecrawl.io", "crawlworkerpools.kubecrawl.io")
