@@ -230,12 +230,22 @@ async def until(check: Callable[[], bool], *, what: str, timeout: float = SETTLE
     await eventually(probe, timeout=timeout, interval=0.1, what=what)
 
 
-def log_lines(operator: OperatorProcess, event: str, pool_ref: str, since: int = 0) -> list[str]:
-    return [
-        line
-        for line in operator.output()[since:].splitlines()
-        if f'"event": "{event}"' in line and f'"pool": "{pool_ref}"' in line
-    ]
+def log_records(operator: OperatorProcess, since: int = 0) -> list[dict[str, Any]]:
+    """The operator's JSON log records, parsed (so the renderer's spacing and key order do not matter)."""
+    records = []
+    for line in operator.output()[since:].splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def log_lines(operator: OperatorProcess, event: str, pool_ref: str, since: int = 0) -> list[dict[str, Any]]:
+    """The records with this event for this pool."""
+    return [r for r in log_records(operator, since) if r.get("event") == event and r.get("pool") == pool_ref]
 
 
 # ------------------------------------------------------------------------------------------------------ tests
@@ -542,9 +552,10 @@ async def test_fallback_replicas_apply_after_the_failure_threshold(
         event = await wait_event(kube, namespace, "workers", "FallbackApplied")
         assert "1 → 4 replicas" in event["message"]
         # not before the third failed read in a row
-        log = pools.operator.output()[since:]
-        before_scaling = log[: log.index(log_lines(pools.operator, "pool_scaled", ref, since)[0])]
-        assert before_scaling.count('"event": "pool_metrics_unavailable"') >= 3
+        records = [r for r in log_records(pools.operator, since) if r.get("pool") == ref]
+        events = [r.get("event") for r in records]
+        before_scaling = events[: events.index("pool_scaled")]
+        assert before_scaling.count("pool_metrics_unavailable") >= 3
     finally:
         outage.restore()
     await wait_pool(

@@ -36,8 +36,19 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No overflow: QueuePool closes an overflow connection as soon as it is returned, so under steady load
+        # above pool_size every few requests opened a new connection (TCP, auth, asyncpg type set-up, a
+        # PostgreSQL backend fork) - most of a millisecond of API CPU per request, averaged (bench/publish.py).
+        # A request holds a connection for one round trip, so pool_size connections serve many more requests
+        # in flight than that; the rest wait for one (pool_timeout, 30 s).
+        max_overflow=0,
+        # No pool_pre_ping: with asyncpg it is BEGIN; ; ROLLBACK on every checkout, three round trips that
+        # cost about as much API CPU as the write they guard (bench/publish.py). The trade-off: a connection
+        # that died while idle (PostgreSQL restarted, a proxy's idle timeout) is found by the statement that
+        # uses it. That statement fails with a disconnect error, SQLAlchemy invalidates the pool (every
+        # connection older than the failure is replaced at its next checkout), the API answers 503
+        # database_unavailable with Retry-After (api/errors.py) and the worker retries the message later. A
+        # restart costs the requests in flight on stale connections, once, instead of three round trips always.
         # asyncpg: fail a connect after 10 s instead of hanging readiness and start-up.
         connect_args={"timeout": 10},
     )
