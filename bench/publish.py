@@ -277,20 +277,7 @@ async def queue_depth(amqp_url: str, queue: str) -> int:
 
 
 def count_rows(postgres: Any) -> int:
-    out = postgres._run(  # noqa: SLF001 - the same psql call tests/integration/conftest.py makes
-        "psql",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(postgres.port),
-        "-U",
-        "postgres",
-        "-d",
-        "kubecrawl",
-        "-tAc",
-        "SELECT count(*) FROM page_metadata",
-    )
-    return int(out.stdout.strip())
+    return int(postgres.psql("SELECT count(*) FROM page_metadata", database="kubecrawl"))
 
 
 # --- orchestration --------------------------------------------------------------------------------------------------

@@ -37,18 +37,7 @@ def migrated_template(postgres: PostgresServer) -> str:
 @pytest.fixture
 def database_url(postgres: PostgresServer, migrated_template: str) -> str:
     name = "t_" + uuid.uuid4().hex[:12]
-    postgres._run(
-        "psql",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(postgres.port),
-        "-U",
-        "postgres",
-        "-c",
-        f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"',
-    )
-    return postgres.url(name)
+    return postgres.create_database(name, template=migrated_template)
 
 
 @pytest.fixture

@@ -244,18 +244,13 @@ class PostgresServer:
         )
         self.create_database("kubecrawl")
 
-    def create_database(self, name: str) -> str:
-        self._run(
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-c",
-            f'CREATE DATABASE "{name}"',
-        )
+    def psql(self, sql: str, *, database: str = "postgres") -> str:
+        """Run one SQL command as the superuser; returns its unaligned, tuples-only output."""
+        out = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database, "-tAc", sql)
+        return out.stdout.strip()
+
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        self.psql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
 
     def stop(self) -> None:

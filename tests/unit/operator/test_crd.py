@@ -11,6 +11,7 @@ import yaml
 from croniter import croniter
 
 from kubecrawl.core.sites import CrawlSiteSpec
+from tests.support.crds import preserved_unknown_fields
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((ROOT / "deploy" / "crds" / "crawlsite.yaml").read_text())
@@ -75,17 +76,8 @@ def test_printer_columns_show_url_schedule_suspend_last_state_pages_age() -> Non
     assert columns["Pages"]["jsonPath"] == ".status.lastCrawl.pages"
 
 
-def _walk(schema: dict[str, Any], path: str = "") -> list[str]:
-    found = [path] if schema.get("x-kubernetes-preserve-unknown-fields") else []
-    for name, sub in (schema.get("properties") or {}).items():
-        found += _walk(sub, f"{path}.{name}")
-    if "items" in schema:
-        found += _walk(schema["items"], f"{path}[]")
-    return found
-
-
 def test_schema_is_structural_with_no_preserved_unknown_fields() -> None:
-    assert _walk(SCHEMA) == []
+    assert preserved_unknown_fields(SCHEMA) == []
     assert SPEC["required"] == ["url"]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from kubecrawl.operator.scaling.policy import PoolSpec, pool_spec
+from tests.support.crds import preserved_unknown_fields
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((ROOT / "deploy" / "crds" / "crawlworkerpool.yaml").read_text())
@@ -102,14 +103,5 @@ def test_status_has_observed_counts_replicas_last_scale_and_conditions() -> None
     assert STATUS["properties"]["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
 
 
-def _walk(schema: dict[str, Any], path: str = "") -> list[str]:
-    found = [path] if schema.get("x-kubernetes-preserve-unknown-fields") else []
-    for name, sub in (schema.get("properties") or {}).items():
-        found += _walk(sub, f"{path}.{name}")
-    if "items" in schema:
-        found += _walk(schema["items"], f"{path}[]")
-    return found
-
-
 def test_schema_never_preserves_unknown_fields() -> None:
-    assert _walk(SCHEMA) == []
+    assert preserved_unknown_fields(SCHEMA) == []
