@@ -64,3 +64,85 @@ async def test_a_duplicate_outcome_for_a_settled_page_changes_nothing(engine: As
     final = await store.get(crawl.id)
     assert final is not None
     assert final.counters.fetched == 1
+
+
+async def test_two_workers_finishing_batches_at_once_complete_the_crawl_exactly_once(settings: Settings) -> None:
+    """Two stores on two engines are two worker processes: each batches its own outcomes, and the crawl row
+    lock still lets exactly one batch see the window empty."""
+    engines = [create_engine(settings.database_url.get_secret_value(), pool_size=10) for _ in range(2)]
+    try:
+        stores = [CrawlStore(engine) for engine in engines]
+        config = CrawlSiteSpec.model_validate(
+            {"url": "http://site.test/", "politeness": {"maxConcurrency": 16}}
+        ).model_dump(mode="json", by_alias=True)
+        for round_ in range(5):
+            seeds = [f"http://site.test/p{i}" for i in range(16)]
+            crawl, _, window = await stores[0].create(
+                "default", f"two-{round_}", trigger="manual", idempotency_key=None, config=config, seeds=seeds
+            )
+            starts = await asyncio.gather(
+                *(stores[i % 2].begin_page(crawl.id, ref.page_id) for i, ref in enumerate(window))
+            )
+            assert all(start is not None for start in starts)
+            results = await asyncio.gather(
+                *(
+                    stores[i % 2].finish_page(crawl.id, ref.page_id, PageOutcome(CrawlPageState.DONE))
+                    for i, ref in enumerate(window)
+                )
+            )
+            assert all(result is not None for result in results)
+            assert sum(1 for r in results if r is not None and r.completed_now) == 1
+            final = await stores[1].get(crawl.id)
+            assert final is not None
+            assert final.state is CrawlState.COMPLETED
+            assert (final.counters.fetched, final.in_flight) == (16, 0)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_outcomes_in_one_batch_grow_the_frontier_once_and_refill_the_window_for_all(engine: AsyncEngine) -> None:
+    store = CrawlStore(engine)
+    config = CrawlSiteSpec.model_validate(
+        {"url": "http://site.test/", "politeness": {"maxConcurrency": 4}, "scope": {"maxPages": 10}}
+    ).model_dump(mode="json", by_alias=True)
+    seeds = [f"http://site.test/s{i}" for i in range(4)]
+    crawl, _, window = await store.create(
+        "default", "grow", trigger="manual", idempotency_key=None, config=config, seeds=seeds
+    )
+    await asyncio.gather(*(store.begin_page(crawl.id, ref.page_id) for ref in window))
+    # Every page links to the same 8 new pages (and to a seed): 6 fit under maxPages, each inserted once.
+    links = [f"http://site.test/n{i}" for i in range(8)] + ["http://site.test/s0"]
+    results = await asyncio.gather(
+        *(store.finish_page(crawl.id, ref.page_id, PageOutcome(CrawlPageState.DONE, new_links=links)) for ref in window)
+    )
+    published = [ref for result in results if result is not None for ref in result.to_publish]
+    assert len(published) == 4  # the window (maxConcurrency 4) refilled once, shared among the callers
+    assert len({ref.page_id for ref in published}) == 4
+    assert all(ref.depth == 1 for ref in published)
+    current = await store.get(crawl.id)
+    assert current is not None
+    assert (current.counters.discovered, current.counters.fetched, current.in_flight) == (10, 4, 4)
+    assert await store.count_pages(crawl.id) == 10
+
+
+async def test_two_outcomes_for_one_page_in_one_batch_settle_it_once(engine: AsyncEngine) -> None:
+    store = CrawlStore(engine)
+    config = CrawlSiteSpec(url="http://site.test/").model_dump(mode="json", by_alias=True)
+    crawl, _, (ref,) = await store.create(
+        "default", "dup-batch", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
+    )
+    first, second = await asyncio.gather(
+        store.begin_page(crawl.id, ref.page_id), store.begin_page(crawl.id, ref.page_id)
+    )
+    assert [first is None, second is None].count(True) == 1  # the second delivery finds the page being fetched
+    outcomes = await asyncio.gather(
+        store.finish_page(crawl.id, ref.page_id, PageOutcome(CrawlPageState.DONE, title="one")),
+        store.finish_page(crawl.id, ref.page_id, PageOutcome(CrawlPageState.DONE, title="two")),
+    )
+    assert [outcome is None for outcome in outcomes].count(True) == 1
+    (page,) = await store.pages(crawl.id, limit=10)
+    assert page.title == "one"
+    final = await store.get(crawl.id)
+    assert final is not None
+    assert (final.counters.fetched, final.state) == (1, CrawlState.COMPLETED)

@@ -8,6 +8,7 @@ fetcher applies the policy to every resolved address of every hop.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import posixpath
 from dataclasses import dataclass
@@ -67,11 +68,13 @@ def _normal_host(hostname: str) -> str:
     return host
 
 
+@functools.lru_cache(maxsize=65_536)
 def normalise_url(url: str) -> str:
     """Return the canonical form of an http(s) URL or raise ``InvalidUrl``.
 
     Lower-cases scheme and host, IDNA-encodes the host, drops default ports, the fragment and dot-segments,
     and gives an empty path as ``/``. The query string is kept as sent: reordering it can change the page.
+    Memoised: a crawl meets the same links on page after page (errors are not cached; they raise again).
     """
     parts = _split(url)
     scheme = parts.scheme.lower()
@@ -92,8 +95,9 @@ def normalise_url(url: str) -> str:
     return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
+@functools.lru_cache(maxsize=65_536)
 def url_host(url: str) -> str:
-    """The normalised host of a URL (no port)."""
+    """The normalised host of a URL (no port). Memoised like ``normalise_url``."""
     return _normal_host(_split(url).hostname or "")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser
 
@@ -115,10 +115,22 @@ def _clean(value: str | None) -> str | None:
     return value or None
 
 
-def _absolute(base: str, href: str | None) -> str | None:
+def _origin(base: str) -> str | None:
+    try:
+        parts = urlsplit(base)
+    except ValueError:
+        return None
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def _absolute(base: str, href: str | None, origin: str | None = None) -> str | None:
     href = _clean(href)
     if not href or href.lower().startswith(_NON_PAGE_SCHEMES):
         return None
+    # Most links are root-relative ("/docs/x"): joining them is the origin plus the href, without urljoin's
+    # general algorithm (a quarter of extraction's time on link-heavy pages). Dot segments take the slow path.
+    if origin is not None and href[0] == "/" and not href.startswith("//") and "/." not in href and "\\" not in href:
+        return origin + href
     try:
         return urljoin(base, href)
     except ValueError:
@@ -136,6 +148,7 @@ def extract_metadata(body: bytes, *, content_type: str | None, base_url: str) ->
     base_node = tree.css_first("base[href]")
     base = _absolute(base_url, base_node.attributes.get("href")) if base_node else None
     base = base or base_url
+    origin = _origin(base)
 
     title = tree.css_first("title")
     meta.title = _clean(title.text()) if title else None
@@ -153,7 +166,7 @@ def extract_metadata(body: bytes, *, content_type: str | None, base_url: str) ->
         rels = (node.attributes.get("rel") or "").lower().split()
         if "nofollow" in rels:
             continue
-        link = _absolute(base, node.attributes.get("href"))
+        link = _absolute(base, node.attributes.get("href"), origin)
         if link is not None:
             meta.links.append(link)
     return meta

@@ -3,7 +3,7 @@
 - Idempotent triggers: ``crawls.idempotency_key`` is unique; ``INSERT … ON CONFLICT DO NOTHING`` decides which
   of any number of concurrent triggers creates the crawl; the others read it back.
 - The concurrency window: ``crawls.in_flight`` counts published, unfinished pages. Pages move PENDING → QUEUED
-  only inside ``_refill``, under the crawl's row lock, so ``politeness.maxConcurrency`` holds cluster-wide.
+  only inside ``_take_pending``, under the crawl's row lock, so ``politeness.maxConcurrency`` holds cluster-wide.
 - Completion exactly once: ``finish_page`` runs under the same row lock; the transaction that takes
   ``in_flight`` to zero with no PENDING page left is the one that marks the crawl COMPLETED.
 - Exactly-once results: a page's outcome is written only while it is FETCHING; a duplicate delivery finds it
@@ -16,21 +16,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
+from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.pages import as_utc, dialect_insert, utcnow
 from kubecrawl.store.schema import crawl_hosts, crawl_pages, crawls
 
 P = CrawlPageState
 _ACTIVE = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
 COUNTERS = ("discovered", "queued", "fetched", "failed", "changed", "unchanged", "skipped_robots")
+# Columns a page's outcome writes (besides state, seq and timestamps).
+_RESULT_FIELDS = (
+    "http_status",
+    "content_hash",
+    "changed",
+    "etag",
+    "last_modified",
+    "title",
+    "description",
+    "canonical",
+    "noindex",
+    "nofollow",
+    "links",
+    "error_code",
+    "error",
+)
+_OUTCOME_COLUMNS = ("state", "seq", "fetched_at", "updated_at", "outlinks", *_RESULT_FIELDS)
+# Frontier URLs remembered per crawl so known links skip the database; kept for this many recent crawls.
+_KNOWN_CRAWLS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +72,8 @@ class PageStart:
     config: dict[str, Any]
     has_previous_crawl: bool
     previous: dict[str, Any] | None  # the same URL in the site's previous completed crawl
+    # Hosts of this crawl that no request may reach before the given time (Retry-After, Crawl-delay).
+    held_until: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -73,7 +96,7 @@ class PageOutcome:
     new_links: Sequence[str] = field(default_factory=tuple)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FinishResult:
     to_publish: list[PageRef]
     crawl_state: CrawlState
@@ -103,12 +126,98 @@ def page_model(row: Any) -> CrawlPage:
     return CrawlPage.model_validate(data)
 
 
+# The per-page statements, built once: building a Core statement per call (operators, clause objects, cache
+# key) cost more CPU than SQLite spent executing it. Values arrive as bind parameters.
+_LOCK_CRAWL = select(crawls).where(crawls.c.id == bindparam("p_crawl_id")).with_for_update()
+_BEGIN_PAGES = (
+    update(crawl_pages)
+    .where(
+        crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)),
+        crawl_pages.c.crawl_id == bindparam("p_crawl_id"),
+        crawl_pages.c.state.in_((P.QUEUED.value, P.FETCHING.value)),
+    )
+    .values(state=P.FETCHING.value, attempts=crawl_pages.c.attempts + 1, updated_at=bindparam("p_now"))
+    .returning(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth, crawl_pages.c.attempts)
+)
+_MARK_RUNNING = (
+    update(crawls)
+    .where(crawls.c.id == bindparam("p_crawl_id"), crawls.c.state == CrawlState.QUEUED.value)
+    .values(state=CrawlState.RUNNING.value, started_at=bindparam("p_now"))
+)
+_CRAWL_FOR_PAGES = select(crawls.c.state, crawls.c.config, crawls.c.previous_crawl_id).where(
+    crawls.c.id == bindparam("p_crawl_id")
+)
+_PREVIOUS_PAGES = select(
+    crawl_pages.c.url,
+    crawl_pages.c.content_hash,
+    crawl_pages.c.etag,
+    crawl_pages.c.last_modified,
+    crawl_pages.c.outlinks,
+).where(
+    crawl_pages.c.crawl_id == bindparam("p_previous_id"),
+    crawl_pages.c.url.in_(bindparam("p_urls", expanding=True)),
+    crawl_pages.c.state == P.DONE.value,
+)
+_HELD_HOSTS = select(crawl_hosts.c.host, crawl_hosts.c.next_fetch_at).where(
+    crawl_hosts.c.crawl_id == bindparam("p_crawl_id"), crawl_hosts.c.next_fetch_at > bindparam("p_now")
+)
+_FETCHING_PAGES = select(crawl_pages.c.id, crawl_pages.c.depth).where(
+    crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)), crawl_pages.c.state == P.FETCHING.value
+)
+_SETTLE_PAGE = (
+    update(crawl_pages)
+    .where(crawl_pages.c.id == bindparam("b_id"), crawl_pages.c.state == P.FETCHING.value)
+    .values({name: bindparam(f"b_{name}") for name in _OUTCOME_COLUMNS})
+)
+_KNOWN_URLS = select(crawl_pages.c.url).where(
+    crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.url.in_(bindparam("p_urls", expanding=True))
+)
+_PENDING_PAGES = (
+    select(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
+    .where(crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.state == P.PENDING.value)
+    .order_by(crawl_pages.c.depth, crawl_pages.c.id)
+    .limit(bindparam("p_room"))
+)
+_QUEUE_PAGES = (
+    update(crawl_pages)
+    .where(crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)))
+    .values(state=P.QUEUED.value, updated_at=bindparam("p_now"))
+)
+
+
+def _outcome_values(outcome: PageOutcome) -> dict[str, Any]:
+    values = {name: getattr(outcome, name) for name in _RESULT_FIELDS}
+    values["state"] = outcome.state.value
+    values["outlinks"] = list(outcome.new_links) if outcome.state is P.DONE else None
+    if values["error"] is not None:
+        values["error"] = values["error"][:2000]
+    return values
+
+
+def _counted(outcome: PageOutcome) -> dict[str, int]:
+    """The crawl counters one outcome moves."""
+    if outcome.state is P.DONE:
+        counted = {"fetched": 1}
+        if outcome.changed is not None:
+            counted["changed" if outcome.changed else "unchanged"] = 1
+        return counted
+    if outcome.state is P.FAILED:
+        return {"failed": 1}
+    return {"skipped_robots": 1} if outcome.skipped_robots else {}
+
+
 class CrawlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._insert = dialect_insert(engine)
         self._sqlite = engine.dialect.name == "sqlite"
         self._sqlite_lock = asyncio.Lock()
+        self._insert_pages = self._insert(crawl_pages).on_conflict_do_nothing(index_elements=["crawl_id", "url"])
+        # Group commit per crawl for the two per-page transactions (store/batching.py).
+        self._beginning = GroupCommit[str, int, PageStart | None](self._begin_batch)
+        self._finishing = GroupCommit[str, tuple[int, PageOutcome], FinishResult | None](self._finish_batch)
+        # URLs known to be in a crawl's frontier (inserted here or found there): never deleted, so safe to skip.
+        self._known: OrderedDict[str, set[str]] = OrderedDict()
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -120,7 +229,7 @@ class CrawlStore:
                 yield conn
 
     async def _lock_crawl(self, conn: AsyncConnection, crawl_id: str) -> Any:
-        return (await conn.execute(select(crawls).where(crawls.c.id == crawl_id).with_for_update())).first()
+        return (await conn.execute(_LOCK_CRAWL, {"p_crawl_id": crawl_id})).first()
 
     # -- crawls -------------------------------------------------------------------------------------------
 
@@ -173,7 +282,7 @@ class CrawlStore:
                 return crawl_model(existing), False, []
             await self._lock_crawl(conn, crawl_id)
             added = await self._add_pages(conn, crawl_id, [(url, 0) for url in seeds], limit=len(seeds))
-            await conn.execute(update(crawls).where(crawls.c.id == crawl_id).values(discovered=added))
+            await conn.execute(update(crawls).where(crawls.c.id == crawl_id).values(discovered=len(added)))
             to_publish = await self._refill(conn, crawl_id)
             row = (await conn.execute(select(crawls).where(crawls.c.id == crawl_id))).one()
         return crawl_model(row), True, to_publish
@@ -272,7 +381,7 @@ class CrawlStore:
         Returns them for re-publishing; a duplicate message is harmless (``begin_page`` settles it once).
         """
         cutoff = utcnow() - older_than
-        async with self._engine.begin() as conn:
+        async with self._tx() as conn:
             rows = (
                 await conn.execute(
                     update(crawl_pages)
@@ -290,68 +399,64 @@ class CrawlStore:
     # -- pages (worker side) ------------------------------------------------------------------------------
 
     async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
+        """Mark the page FETCHING (one more attempt) and return what fetching it needs; ``None`` if settled.
+
+        Group commit per crawl, like ``finish_page``. Two deliveries of one page in the same batch: the second
+        gets ``None`` (the first is fetching it).
+        """
+        return await self._beginning.submit(crawl_id, page_id)
+
+    async def _begin_batch(self, crawl_id: str, page_ids: Sequence[int]) -> list[PageStart | None]:
         now = utcnow()
         async with self._tx() as conn:
-            page = (
-                await conn.execute(
-                    update(crawl_pages)
-                    .where(
-                        crawl_pages.c.id == page_id,
-                        crawl_pages.c.crawl_id == crawl_id,
-                        crawl_pages.c.state.in_((P.QUEUED.value, P.FETCHING.value)),
-                    )
-                    .values(state=P.FETCHING.value, attempts=crawl_pages.c.attempts + 1, updated_at=now)
-                    .returning(crawl_pages.c.url, crawl_pages.c.depth, crawl_pages.c.attempts)
-                )
-            ).first()
-            if page is None:
-                return None
-            await conn.execute(
-                update(crawls)
-                .where(crawls.c.id == crawl_id, crawls.c.state == CrawlState.QUEUED.value)
-                .values(state=CrawlState.RUNNING.value, started_at=now)
-            )
-            crawl = (
-                await conn.execute(
-                    select(crawls.c.state, crawls.c.config, crawls.c.previous_crawl_id).where(crawls.c.id == crawl_id)
-                )
-            ).one()
-            previous = None
+            ids = sorted(set(page_ids))
+            pages = {
+                row.id: row
+                for row in await conn.execute(_BEGIN_PAGES, {"p_ids": ids, "p_crawl_id": crawl_id, "p_now": now})
+            }
+            if not pages:
+                return [None] * len(page_ids)
+            await conn.execute(_MARK_RUNNING, {"p_crawl_id": crawl_id, "p_now": now})
+            crawl = (await conn.execute(_CRAWL_FOR_PAGES, {"p_crawl_id": crawl_id})).one()
+            previous: dict[str, dict[str, Any]] = {}
             if crawl.previous_crawl_id is not None:
-                prev = (
-                    await conn.execute(
-                        select(
-                            crawl_pages.c.content_hash,
-                            crawl_pages.c.etag,
-                            crawl_pages.c.last_modified,
-                            crawl_pages.c.outlinks,
-                        ).where(
-                            crawl_pages.c.crawl_id == crawl.previous_crawl_id,
-                            crawl_pages.c.url == page.url,
-                            crawl_pages.c.state == P.DONE.value,
-                        )
-                    )
-                ).first()
-                if prev is not None:
-                    previous = {
-                        "content_hash": prev.content_hash,
-                        "etag": prev.etag,
-                        "last_modified": prev.last_modified,
-                        "outlinks": prev.outlinks or [],
+                rows = await conn.execute(
+                    _PREVIOUS_PAGES,
+                    {"p_previous_id": crawl.previous_crawl_id, "p_urls": [page.url for page in pages.values()]},
+                )
+                previous = {
+                    row.url: {
+                        "content_hash": row.content_hash,
+                        "etag": row.etag,
+                        "last_modified": row.last_modified,
+                        "outlinks": row.outlinks or [],
                     }
-        return PageStart(
-            page.url,
-            page.depth,
-            page.attempts,
-            CrawlState(crawl.state),
-            crawl.config,
-            crawl.previous_crawl_id is not None,
-            previous,
-        )
+                    for row in rows
+                }
+            held = await conn.execute(_HELD_HOSTS, {"p_crawl_id": crawl_id, "p_now": now})
+            held_until = {row.host: until for row in held if (until := as_utc(row.next_fetch_at)) is not None}
+        results: list[PageStart | None] = []
+        for page_id in page_ids:
+            page = pages.pop(page_id, None)
+            results.append(
+                None
+                if page is None
+                else PageStart(
+                    page.url,
+                    page.depth,
+                    page.attempts,
+                    CrawlState(crawl.state),
+                    crawl.config,
+                    crawl.previous_crawl_id is not None,
+                    previous.get(page.url),
+                    held_until,
+                )
+            )
+        return results
 
     async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
         """A transient failure: the page waits for its retry inside the window (QUEUED)."""
-        async with self._engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 update(crawl_pages)
                 .where(crawl_pages.c.id == page_id, crawl_pages.c.state == P.FETCHING.value)
@@ -359,148 +464,178 @@ class CrawlStore:
             )
 
     async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:
-        """Record a page's outcome, grow the frontier, refill the window, detect completion: one transaction."""
+        """Record a page's outcome, grow the frontier, refill the window, detect completion: one transaction.
+
+        Group commit: the outcomes of one crawl that arrive while its previous batch is being written are
+        written together in the next one (one crawl-row lock, one frontier insert, one refill for the lot).
+        Under load a batch holds about as many pages as finished during one transaction; with one page in
+        flight it is a batch of one. ``None`` means the page was already settled (a duplicate delivery).
+        """
+        return await self._finishing.submit(crawl_id, (page_id, outcome))
+
+    async def _finish_batch(self, crawl_id: str, items: Sequence[tuple[int, PageOutcome]]) -> list[FinishResult | None]:
         now = utcnow()
         async with self._tx() as conn:
             crawl = await self._lock_crawl(conn, crawl_id)
             if crawl is None:
-                return None
-            values = {
-                name: getattr(outcome, name)
-                for name in (
-                    "http_status",
-                    "content_hash",
-                    "changed",
-                    "etag",
-                    "last_modified",
-                    "title",
-                    "description",
-                    "canonical",
-                    "noindex",
-                    "nofollow",
-                    "links",
-                    "error_code",
-                    "error",
-                )
-            }
-            values["outlinks"] = list(outcome.new_links) if outcome.state is P.DONE else None
-            done = (
-                await conn.execute(
-                    update(crawl_pages)
-                    .where(crawl_pages.c.id == page_id, crawl_pages.c.state == P.FETCHING.value)
-                    .values(state=outcome.state.value, seq=crawl.version + 1, fetched_at=now, updated_at=now, **values)
-                    .returning(crawl_pages.c.depth)
-                )
-            ).first()
-            if done is None:
-                return None  # settled already (duplicate delivery)
-            counters: dict[str, Any] = {"version": crawls.c.version + 1, "in_flight": crawls.c.in_flight - 1}
-            if outcome.state is P.DONE:
-                counters["fetched"] = crawls.c.fetched + 1
-                if outcome.changed is not None:
-                    key = "changed" if outcome.changed else "unchanged"
-                    counters[key] = getattr(crawls.c, key) + 1
-            elif outcome.state is P.FAILED:
-                counters["failed"] = crawls.c.failed + 1
-            elif outcome.skipped_robots:
-                counters["skipped_robots"] = crawls.c.skipped_robots + 1
-            if outcome.new_links and crawl.state in _ACTIVE:
-                remaining = max(0, int(crawl.config["scope"]["maxPages"]) - crawl.discovered)
-                added = await self._add_pages(
-                    conn, crawl_id, [(url, done.depth + 1) for url in outcome.new_links], limit=remaining
-                )
-                counters["discovered"] = crawls.c.discovered + added
-            await conn.execute(update(crawls).where(crawls.c.id == crawl_id).values(**counters))
-            to_publish: list[PageRef] = []
-            state = CrawlState(crawl.state)
-            completed_now = False
-            if state in (CrawlState.QUEUED, CrawlState.RUNNING):
-                to_publish = await self._refill(conn, crawl_id)
-                row = (await conn.execute(select(crawls.c.in_flight).where(crawls.c.id == crawl_id))).one()
-                if row.in_flight == 0 and not to_publish:
-                    await conn.execute(
-                        update(crawls)
-                        .where(crawls.c.id == crawl_id)
-                        .values(state=CrawlState.COMPLETED.value, finished_at=now)
-                    )
-                    state, completed_now = CrawlState.COMPLETED, True
-        return FinishResult(to_publish, state, completed_now)
+                return [None] * len(items)
+            settled = await self._settle_pages(conn, crawl, items, now)
+            if not settled:
+                return [None] * len(items)
+            state, to_publish, added = await self._advance_crawl(conn, crawl, list(settled.values()), now)
+        if state is CrawlState.COMPLETED:
+            self._known.pop(crawl_id, None)
+        elif added:
+            self._known_urls(crawl_id).update(added)
+        # One result per settled page (None for the rest); the refill is shared out so the callers publish in
+        # parallel, and exactly one of them reports a completion.
+        owners = {page_id: FinishResult([], state, completed_now=False) for page_id in settled}
+        shares = list(owners.values())
+        for index, ref in enumerate(to_publish):
+            shares[index % len(shares)].to_publish.append(ref)
+        shares[0].completed_now = state is CrawlState.COMPLETED and CrawlState(crawl.state) is not state
+        return [owners.pop(page_id, None) for page_id, _ in items]
+
+    async def _settle_pages(
+        self, conn: AsyncConnection, crawl: Any, items: Sequence[tuple[int, PageOutcome]], now: datetime
+    ) -> dict[int, tuple[PageOutcome, int]]:
+        """Write the outcomes of the pages still FETCHING (the first outcome per page); → {page: (outcome, depth)}."""
+        # Under PostgreSQL the rows are locked too: a concurrent retry_page of a redelivered copy waits.
+        stmt = _FETCHING_PAGES if self._sqlite else _FETCHING_PAGES.with_for_update()
+        rows = await conn.execute(stmt, {"p_ids": sorted({page_id for page_id, _ in items})})
+        fetching = {row.id: row.depth for row in rows}
+        settled: dict[int, tuple[PageOutcome, int]] = {}
+        for page_id, outcome in items:
+            if page_id in fetching and page_id not in settled:
+                settled[page_id] = (outcome, fetching[page_id])
+        if settled:
+            await conn.execute(
+                _SETTLE_PAGE,
+                [
+                    {
+                        "b_id": page_id,
+                        "b_seq": crawl.version + index,  # SSE event ids: one per outcome, in commit order
+                        "b_fetched_at": now,
+                        "b_updated_at": now,
+                        **{f"b_{name}": value for name, value in _outcome_values(outcome).items()},
+                    }
+                    for index, (page_id, (outcome, _)) in enumerate(settled.items(), start=1)
+                ],
+            )
+        return settled
+
+    async def _advance_crawl(
+        self, conn: AsyncConnection, crawl: Any, settled: Sequence[tuple[PageOutcome, int]], now: datetime
+    ) -> tuple[CrawlState, list[PageRef], list[str]]:
+        """Count the settled pages, grow the frontier, refill the window, detect completion (under the lock)."""
+        counters = Counter[str]()
+        links: dict[str, int] = {}
+        for outcome, depth in settled:
+            counters.update(_counted(outcome))
+            for url in outcome.new_links:
+                links.setdefault(url, depth + 1)
+        values: dict[str, Any] = {name: getattr(crawls.c, name) + count for name, count in counters.items()}
+        values["version"] = crawls.c.version + len(settled)
+        in_flight = crawl.in_flight - len(settled)
+        state = CrawlState(crawl.state)
+        to_publish: list[PageRef] = []
+        added: list[str] = []
+        if state in (CrawlState.QUEUED, CrawlState.RUNNING):
+            remaining = max(0, int(crawl.config["scope"]["maxPages"]) - crawl.discovered)
+            added = await self._add_pages(conn, crawl.id, list(links.items()), limit=remaining)
+            values["discovered"] = crawls.c.discovered + len(added)
+            to_publish = await self._take_pending(
+                conn, crawl.id, int(crawl.config["politeness"]["maxConcurrency"]) - in_flight
+            )
+            in_flight += len(to_publish)
+            values["queued"] = crawls.c.queued + len(to_publish)
+            if in_flight == 0:  # nothing in flight and nothing PENDING left (the refill had room for it)
+                values.update(state=CrawlState.COMPLETED.value, finished_at=now)
+                state = CrawlState.COMPLETED
+        values["in_flight"] = in_flight
+        await conn.execute(update(crawls).where(crawls.c.id == crawl.id).values(**values))
+        return state, to_publish, added
+
+    def _known_urls(self, crawl_id: str) -> set[str]:
+        known = self._known.get(crawl_id)
+        if known is None:
+            known = self._known[crawl_id] = set()
+            while len(self._known) > _KNOWN_CRAWLS:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(crawl_id)
+        return known
 
     async def _add_pages(
         self, conn: AsyncConnection, crawl_id: str, candidates: Sequence[tuple[str, int]], *, limit: int
-    ) -> int:
-        """Insert new frontier pages (deduplicated) up to ``limit``; the caller holds the crawl lock."""
+    ) -> list[str]:
+        """Insert new frontier pages (deduplicated) up to ``limit``; the caller holds the crawl lock.
+
+        Returns the inserted URLs; the caller adds them to ``_known_urls`` once the transaction has committed
+        (a rolled-back insert must not be skipped by the next attempt).
+        """
         if limit <= 0 or not candidates:
-            return 0
+            return []
+        known = self._known_urls(crawl_id)
         unique: dict[str, int] = {}
         for url, depth in candidates:
-            unique.setdefault(url, depth)
-        existing = set(
-            (
-                await conn.execute(
-                    select(crawl_pages.c.url).where(
-                        crawl_pages.c.crawl_id == crawl_id, crawl_pages.c.url.in_(list(unique))
-                    )
-                )
-            ).scalars()
-        )
+            if url not in known:
+                unique.setdefault(url, depth)
+        if not unique:
+            return []
+        existing = set((await conn.execute(_KNOWN_URLS, {"p_crawl_id": crawl_id, "p_urls": list(unique)})).scalars())
+        known.update(existing)
         fresh = [(url, depth) for url, depth in unique.items() if url not in existing][:limit]
         if not fresh:
-            return 0
+            return []
         now = utcnow()
+        # executemany of one prebuilt statement: compiled once (a multi-row VALUES would compile per row count).
         await conn.execute(
-            self._insert(crawl_pages)
-            .values(
-                [
-                    {
-                        "crawl_id": crawl_id,
-                        "url": url,
-                        "depth": depth,
-                        "state": P.PENDING.value,
-                        "attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for url, depth in fresh
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["crawl_id", "url"])
+            self._insert_pages,
+            [
+                {
+                    "crawl_id": crawl_id,
+                    "url": url,
+                    "depth": depth,
+                    "state": P.PENDING.value,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for url, depth in fresh
+            ],
         )
-        return len(fresh)
+        return [url for url, _ in fresh]
+
+    async def _take_pending(self, conn: AsyncConnection, crawl_id: str, room: int) -> list[PageRef]:
+        """Move up to ``room`` PENDING pages (shallowest first) into the window; the caller holds the lock."""
+        if room <= 0:
+            return []
+        rows = (await conn.execute(_PENDING_PAGES, {"p_crawl_id": crawl_id, "p_room": room})).all()
+        if not rows:
+            return []
+        await conn.execute(_QUEUE_PAGES, {"p_ids": [row.id for row in rows], "p_now": utcnow()})
+        return [PageRef(row.id, row.url, row.depth) for row in rows]
 
     async def _refill(self, conn: AsyncConnection, crawl_id: str) -> list[PageRef]:
         """Move PENDING pages into the window up to maxConcurrency; the caller holds the crawl lock."""
         crawl = (await conn.execute(select(crawls.c.in_flight, crawls.c.config).where(crawls.c.id == crawl_id))).one()
-        room = int(crawl.config["politeness"]["maxConcurrency"]) - crawl.in_flight
-        if room <= 0:
-            return []
-        rows = (
+        refs = await self._take_pending(
+            conn, crawl_id, int(crawl.config["politeness"]["maxConcurrency"]) - crawl.in_flight
+        )
+        if refs:
             await conn.execute(
-                select(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
-                .where(crawl_pages.c.crawl_id == crawl_id, crawl_pages.c.state == P.PENDING.value)
-                .order_by(crawl_pages.c.depth, crawl_pages.c.id)
-                .limit(room)
+                update(crawls)
+                .where(crawls.c.id == crawl_id)
+                .values(in_flight=crawls.c.in_flight + len(refs), queued=crawls.c.queued + len(refs))
             )
-        ).all()
-        if not rows:
-            return []
-        await conn.execute(
-            update(crawl_pages)
-            .where(crawl_pages.c.id.in_([row.id for row in rows]))
-            .values(state=P.QUEUED.value, updated_at=utcnow())
-        )
-        await conn.execute(
-            update(crawls)
-            .where(crawls.c.id == crawl_id)
-            .values(in_flight=crawls.c.in_flight + len(rows), queued=crawls.c.queued + len(rows))
-        )
-        return [PageRef(row.id, row.url, row.depth) for row in rows]
+        return refs
 
     # -- hosts: robots.txt once per crawl, request spacing across workers ----------------------------------
 
     async def host(self, crawl_id: str, host: str) -> tuple[bool, Any]:
         """Claim the host's robots.txt fetch: (True, None) for the one claimer; else (False, row)."""
-        async with self._engine.begin() as conn:
+        async with self._tx() as conn:
             claimed = (
                 await conn.execute(
                     self._insert(crawl_hosts)
@@ -519,7 +654,7 @@ class CrawlStore:
         return False, row
 
     async def set_robots(self, crawl_id: str, host: str, robots_txt: str | None, crawl_delay: float | None) -> None:
-        async with self._engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 update(crawl_hosts)
                 .where(crawl_hosts.c.crawl_id == crawl_id, crawl_hosts.c.host == host)
@@ -550,7 +685,7 @@ class CrawlStore:
 
     async def pause_host(self, crawl_id: str, host: str, until: datetime) -> None:
         """429/503 Retry-After: no worker fetches from this host before ``until``."""
-        async with self._engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 update(crawl_hosts)
                 .where(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -43,6 +44,8 @@ _ROBOTS_POLL_SECONDS = 0.1
 _MAX_SITEMAPS = 20
 # Cap Retry-After pauses so one misbehaving header cannot stall a crawl for a day.
 _MAX_HOST_PAUSE_SECONDS = 600.0
+# Parsed specs of this many recent crawls are kept per process.
+_SITES_CACHED = 64
 
 
 class PagePipeline:
@@ -61,6 +64,7 @@ class PagePipeline:
         self._retry = retry
         self._fetch = fetch
         self._robots: dict[tuple[str, str], Robots | None] = {}
+        self._sites: dict[str, tuple[CrawlSiteSpec, Scope]] = {}
 
     async def handle(self, delivery: Delivery) -> None:
         await handle_guarded(delivery, self._handle)
@@ -88,9 +92,9 @@ class PagePipeline:
             )
             await dead_letter(self._publisher, delivery, code="max_attempts_exceeded", reason=reason)
             return "dead_lettered"
-        spec = CrawlSiteSpec.model_validate(start.config)
+        spec, scope = self._site(task.crawl_id, start.config)
         try:
-            outcome = await self._crawl_page(task, start, spec)
+            outcome = await self._crawl_page(task, start, spec, scope)
         except KubecrawlError as exc:
             return await self._failed(delivery, task, start, spec, exc)
         await self._finish(task, outcome)
@@ -98,16 +102,23 @@ class PagePipeline:
         metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()
         return "completed"
 
-    async def _crawl_page(self, task: PageTask, start: PageStart, spec: CrawlSiteSpec) -> PageOutcome:
+    def _site(self, crawl_id: str, config: dict[str, Any]) -> tuple[CrawlSiteSpec, Scope]:
+        """A crawl's spec is frozen when it starts: parse it and compile its scope once per crawl."""
+        site = self._sites.get(crawl_id)
+        if site is None:
+            spec = CrawlSiteSpec.model_validate(config)
+            site = self._sites[crawl_id] = (spec, Scope.for_site(spec.url, spec.scope))
+            while len(self._sites) > _SITES_CACHED:
+                del self._sites[next(iter(self._sites))]
+        return site
+
+    async def _crawl_page(self, task: PageTask, start: PageStart, spec: CrawlSiteSpec, scope: Scope) -> PageOutcome:
         host = url_host(start.url)
         user_agent = spec.fetch.user_agent or self._fetch.user_agent
         robots = await self._robots_for(task.crawl_id, host, start.url, spec)
         if robots is not None and not robots.allowed(user_agent, start.url):
             return PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed")
-        spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
-        wait = await self._crawls.reserve_slot(task.crawl_id, host, spacing)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self._wait_turn(task.crawl_id, host, start, spec, robots, user_agent)
         headers = {"User-Agent": user_agent}
         previous = start.previous or {}
         if previous.get("etag"):
@@ -122,7 +133,6 @@ class PagePipeline:
         )
         metrics.FETCH_BYTES.inc(result.body_bytes)
         response_headers = {name.lower(): value for name, value in result.headers}
-        scope = Scope.for_site(spec.url, spec.scope)
         follow = start.depth < spec.scope.max_depth
         if result.status_code == 304 and start.previous is not None:
             # Not modified: no body to read, so follow the links the previous crawl found on this page.
@@ -166,6 +176,20 @@ class PagePipeline:
             links=len(meta.links),
             new_links=links,
         )
+
+    async def _wait_turn(
+        self, crawl_id: str, host: str, start: PageStart, spec: CrawlSiteSpec, robots: Robots | None, user_agent: str
+    ) -> None:
+        """Wait for the host's next free slot: the spacing (delaySeconds, Crawl-delay) and any Retry-After pause."""
+        spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
+        if spacing > 0:  # requests to the host are spaced: reserve this one's turn, cluster-wide
+            wait = await self._crawls.reserve_slot(crawl_id, host, spacing)
+        elif (held := start.held_until.get(host)) is not None:  # no spacing, but a Retry-After pause
+            wait = (held - datetime.now(UTC)).total_seconds()
+        else:
+            wait = 0.0
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _robots_for(self, crawl_id: str, host: str, url: str, spec: CrawlSiteSpec) -> Robots | None:
         key = (crawl_id, host)

@@ -1,0 +1,486 @@
+"""Crawl benchmark: kubecrawl against Scrapy and against the raw fetch-and-parse limit, in ONE run, one site.
+
+A generated site of ``--pages`` pages (default 2,000; about 12 KB of HTML each, ~25 links per page, a
+robots.txt allowing everything) is served by nginx on loopback. Then, one after the other, each in its own
+process:
+
+    raw        a bare aiohttp loop, 16 requests in flight, over the known URL list, parsing every page with
+               selectolax (lexbor) for its links and title: no frontier, no storage: the machine's limit.
+    scrapy     Scrapy (``.[bench]`` extra), default settings except 16 concurrent requests (also per domain)
+               and no delay; robots.txt obeyed as by default; follows every same-site link, yields title and
+               description per page.
+    embedded   ``kubecrawl crawl URL`` (SQLite, in-process broker), concurrency 16.
+    dist-1     ``kubecrawl api`` + 1 ``kubecrawl worker`` on RabbitMQ + PostgreSQL, maxConcurrency 16.
+    dist-2     the same with 2 worker processes.
+
+Every crawler finds the pages through links (no sitemap) and must fetch all of them; a run that does not is
+reported as incomplete. Rates are pages fetched / crawl duration (the crawler's own start → finish, without
+interpreter start-up). Everything shares the machine's cores with nginx (and RabbitMQ, PostgreSQL): on a
+2-core machine the figures are a ratio of CPU costs more than of wall-clock capacity.
+
+Targets (issue #4): embedded ≥ 4 × Scrapy and ≥ 0.4 × raw; dist-1 ≥ 1.5 × Scrapy; dist-2 ≥ 1.3 × dist-1.
+
+    .venv/bin/pip install -e '.[bench]'          # Scrapy
+    apt-get install -y nginx-light               # or nginx
+    .venv/bin/python bench/crawl_vs_scrapy.py [--pages 2000] [--only raw,scrapy,embedded,dist-1,dist-2]
+
+Figures are printed and written to ``bench/results/crawl-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support.servers: the same private servers the test suite uses
+RESULTS = ROOT / "bench" / "results"
+KUBECRAWL = Path(sys.executable).parent / "kubecrawl"
+CONCURRENCY = 16
+LINKS_PER_PAGE = 25
+PAGE_BYTES = 12_000
+WORDS = (
+    "crawl metadata schedule operator queue worker broker frontier politeness robots sitemap canonical "
+    "cluster replica deployment cronjob latency throughput page source header cookie redirect charset"
+).split()
+ALL_RUNS = ("raw", "scrapy", "embedded", "dist-1", "dist-2")
+
+
+# --- the site ---------------------------------------------------------------------------------------------------
+
+
+def page_path(i: int) -> str:
+    return "/" if i == 0 else f"/docs/{i // 100}/page-{i}.html"
+
+
+def generate_site(root: Path, pages: int, seed: int = 7) -> None:
+    """``pages`` HTML pages, each reachable from the home page (page i links to i+1), plus random links."""
+    rng = random.Random(seed)
+    for i in range(pages):
+        targets = {(i + 1) % pages, *(rng.randrange(pages) for _ in range(LINKS_PER_PAGE - 1))}
+        links = "\n".join(f'<li><a href="{page_path(t)}">Page {t}</a></li>' for t in sorted(targets))
+        head = (
+            f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Page {i} of the bench site</title>"
+            f'<meta name="description" content="Benchmark page {i}: {" ".join(rng.choices(WORDS, k=12))}">'
+            f'<link rel="canonical" href="{page_path(i)}"><meta property="og:title" content="Page {i}">'
+            "<meta name='viewport' content='width=device-width'></head><body><header><nav><ul>"
+            f"{links}</ul></nav></header><main><h1>Page {i}</h1>"
+        )
+        body: list[str] = []
+        size = len(head)
+        while size < PAGE_BYTES:
+            paragraph = f"<p>{' '.join(rng.choices(WORDS, k=60))}.</p>\n"
+            body.append(paragraph)
+            size += len(paragraph)
+        path = root / page_path(i).lstrip("/")
+        if i == 0:
+            path = root / "index.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(head + "".join(body) + "</main><footer>kubecrawl bench</footer></body></html>")
+    (root / "robots.txt").write_text("User-agent: *\nAllow: /\n")
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type text/html;
+    types {{ text/html html; text/plain txt; }}
+    client_body_temp_path {base}/tmp; proxy_temp_path {base}/tmp; fastcgi_temp_path {base}/tmp;
+    uwsgi_temp_path {base}/tmp; scgi_temp_path {base}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
+
+def start_nginx(base: Path, root: Path, port: int) -> subprocess.Popen[bytes]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("nginx is not installed (Debian: apt-get install -y nginx-light)")
+    (base / "tmp").mkdir(exist_ok=True)
+    conf = base / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(base=base, root=root, port=port))
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(base)], stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/robots.txt", 30, proc)
+    return proc
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+# --- raw: aiohttp + selectolax, run as `python bench/crawl_vs_scrapy.py raw BASE PAGES` ------------------------
+
+
+def run_raw(base_url: str, pages: int) -> None:
+    import aiohttp
+    from selectolax.lexbor import LexborHTMLParser
+
+    async def main() -> dict[str, Any]:
+        urls = [base_url + page_path(i) for i in range(pages)]
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for url in urls:
+            queue.put_nowait(url)
+        fetched = links = 0
+
+        async def fetcher(session: aiohttp.ClientSession) -> None:
+            nonlocal fetched, links
+            while not queue.empty():
+                url = queue.get_nowait()
+                async with session.get(url) as response:
+                    body = await response.read()
+                tree = LexborHTMLParser(body)
+                title = tree.css_first("title")
+                _ = title.text() if title is not None else None
+                links += sum(1 for node in tree.css("a[href]") if node.attributes.get("href"))
+                fetched += 1
+
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            started = time.perf_counter()
+            await asyncio.gather(*(fetcher(session) for _ in range(CONCURRENCY)))
+            elapsed = time.perf_counter() - started
+        return {"pages": fetched, "seconds": elapsed, "links_seen": links}
+
+    print(json.dumps(asyncio.run(main()) | {"max_rss_mb": max_rss_mb()}))
+
+
+# --- scrapy, run as `python bench/crawl_vs_scrapy.py scrapy BASE` ------------------------------------------------
+
+
+def run_scrapy(base_url: str) -> None:
+    import scrapy
+    from scrapy.crawler import CrawlerProcess
+
+    stats: dict[str, Any] = {}
+
+    class BenchSpider(scrapy.Spider):  # type: ignore[misc]
+        name = "bench"
+        start_urls = [base_url + "/"]
+        allowed_domains = ["127.0.0.1"]
+
+        def parse(self, response: Any) -> Any:
+            yield {
+                "url": response.url,
+                "title": response.css("title::text").get(),
+                "description": response.css('meta[name="description"]::attr(content)').get(),
+            }
+            yield from response.follow_all(css="a")
+
+        def closed(self, reason: str) -> None:
+            stats.update(self.crawler.stats.get_stats())
+            stats["reason"] = reason
+            stats["finished"] = time.perf_counter()
+
+    process = CrawlerProcess(
+        settings={
+            "CONCURRENT_REQUESTS": CONCURRENCY,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": CONCURRENCY,
+            "DOWNLOAD_DELAY": 0,
+            "ROBOTSTXT_OBEY": True,
+            "LOG_LEVEL": "WARNING",
+            "TELNETCONSOLE_ENABLED": False,
+        }
+    )
+    process.crawl(BenchSpider)
+    started = time.perf_counter()  # the reactor starts the crawl at once; imports and settings are done
+    process.start()
+    elapsed = stats["finished"] - started
+    pages = int(stats.get("item_scraped_count", 0))
+    print(json.dumps({"pages": pages, "seconds": elapsed, "reason": stats["reason"], "max_rss_mb": max_rss_mb()}))
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+# --- kubecrawl -----------------------------------------------------------------------------------------------------
+
+
+def crawl_seconds(crawl: dict[str, Any]) -> float:
+    started = datetime.fromisoformat(crawl["started_at"] or crawl["created_at"])
+    return (datetime.fromisoformat(crawl["finished_at"]) - started).total_seconds()
+
+
+def run_embedded(base_url: str, pages: int, work: Path) -> dict[str, Any]:
+    env = dict(os.environ, KUBECRAWL_ALLOW_PRIVATE_TARGETS="true")
+    db = work / "embedded.db"
+    started = time.perf_counter()
+    out = subprocess.run(
+        [
+            str(KUBECRAWL),
+            "crawl",
+            base_url + "/",
+            "--max-pages",
+            str(pages),
+            "--max-depth",
+            "50",
+            "--concurrency",
+            str(CONCURRENCY),
+            "--db",
+            str(db),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"kubecrawl crawl failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    crawl = json.loads(out.stdout)
+    return {
+        "pages": crawl["counters"]["fetched"],
+        "failed": crawl["counters"]["failed"],
+        "seconds": crawl_seconds(crawl),
+        "wall_seconds": time.perf_counter() - started,
+        "state": crawl["state"],
+    }
+
+
+def http_json(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def run_distributed(base_url: str, pages: int, workers: int, work: Path, services: dict[str, Any]) -> dict[str, Any]:
+    from tests.support.servers import free_port
+
+    rabbit, postgres = services["rabbit"], services["postgres"]
+    vhost, database = f"bench-{workers}", f"bench_{workers}"
+    rabbit.add_vhost(vhost)
+    postgres.create_database(database)
+    env = dict(
+        os.environ,
+        KUBECRAWL_DATABASE_URL=postgres.url(database),
+        KUBECRAWL_RABBITMQ_URL=rabbit.url(vhost),
+        KUBECRAWL_ALLOW_PRIVATE_TARGETS="true",
+        KUBECRAWL_LOG_FORMAT="json",
+        KUBECRAWL_LOG_LEVEL="WARNING",
+        KUBECRAWL_PREFETCH_COUNT=str(CONCURRENCY),
+    )
+    subprocess.run([str(KUBECRAWL), "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [(work / f"dist{workers}-{name}.log").open("wb") for name in ["api", *map(str, range(workers))]]
+    try:
+        procs.append(
+            subprocess.Popen(
+                [str(KUBECRAWL), "api", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                stdout=logs[0],
+                stderr=subprocess.STDOUT,
+            )
+        )
+        api = f"http://127.0.0.1:{port}"
+        wait_http(api + "/health/ready", 120, procs[0])
+        for n in range(workers):
+            procs.append(
+                subprocess.Popen(
+                    [str(KUBECRAWL), "worker"],
+                    env=env | {"POD_NAME": f"bench-worker-{n}"},
+                    stdout=logs[n + 1],
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        wait_consumers(rabbit, vhost, workers)
+        spec = {
+            "url": base_url + "/",
+            "scope": {"maxPages": pages, "maxDepth": 50},
+            "politeness": {"maxConcurrency": CONCURRENCY},
+        }
+        http_json("PUT", f"{api}/sites/bench/site-{workers}", spec)
+        crawl = http_json("POST", f"{api}/sites/bench/site-{workers}/crawls", {"trigger": "manual"})
+        deadline = time.monotonic() + 1800
+        while crawl["state"] not in ("COMPLETED", "FAILED", "CANCELLED"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"crawl {crawl['id']} not finished: {crawl}")
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args} exited with {proc.returncode}; logs in {work}")
+            time.sleep(0.2)
+            crawl = http_json("GET", f"{api}/crawls/{crawl['id']}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+    return {
+        "pages": crawl["counters"]["fetched"],
+        "failed": crawl["counters"]["failed"],
+        "seconds": crawl_seconds(crawl),
+        "state": crawl["state"],
+    }
+
+
+def wait_consumers(rabbit: Any, vhost: str, workers: int) -> None:
+    """Start the clock only once every worker consumes the pages queue."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            queue = rabbit.api(f"/api/queues/{vhost}/kubecrawl.pages")
+            if int(queue.get("consumers", 0)) >= workers:
+                return
+        except Exception:  # noqa: BLE001, S110 - the queue is declared by the first worker; retry until then
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{workers} workers did not start consuming")
+
+
+# --- orchestration ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--only", default=",".join(ALL_RUNS), help=f"comma-separated subset of {ALL_RUNS}")
+    parser.add_argument("--keep", action="store_true", help="keep the site, databases and logs")
+    args = parser.parse_args()
+    runs = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(runs) - set(ALL_RUNS)
+    if unknown:
+        parser.error(f"unknown runs: {sorted(unknown)}")
+
+    from tests.support.servers import PostgresServer, RabbitServer, free_port
+
+    work = Path(tempfile.mkdtemp(prefix="kubecrawl-crawlbench-"))
+    work.chmod(0o755)  # nginx's worker runs as an unprivileged user and must read the site
+    site = work / "site"
+    print(f"generating a {args.pages}-page site in {site} …", flush=True)
+    generate_site(site, args.pages)
+    port = free_port()
+    nginx = start_nginx(work, site, port)
+    base_url = f"http://127.0.0.1:{port}"
+    results: dict[str, dict[str, Any]] = {}
+    services: dict[str, Any] = {}
+    try:
+        for name in runs:
+            print(f"{name} …", flush=True)
+            if name == "raw":
+                results[name] = run_child(["raw", base_url, str(args.pages)])
+            elif name == "scrapy":
+                results[name] = run_child(["scrapy", base_url])
+            elif name == "embedded":
+                results[name] = run_embedded(base_url, args.pages, work)
+            else:
+                if not services:
+                    print("  starting RabbitMQ and PostgreSQL …", flush=True)
+                    services["rabbit"] = RabbitServer(work / "rabbitmq")
+                    services["postgres"] = PostgresServer(work / "postgres")
+                    services["rabbit"].start()
+                    services["postgres"].start()
+                results[name] = run_distributed(base_url, args.pages, int(name[-1]), work, services)
+            result = results[name]
+            result["rate"] = result["pages"] / result["seconds"]
+            print(f"  {result['pages']} pages in {result['seconds']:.2f} s = {result['rate']:.0f} pages/s", flush=True)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        for server in services.values():
+            server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    report(results, args.pages)
+
+
+def report(results: dict[str, dict[str, Any]], pages: int) -> None:
+    print(f"\n  {'run':<10} {'pages':>6} {'seconds':>8} {'pages/s':>9}   note")
+    for name, result in results.items():
+        note = "" if result["pages"] >= pages else f"INCOMPLETE: {result['pages']} of {pages} fetched"
+        if "max_rss_mb" in result:
+            note = (note + f"  max RSS {result['max_rss_mb']:.0f} MB").strip()
+        print(f"  {name:<10} {result['pages']:>6} {result['seconds']:>8.2f} {result['rate']:>9.0f}   {note}")
+    rate = {name: result["rate"] for name, result in results.items()}
+    ratios: dict[str, float] = {}
+    checks = [
+        ("embedded / scrapy", "embedded", "scrapy", 4.0),
+        ("embedded / raw", "embedded", "raw", 0.4),
+        ("dist-1 / scrapy", "dist-1", "scrapy", 1.5),
+        ("dist-2 / dist-1", "dist-2", "dist-1", 1.3),
+    ]
+    print()
+    for label, top, bottom, target in checks:
+        if top in rate and bottom in rate:
+            ratios[label] = rate[top] / rate[bottom]
+            verdict = "ok" if ratios[label] >= target else "MISSED"
+            print(f"  {label:<18} {ratios[label]:>6.2f}   (target ≥ {target})  {verdict}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"crawl-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "pages": pages,
+                "results": results,
+                "ratios": ratios,
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            },
+            indent=2,
+        )
+    )
+    print(f"\n  written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "raw":
+        run_raw(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "scrapy":
+        run_scrapy(sys.argv[2])
+    else:
+        main()

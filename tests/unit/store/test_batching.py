@@ -1,0 +1,74 @@
+"""GroupCommit: what arrives during a write goes into the next write, results reach their callers in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from kubecrawl.store.batching import GroupCommit
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.release = asyncio.Event()
+        self.fail_next = False
+
+    async def write(self, key: str, items: Sequence[int]) -> list[int]:
+        self.batches.append((key, list(items)))
+        await self.release.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("transaction rolled back")
+        return [item * 10 for item in items]
+
+
+async def test_calls_arriving_during_a_write_share_the_next_write() -> None:
+    recorder = Recorder()
+    group = GroupCommit[str, int, int](recorder.write)
+    first = asyncio.create_task(group.submit("crawl", 1))
+    await asyncio.sleep(0)  # the first write starts with one item and blocks
+    later = [asyncio.create_task(group.submit("crawl", n)) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    assert await first == 10
+    assert [await task for task in later] == [20, 30, 40]
+    assert recorder.batches == [("crawl", [1]), ("crawl", [2, 3, 4])]
+
+
+async def test_keys_are_batched_separately() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    group = GroupCommit[str, int, int](recorder.write)
+    results = await asyncio.gather(group.submit("a", 1), group.submit("b", 2), group.submit("a", 3))
+    assert results == [10, 20, 30]
+    assert sorted(recorder.batches) == [("a", [1, 3]), ("b", [2])]
+
+
+async def test_a_failed_write_fails_every_call_of_its_batch_and_the_next_batch_still_runs() -> None:
+    recorder = Recorder()
+    group = GroupCommit[str, int, int](recorder.write)
+    recorder.fail_next = True
+    batch = [asyncio.create_task(group.submit("crawl", n)) for n in (1, 2)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    for task in batch:
+        with pytest.raises(RuntimeError, match="rolled back"):
+            await task
+    assert await group.submit("crawl", 5) == 50
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_write_of_its_batch() -> None:
+    recorder = Recorder()
+    group = GroupCommit[str, int, int](recorder.write)
+    cancelled = asyncio.create_task(group.submit("crawl", 1))
+    other = asyncio.create_task(group.submit("crawl", 2))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    recorder.release.set()
+    assert await other == 20
+    assert recorder.batches == [("crawl", [1, 2])]
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
