@@ -226,6 +226,29 @@ def run_scrapy(base_url: str) -> None:
     print(json.dumps({"pages": pages, "seconds": elapsed, "reason": stats["reason"], "max_rss_mb": max_rss_mb()}))
 
 
+def cpu_by_program() -> dict[str, float]:
+    """CPU seconds used so far by every process, summed per program (nginx, beam.smp, postgres, kubecrawl …)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        if name.startswith(("python", "kubecrawl")) and len(cmdline) > 2:  # kubecrawl <role>
+            name = "kubecrawl " + cmdline[2].decode(errors="replace") if b"kubecrawl" in cmdline[1] else name
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    used = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
+    return {name: seconds for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]) if seconds >= 0.05}
+
+
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -253,6 +276,7 @@ def crawl_seconds(crawl: dict[str, Any]) -> float:
 def run_embedded(base_url: str, pages: int, work: Path) -> dict[str, Any]:
     env = dict(os.environ, KUBECRAWL_ALLOW_PRIVATE_TARGETS="true")
     db = work / "embedded.db"
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
         [
@@ -277,8 +301,12 @@ def run_embedded(base_url: str, pages: int, work: Path) -> dict[str, Any]:
     )
     if out.returncode != 0:
         raise RuntimeError(f"kubecrawl crawl failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
+    cpu = {"kubecrawl crawl (whole process, start-up included)": round(own, 2)}
     crawl = json.loads(out.stdout)
     return {
+        "cpu_seconds": cpu,
         "pages": crawl["counters"]["fetched"],
         "failed": crawl["counters"]["failed"],
         "seconds": crawl_seconds(crawl),
@@ -328,7 +356,7 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
         for n in range(workers):
             procs.append(
                 subprocess.Popen(
-                    [str(KUBECRAWL), "worker"],
+                    [str(KUBECRAWL), "worker", "--metrics-port", str(free_port())],
                     env=env | {"POD_NAME": f"bench-worker-{n}"},
                     stdout=logs[n + 1],
                     stderr=subprocess.STDOUT,
@@ -341,6 +369,7 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
             "politeness": {"maxConcurrency": CONCURRENCY},
         }
         http_json("PUT", f"{api}/sites/bench/site-{workers}", spec)
+        cpu_before = cpu_by_program()
         crawl = http_json("POST", f"{api}/sites/bench/site-{workers}/crawls", {"trigger": "manual"})
         deadline = time.monotonic() + 1800
         while crawl["state"] not in ("COMPLETED", "FAILED", "CANCELLED"):
@@ -351,6 +380,7 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
                     raise RuntimeError(f"{proc.args} exited with {proc.returncode}; logs in {work}")
             time.sleep(0.2)
             crawl = http_json("GET", f"{api}/crawls/{crawl['id']}")
+        cpu = cpu_used(cpu_before, cpu_by_program())
     finally:
         for proc in procs:
             proc.terminate()
@@ -366,6 +396,7 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
         "failed": crawl["counters"]["failed"],
         "seconds": crawl_seconds(crawl),
         "state": crawl["state"],
+        "cpu_seconds": cpu,
     }
 
 
@@ -447,6 +478,10 @@ def report(results: dict[str, dict[str, Any]], pages: int) -> None:
         if "max_rss_mb" in result:
             note = (note + f"  max RSS {result['max_rss_mb']:.0f} MB").strip()
         print(f"  {name:<10} {result['pages']:>6} {result['seconds']:>8.2f} {result['rate']:>9.0f}   {note}")
+    for name, result in results.items():
+        if result.get("cpu_seconds"):
+            spent = ", ".join(f"{program} {seconds:.1f}" for program, seconds in result["cpu_seconds"].items())
+            print(f"  {name:<10} CPU seconds: {spent}")
     rate = {name: result["rate"] for name, result in results.items()}
     ratios: dict[str, float] = {}
     checks = [
