@@ -44,7 +44,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support.servers: the same private servers the test suite uses
@@ -53,10 +53,11 @@ KUBECRAWL = Path(sys.executable).parent / "kubecrawl"
 CONCURRENCY = 16
 LINKS_PER_PAGE = 25
 PAGE_BYTES = 12_000
-WORDS = (
-    "crawl metadata schedule operator queue worker broker frontier politeness robots sitemap canonical "
-    "cluster replica deployment cronjob latency throughput page source header cookie redirect charset"
-).split()
+WORDS = [
+    *("crawl", "metadata", "schedule", "operator", "queue", "worker", "broker", "frontier", "politeness"),
+    *("robots", "sitemap", "canonical", "cluster", "replica", "deployment", "cronjob", "latency", "page"),
+    *("throughput", "source", "header", "cookie", "redirect", "charset"),
+]
 ALL_RUNS = ("raw", "scrapy", "embedded", "dist-1", "dist-2")
 
 
@@ -192,8 +193,8 @@ def run_scrapy(base_url: str) -> None:
 
     class BenchSpider(scrapy.Spider):  # type: ignore[misc]
         name = "bench"
-        start_urls = [base_url + "/"]
-        allowed_domains = ["127.0.0.1"]
+        start_urls: ClassVar[list[str]] = [base_url + "/"]
+        allowed_domains: ClassVar[list[str]] = ["127.0.0.1"]
 
         def parse(self, response: Any) -> Any:
             yield {
@@ -353,15 +354,15 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
         )
         api = f"http://127.0.0.1:{port}"
         wait_http(api + "/health/ready", 120, procs[0])
-        for n in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [str(KUBECRAWL), "worker", "--metrics-port", str(free_port())],
-                    env=env | {"POD_NAME": f"bench-worker-{n}"},
-                    stdout=logs[n + 1],
-                    stderr=subprocess.STDOUT,
-                )
+        procs.extend(
+            subprocess.Popen(
+                [str(KUBECRAWL), "worker", "--metrics-port", str(free_port())],
+                env=env | {"POD_NAME": f"bench-worker-{n}"},
+                stdout=logs[n + 1],
+                stderr=subprocess.STDOUT,
             )
+            for n in range(workers)
+        )
         wait_consumers(rabbit, vhost, workers)
         spec = {
             "url": base_url + "/",
@@ -408,7 +409,7 @@ def wait_consumers(rabbit: Any, vhost: str, workers: int) -> None:
             queue = rabbit.api(f"/api/queues/{vhost}/kubecrawl.pages")
             if int(queue.get("consumers", 0)) >= workers:
                 return
-        except Exception:  # noqa: BLE001, S110 - the queue is declared by the first worker; retry until then
+        except Exception:  # the queue is declared by the first worker; until then the API answers 404
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{workers} workers did not start consuming")
