@@ -172,16 +172,19 @@ _SETTLE_PAGE = (
 _KNOWN_URLS = select(crawl_pages.c.url).where(
     crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.url.in_(bindparam("p_urls", expanding=True))
 )
-_PENDING_PAGES = (
-    select(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
-    .where(crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.state == P.PENDING.value)
-    .order_by(crawl_pages.c.depth, crawl_pages.c.id)
-    .limit(bindparam("p_room"))
-)
-_QUEUE_PAGES = (
+# PENDING → QUEUED for the shallowest pages, as many as the window has room for: one statement.
+_TAKE_PENDING = (
     update(crawl_pages)
-    .where(crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)))
+    .where(
+        crawl_pages.c.id.in_(
+            select(crawl_pages.c.id)
+            .where(crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.state == P.PENDING.value)
+            .order_by(crawl_pages.c.depth, crawl_pages.c.id)
+            .limit(bindparam("p_room"))
+        )
+    )
     .values(state=P.QUEUED.value, updated_at=bindparam("p_now"))
+    .returning(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
 )
 
 
@@ -611,11 +614,8 @@ class CrawlStore:
         """Move up to ``room`` PENDING pages (shallowest first) into the window; the caller holds the lock."""
         if room <= 0:
             return []
-        rows = (await conn.execute(_PENDING_PAGES, {"p_crawl_id": crawl_id, "p_room": room})).all()
-        if not rows:
-            return []
-        await conn.execute(_QUEUE_PAGES, {"p_ids": [row.id for row in rows], "p_now": utcnow()})
-        return [PageRef(row.id, row.url, row.depth) for row in rows]
+        rows = (await conn.execute(_TAKE_PENDING, {"p_crawl_id": crawl_id, "p_room": room, "p_now": utcnow()})).all()
+        return [PageRef(row.id, row.url, row.depth) for row in sorted(rows, key=lambda row: (row.depth, row.id))]
 
     async def _refill(self, conn: AsyncConnection, crawl_id: str) -> list[PageRef]:
         """Move PENDING pages into the window up to maxConcurrency; the caller holds the crawl lock."""
