@@ -8,11 +8,16 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kubecrawl.broker.memory import MemoryBroker, MemoryDelivery
+from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
+from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.crawls import CrawlStore, PageOutcome
 from kubecrawl.store.database import create_engine
+from kubecrawl.worker.crawling import PagePipeline
 
 
 @pytest.fixture
@@ -146,3 +151,36 @@ async def test_two_outcomes_for_one_page_in_one_batch_settle_it_once(engine: Asy
     final = await store.get(crawl.id)
     assert final is not None
     assert (final.counters.fetched, final.state) == (1, CrawlState.COMPLETED)
+
+
+async def test_a_redelivered_settled_page_republishes_the_window_its_lost_publish_left_queued(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """A worker that died after committing an outcome and before publishing the refill: the redelivered message
+    finds its page settled, and publishes the QUEUED pages again instead of leaving them to the 15-minute sweep."""
+    store = CrawlStore(engine)
+    config = CrawlSiteSpec.model_validate(
+        {"url": "http://site.test/", "politeness": {"respectRobotsTxt": False}}
+    ).model_dump(mode="json", by_alias=True)
+    crawl, _, (seed,) = await store.create(
+        "default", "lost-refill", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
+    )
+    await store.begin_page(crawl.id, seed.page_id)
+    links = ["http://site.test/a", "http://site.test/b"]
+    result = await store.finish_page(crawl.id, seed.page_id, PageOutcome(CrawlPageState.DONE, new_links=links))
+    assert result is not None
+    assert [ref.url for ref in result.to_publish] == links  # committed QUEUED; the "crash" publishes nothing
+
+    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
+    await broker.start()
+    async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
+        pipeline = PagePipeline(
+            crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
+        )
+        body = PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0).model_dump_json().encode()
+        delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker, redelivered=True)
+        await pipeline.handle(delivery)
+    assert delivery.settled
+    republished = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
+    assert republished == links
+    await broker.close()

@@ -67,6 +67,13 @@ class MemoryBroker:
     def depth(self, queue: str) -> int:
         return self._queues[queue].qsize()
 
+    def drain(self, queue: str) -> list[MemoryDelivery]:
+        """Take every message waiting in ``queue`` without delivering it (inspection, like ``dead``)."""
+        taken: list[MemoryDelivery] = []
+        while not self._queues[queue].empty():
+            taken.append(self._queues[queue].get_nowait())
+        return taken
+
     async def publish(
         self,
         routing_key: str,

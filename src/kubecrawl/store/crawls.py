@@ -378,6 +378,21 @@ class CrawlStore:
                 return []
             return await self._refill(conn, crawl_id)
 
+    async def queued_pages(self, crawl_id: str) -> list[PageRef]:
+        """The window's pages that wait for a worker (QUEUED) while the crawl is active."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
+                .join(crawls, crawls.c.id == crawl_pages.c.crawl_id)
+                .where(
+                    crawl_pages.c.crawl_id == crawl_id,
+                    crawl_pages.c.state == P.QUEUED.value,
+                    crawls.c.state.in_(_ACTIVE),
+                )
+                .order_by(crawl_pages.c.depth, crawl_pages.c.id)
+            )
+            return [PageRef(row.id, row.url, row.depth) for row in rows]
+
     async def requeue_lost(self, older_than: timedelta) -> list[tuple[str, PageRef]]:
         """QUEUED pages untouched for ``older_than`` whose message may be lost (a publisher crash after commit).
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubecrawl.broker.base import Delivery, Publisher
-from kubecrawl.broker.tasks import publish_pages
+from kubecrawl.broker.tasks import publish_pages, publish_task
 from kubecrawl.core import metrics
 from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
@@ -77,6 +77,8 @@ class PagePipeline:
             return "invalid"
         start = await self._crawls.begin_page(task.crawl_id, task.page_id)
         if start is None:
+            if delivery.redelivered:
+                await self._republish_window(task.crawl_id)
             await delivery.ack()
             return "duplicate"
         if start.crawl_state in FINAL_CRAWL_STATES:
@@ -101,6 +103,19 @@ class PagePipeline:
         await delivery.ack()
         metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()
         return "completed"
+
+    async def _republish_window(self, crawl_id: str) -> None:
+        """A redelivered message for a page already settled: its first delivery committed the outcome and may
+        have died before publishing the pages that outcome let into the window. Publish every QUEUED page of
+        the crawl again (at most maxConcurrency; a duplicate is settled once) instead of leaving them to the
+        lost-page sweep, 15 minutes later."""
+        refs = await self._crawls.queued_pages(crawl_id)
+        for ref in refs:
+            await publish_task(
+                self._publisher, PageTask(crawl_id=crawl_id, page_id=ref.page_id, url=ref.url, depth=ref.depth)
+            )
+        if refs:
+            log.info("crawl_window_republished", crawl_id=crawl_id, pages=len(refs))
 
     def _site(self, crawl_id: str, config: dict[str, Any]) -> tuple[CrawlSiteSpec, Scope]:
         """A crawl's spec is frozen when it starts: parse it and compile its scope once per crawl."""
