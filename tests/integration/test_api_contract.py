@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+from pathlib import Path
 
+import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from structlog.testing import capture_logs
 
 from kubecrawl.core.settings import Settings
 from tests.integration.conftest import ApiHandle
@@ -166,3 +172,176 @@ async def test_unexpected_error_answers_500_with_a_code_and_logs_the_traceback(
     logged = capfd.readouterr().out
     assert "unhandled_error" in logged
     assert "RuntimeError: store bug https://example.com/bug" in logged
+
+
+# --- POST /metadata under concurrency: group commit (store/pages.py, store/database.py) -------------------------
+
+
+async def _rows(api: ApiHandle) -> dict[str, tuple[str, str]]:
+    """url → (status, last_request_id) of every page_metadata row."""
+    async with api.app.state.engine.connect() as conn:
+        result = await conn.execute(text("SELECT url, status, last_request_id FROM page_metadata"))
+        return {row.url: (row.status, row.last_request_id) for row in result}
+
+
+def _queued_messages(rabbit: RabbitServer, vhost: str) -> list[dict[str, object]]:
+    messages = rabbit.api(
+        f"/api/queues/{vhost}/kubecrawl.metadata/get",
+        method="POST",
+        body={"count": 1000, "ackmode": "ack_requeue_true", "encoding": "auto"},
+    )
+    assert isinstance(messages, list)
+    return [json.loads(message["payload"]) for message in messages]
+
+
+async def test_concurrent_posts_with_duplicate_urls_each_answer_202_one_row_per_url_and_one_message_each(
+    api: ApiHandle, rabbit: RabbitServer, vhost: str
+) -> None:
+    # 60 requests in one burst, three per URL: they share batches, and a batch holds duplicates.
+    sent = [(f"https://example.com/burst/{i % 20}", f"req-{i:03d}") for i in range(60)]
+    responses = await asyncio.gather(
+        *(api.client.post("/metadata", json={"url": url}, headers={"x-request-id": rid}) for url, rid in sent)
+    )
+    assert [r.status_code for r in responses] == [202] * 60
+    assert [(r.json()["url"], r.json()["request_id"]) for r in responses] == sent
+    rows = await _rows(api)
+    assert set(rows) == {url for url, _ in sent}
+    for url, (status, last_request_id) in rows.items():
+        assert status == "QUEUED"
+        assert last_request_id in {rid for u, rid in sent if u == url}
+    messages = _queued_messages(rabbit, vhost)
+    assert sorted((m["url"], m["request_id"]) for m in messages) == sorted(sent)
+
+
+async def test_one_batch_with_one_url_several_times_leaves_the_last_request_id_and_publishes_each(
+    api: ApiHandle, rabbit: RabbitServer, vhost: str
+) -> None:
+    url = "https://example.com/same-batch"
+    # Started together, the five requests join one batch in this order.
+    await asyncio.gather(*(api.app.state.enqueuer.enqueue(url, f"r{i}") for i in range(5)))
+    assert (await _rows(api))[url] == ("QUEUED", "r4")
+    assert sorted(m["request_id"] for m in _queued_messages(rabbit, vhost)) == [f"r{i}" for i in range(5)]
+
+
+async def test_releasing_leaves_a_row_to_the_request_that_owns_it(api: ApiHandle) -> None:
+    pages = api.app.state.pages
+    url = "https://example.com/owned"
+    writer = await pages.request_writer()
+    try:
+        await writer.record([(url, "r1")])
+        await writer.record([(url, "r2")])
+    finally:
+        await writer.close()
+    await pages.release_requests([(url, "r1"), ("https://example.com/never-recorded", "r0")])
+    assert (await _rows(api))[url] == ("QUEUED", "r2")
+    await pages.release_request(url, "r2")
+    assert url not in await _rows(api)
+
+
+async def test_database_failure_during_a_batch_answers_503_database_unavailable_to_all_and_publishes_nothing(
+    api: ApiHandle, rabbit: RabbitServer, vhost: str
+) -> None:
+    async with api.app.state.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$"
+        )
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_writes BEFORE INSERT ON page_metadata "
+            "FOR EACH STATEMENT EXECUTE FUNCTION refuse_writes()"
+        )
+    responses = await asyncio.gather(
+        *(api.client.post("/metadata", json={"url": f"https://example.com/refused/{i}"}) for i in range(20))
+    )
+    assert {r.status_code for r in responses} == {503}
+    assert {r.json()["code"] for r in responses} == {"database_unavailable"}
+    assert {r.headers["retry-after"] for r in responses} == {"1"}
+    assert _queued_messages(rabbit, vhost) == []
+    assert await _rows(api) == {}
+    async with api.app.state.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER refuse_writes ON page_metadata")
+    after = await api.client.post("/metadata", json={"url": "https://example.com/after-refusal"})
+    assert after.status_code == 202
+
+
+async def test_each_publish_logs_publish_success_with_request_id_url_and_latency(api: ApiHandle) -> None:
+    with capture_logs() as logs:
+        response = await api.client.post("/metadata", json={"url": "https://example.com/logged"})
+    assert response.status_code == 202
+    [line] = [entry for entry in logs if entry["event"] == "publish_success"]
+    assert line["log_level"] == "info"
+    assert line["request_id"] == response.json()["request_id"]
+    assert line["url"] == "https://example.com/logged"
+    assert line["latency_ms"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'["https://example.com/"]', "application/json"),
+        (b'"https://example.com/"', "application/json"),
+        (b"", "application/json"),
+        (b'{"url": "https://example.com/"}', "text/plain"),
+        (b'{"url": "https://example.com/"}', ""),
+    ],
+)
+async def test_post_metadata_body_that_is_not_a_json_object_answers_400_invalid_request(
+    api: ApiHandle, content: bytes, content_type: str
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = await api.client.post("/metadata", content=content, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+
+
+async def test_post_metadata_with_json_suffix_content_type_and_extra_fields_is_accepted(api: ApiHandle) -> None:
+    response = await api.client.post(
+        "/metadata",
+        content=b'{"url": "https://example.com/vendor", "note": "ignored"}',
+        headers={"content-type": "application/vnd.kubecrawl+json; charset=utf-8"},
+    )
+    assert response.status_code == 202
+
+
+async def test_openapi_documents_the_post_metadata_body_and_its_202(api: ApiHandle) -> None:
+    operation = (await api.client.get("/openapi.json")).json()["paths"]["/metadata"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["url"]["type"] == "string"
+    assert "202" in operation["responses"]
+
+
+async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_posts_too(tmp_path: Path) -> None:
+    from kubecrawl.api.app import create_app
+    from kubecrawl.broker.memory import MemoryBroker
+    from kubecrawl.embedded import sqlite_url
+    from kubecrawl.store.database import create_engine
+    from kubecrawl.store.migrating import upgrade_async
+
+    url = sqlite_url(tmp_path / "embedded.db")
+    await upgrade_async(url)
+    engine = create_engine(url)
+    broker = MemoryBroker(max_lengths={"kubecrawl.metadata": 25, "kubecrawl.pages": 10}, concurrency=1)
+    await broker.start()
+    settings = Settings(database_url=url)  # type: ignore[arg-type]
+    app = create_app(settings, publisher=broker, engine=engine, manage_lifecycle=False)
+    try:
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client,
+        ):
+            sent = [f"https://example.com/embedded/{i % 10}" for i in range(30)]
+            responses = await asyncio.gather(*(client.post("/metadata", json={"url": u}) for u in sent))
+        # The in-process queue holds 25: five requests are refused. A refused request releases the row if it is
+        # still its own (the last request for the URL), as one request after the other would: no row is left
+        # waiting for a message that does not exist, and the accepted messages are all queued.
+        assert sorted(r.status_code for r in responses) == [202] * 25 + [503] * 5
+        assert {r.json()["code"] for r in responses if r.status_code == 503} == {"queue_rejected"}
+        accepted_ids = {r.json()["request_id"] for r in responses if r.status_code == 202}
+        async with engine.connect() as conn:
+            rows = {row.url: row.last_request_id for row in await conn.execute(text("SELECT * FROM page_metadata"))}
+        assert rows
+        assert set(rows.values()) <= accepted_ids
+        assert broker.depth("kubecrawl.metadata") == 25
+    finally:
+        await broker.close()
+        await engine.dispose()

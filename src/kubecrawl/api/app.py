@@ -7,14 +7,18 @@ Start-up fails fast: the database and the broker are awaited with backoff, then 
 
 from __future__ import annotations
 
+import gc
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
 from kubecrawl.api import errors
+from kubecrawl.api.enqueuing import MetadataEnqueuer
 from kubecrawl.api.observing import ObservingMiddleware
 from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
@@ -28,6 +32,18 @@ from kubecrawl.store.sites import SiteStore
 log = get_logger(__name__)
 
 
+def framework_options() -> dict[str, Any]:
+    """``FastAPI(…)`` options of every kubecrawl app (and of bench/publish.py's HTTP ceiling, to compare alike).
+
+    FastAPI's native OpenTelemetry (0.16x) is off: kubecrawl observes with Prometheus and structlog
+    (``api/observing.py``), and with it on every request looked up the global tracer, meter and logger providers
+    (reading ``os.environ``), a few per cent of the API's CPU per ``POST /metadata`` (bench/publish.py).
+    """
+    if "telemetry" not in inspect.signature(FastAPI).parameters:  # FastAPI before native telemetry
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+
+
 def create_app(
     settings: Settings, *, publisher: Publisher, engine: AsyncEngine, manage_lifecycle: bool = True
 ) -> FastAPI:
@@ -38,10 +54,15 @@ def create_app(
         if manage_lifecycle:
             await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
             await publisher.start()
+        # Everything built so far (modules, the app, its routes, pools, connections) lives as long as the process:
+        # out of the collector's sight it is no longer scanned by every full collection. Those scans of the
+        # start-up heap were about a fifth of the API's CPU per POST /metadata under load (bench/publish.py).
+        gc.freeze()
         log.info("api_started", version=__version__)
         try:
             yield
         finally:
+            gc.unfreeze()  # a process that starts apps again (tests) collects the old ones
             if manage_lifecycle:
                 await publisher.close()
                 await engine.dispose()
@@ -52,17 +73,20 @@ def create_app(
         version=__version__,
         summary="Web page metadata on demand and scheduled site crawls",
         lifespan=lifespan,
+        **framework_options(),
     )
     app.state.settings = settings
     app.state.publisher = publisher
     app.state.engine = engine
     app.state.pages = PageStore(engine)
+    app.state.enqueuer = MetadataEnqueuer(app.state.pages, publisher)
     app.state.sites = SiteStore(engine)
     app.state.crawls = CrawlStore(engine)
     errors.install(app)
     app.add_middleware(ObservingMiddleware)
-    app.include_router(health.router)
+    metadata.add_post_route(app)  # first: the hot route is matched before anything else
     app.include_router(metadata.router)
+    app.include_router(health.router)
     app.include_router(sites.router)
     app.include_router(crawls.router)
     return app
