@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubecrawl.broker.base import Delivery, Publisher
-from kubecrawl.broker.tasks import publish_pages, publish_task
+from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core import metrics
 from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
@@ -110,10 +110,7 @@ class PagePipeline:
         the crawl again (at most maxConcurrency; a duplicate is settled once) instead of leaving them to the
         lost-page sweep, 15 minutes later."""
         refs = await self._crawls.queued_pages(crawl_id)
-        for ref in refs:
-            await publish_task(
-                self._publisher, PageTask(crawl_id=crawl_id, page_id=ref.page_id, url=ref.url, depth=ref.depth)
-            )
+        await publish_pages(self._publisher, crawl_id, refs, release=self._crawls.release)  # as the sweeper does
         if refs:
             log.info("crawl_window_republished", crawl_id=crawl_id, pages=len(refs))
 
