@@ -129,6 +129,12 @@ def page_model(row: Any) -> CrawlPage:
 # The per-page statements, built once: building a Core statement per call (operators, clause objects, cache
 # key) cost more CPU than SQLite spent executing it. Values arrive as bind parameters.
 _LOCK_CRAWL = select(crawls).where(crawls.c.id == bindparam("p_crawl_id")).with_for_update()
+# The columns a page outcome moves (the spec comes from ``_configs``: not its JSON decoded per batch).
+_LOCK_CRAWL_COUNTERS = (
+    select(crawls.c.id, crawls.c.state, crawls.c.version, crawls.c.discovered, crawls.c.in_flight)
+    .where(crawls.c.id == bindparam("p_crawl_id"))
+    .with_for_update()
+)
 _BEGIN_PAGES = (
     update(crawl_pages)
     .where(
@@ -144,9 +150,18 @@ _MARK_RUNNING = (
     .where(crawls.c.id == bindparam("p_crawl_id"), crawls.c.state == CrawlState.QUEUED.value)
     .values(state=CrawlState.RUNNING.value, started_at=bindparam("p_now"))
 )
-_CRAWL_FOR_PAGES = select(crawls.c.state, crawls.c.config, crawls.c.previous_crawl_id).where(
-    crawls.c.id == bindparam("p_crawl_id")
-)
+# The crawl's state, its previous crawl, and whether any of its hosts is held (Retry-After, Crawl-delay): one
+# read per batch; which hosts and until when is read only when some are (rarely). The spec (``config``) cannot
+# change during a crawl and is read once per process (``_configs``).
+_CRAWL_FOR_PAGES = select(
+    crawls.c.state,
+    crawls.c.previous_crawl_id,
+    select(func.count())
+    .where(crawl_hosts.c.crawl_id == crawls.c.id, crawl_hosts.c.next_fetch_at > bindparam("p_now"))
+    .scalar_subquery()
+    .label("held_hosts"),
+).where(crawls.c.id == bindparam("p_crawl_id"))
+_CRAWL_CONFIG = select(crawls.c.config).where(crawls.c.id == bindparam("p_crawl_id"))
 _PREVIOUS_PAGES = select(
     crawl_pages.c.url,
     crawl_pages.c.content_hash,
@@ -221,6 +236,8 @@ class CrawlStore:
         self._finishing = GroupCommit[str, tuple[int, PageOutcome], FinishResult | None](self._finish_batch)
         # URLs known to be in a crawl's frontier (inserted here or found there): never deleted, so safe to skip.
         self._known: OrderedDict[str, set[str]] = OrderedDict()
+        # Crawl specs (frozen when a crawl starts) of the recent crawls this process worked on.
+        self._configs: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -233,6 +250,16 @@ class CrawlStore:
 
     async def _lock_crawl(self, conn: AsyncConnection, crawl_id: str) -> Any:
         return (await conn.execute(_LOCK_CRAWL, {"p_crawl_id": crawl_id})).first()
+
+    async def _config(self, conn: AsyncConnection, crawl_id: str) -> dict[str, Any]:
+        """The crawl's spec, read once per process (it cannot change while the crawl runs)."""
+        config = self._configs.get(crawl_id)
+        if config is None:
+            config = (await conn.execute(_CRAWL_CONFIG, {"p_crawl_id": crawl_id})).scalar_one()
+            self._configs[crawl_id] = config
+            while len(self._configs) > _KNOWN_CRAWLS:
+                self._configs.popitem(last=False)
+        return config
 
     # -- crawls -------------------------------------------------------------------------------------------
 
@@ -434,8 +461,12 @@ class CrawlStore:
             }
             if not pages:
                 return [None] * len(page_ids)
-            await conn.execute(_MARK_RUNNING, {"p_crawl_id": crawl_id, "p_now": now})
-            crawl = (await conn.execute(_CRAWL_FOR_PAGES, {"p_crawl_id": crawl_id})).one()
+            crawl = (await conn.execute(_CRAWL_FOR_PAGES, {"p_crawl_id": crawl_id, "p_now": now})).one()
+            state = CrawlState(crawl.state)
+            if state is CrawlState.QUEUED:  # its first pages: the crawl starts running
+                await conn.execute(_MARK_RUNNING, {"p_crawl_id": crawl_id, "p_now": now})
+                state = CrawlState.RUNNING
+            config = await self._config(conn, crawl_id)
             previous: dict[str, dict[str, Any]] = {}
             if crawl.previous_crawl_id is not None:
                 rows = await conn.execute(
@@ -451,8 +482,10 @@ class CrawlStore:
                     }
                     for row in rows
                 }
-            held = await conn.execute(_HELD_HOSTS, {"p_crawl_id": crawl_id, "p_now": now})
-            held_until = {row.host: until for row in held if (until := as_utc(row.next_fetch_at)) is not None}
+            held_until: dict[str, datetime] = {}
+            if crawl.held_hosts:
+                held = await conn.execute(_HELD_HOSTS, {"p_crawl_id": crawl_id, "p_now": now})
+                held_until = {row.host: until for row in held if (until := as_utc(row.next_fetch_at)) is not None}
         results: list[PageStart | None] = []
         for page_id in page_ids:
             page = pages.pop(page_id, None)
@@ -463,8 +496,8 @@ class CrawlStore:
                     page.url,
                     page.depth,
                     page.attempts,
-                    CrawlState(crawl.state),
-                    crawl.config,
+                    state,
+                    config,
                     crawl.previous_crawl_id is not None,
                     previous.get(page.url),
                     held_until,
@@ -494,7 +527,7 @@ class CrawlStore:
     async def _finish_batch(self, crawl_id: str, items: Sequence[tuple[int, PageOutcome]]) -> list[FinishResult | None]:
         now = utcnow()
         async with self._tx() as conn:
-            crawl = await self._lock_crawl(conn, crawl_id)
+            crawl = (await conn.execute(_LOCK_CRAWL_COUNTERS, {"p_crawl_id": crawl_id})).first()
             if crawl is None:
                 return [None] * len(items)
             settled = await self._settle_pages(conn, crawl, items, now)
@@ -503,6 +536,7 @@ class CrawlStore:
             state, to_publish, added = await self._advance_crawl(conn, crawl, list(settled.values()), now)
         if state is CrawlState.COMPLETED:
             self._known.pop(crawl_id, None)
+            self._configs.pop(crawl_id, None)
         elif added:
             self._known_urls(crawl_id).update(added)
         # One result per settled page (None for the rest); the refill is shared out so the callers publish in
@@ -559,11 +593,12 @@ class CrawlStore:
         to_publish: list[PageRef] = []
         added: list[str] = []
         if state in (CrawlState.QUEUED, CrawlState.RUNNING):
-            remaining = max(0, int(crawl.config["scope"]["maxPages"]) - crawl.discovered)
+            config = await self._config(conn, crawl.id)
+            remaining = max(0, int(config["scope"]["maxPages"]) - crawl.discovered)
             added = await self._add_pages(conn, crawl.id, list(links.items()), limit=remaining)
             values["discovered"] = crawls.c.discovered + len(added)
             to_publish = await self._take_pending(
-                conn, crawl.id, int(crawl.config["politeness"]["maxConcurrency"]) - in_flight
+                conn, crawl.id, int(config["politeness"]["maxConcurrency"]) - in_flight
             )
             in_flight += len(to_publish)
             values["queued"] = crawls.c.queued + len(to_publish)

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; only its two error bases are used here
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from kubecrawl.broker.backoff import backoff_delays
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
+from kubecrawl.store.inline_sqlite import inline_connector
 
 log = get_logger(__name__)
 # Readiness must answer quickly: a DB that takes 2 s for SELECT 1 is not ready for traffic.
@@ -33,7 +35,9 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url)
+        # The dialect's own connect arguments (file name, URI flags), handed to the inline connection.
+        args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
+        engine = create_async_engine(url, async_creator=inline_connector(args, dict(kwargs)))
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
