@@ -37,6 +37,7 @@ from prometheus_client import Counter, Histogram
 
 from kubecrawl.broker.backoff import backoff_delays
 from kubecrawl.broker.base import PublisherState
+from kubecrawl.broker.consuming import FrameWriter
 from kubecrawl.broker.topology import declare_topology
 from kubecrawl.core import metrics
 from kubecrawl.core.errors import ConnectionLost, PublisherNotReady, PublishRejected, PublishTimeout, TransientError
@@ -108,30 +109,29 @@ def _frames(routing_key: str, messages: Sequence[Outgoing], max_body_frame: int)
 
 
 async def _send(
-    channel: aiormq.Channel, routing_key: str, messages: Sequence[Outgoing]
+    writer: FrameWriter, routing_key: str, messages: Sequence[Outgoing]
 ) -> list[tuple[int, asyncio.Future[Any]]]:
     """Queue the messages' frames as ONE write and register their confirms; returns (delivery tag, confirm).
 
-    What ``aiormq.Channel.basic_publish`` does per message, once per batch: it costs a third of basic_publish's
-    CPU per message (bench/publish.py), and the frames of a batch reach the socket in one write instead of one
-    write each. This uses aiormq's channel internals (the lock, delivery tags, the confirmation and message-id
-    maps, the connection's write queue) exactly as basic_publish does; aiormq is pinned to 7.x in pyproject.toml
-    and every outcome (ack, nack, return, lost channel, timeout) is covered by the integration tests.
+    What ``aiormq.Channel.basic_publish`` does per message, once per batch, at a third of its CPU per message
+    (bench/publish.py); the frames of the batches of one loop turn reach the socket in one write (FrameWriter).
+    It uses aiormq's channel internals (the lock, delivery tags, the confirmation and message-id maps) as
+    basic_publish does; aiormq is pinned to 7.x in pyproject.toml and every outcome (ack, nack, return, lost
+    channel, timeout) is covered by the integration tests.
     """
-    payload = ChannelFrame.marshall(
-        channel_number=channel.number, frames=_frames(routing_key, messages, channel.max_content_size)
-    )
+    channel = writer.channel
+    payload = ChannelFrame.marshall(channel.number, _frames(routing_key, messages, channel.max_content_size)).payload
     sent: list[tuple[int, asyncio.Future[Any]]] = []
     async with channel.lock:  # raises ChannelInvalidStateError once the channel closed
-        await channel.write_queue.put(payload)
-        # Registered after the frames were queued and before anything else runs (no await in between), in the
-        # order of the frames: the broker numbers the messages of a channel in the order they arrive.
+        # Registered before the frames can be written (FrameWriter queues them even if this caller is cancelled
+        # while the queue is full), in frame order: the broker numbers a channel's messages as they arrive.
         for message in messages:
             channel.delivery_tag += 1
             confirmation = channel.create_future()  # rejected by aiormq if the channel closes
             channel.confirmations[channel.delivery_tag] = confirmation
             channel.message_id_delivery_tag[message.message_id] = channel.delivery_tag
             sent.append((channel.delivery_tag, confirmation))
+        await writer.write(payload)
     return sent
 
 
@@ -182,8 +182,8 @@ class RabbitPublisher:
         self._state = S.DISCONNECTED
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
-        # The aiormq channel under ``_channel``: publishes go to it directly (see ``publish``).
-        self._underlay: aiormq.Channel | None = None
+        # Writes to the aiormq channel under ``_channel``: publishes go to it directly (see ``_send``).
+        self._writer: FrameWriter | None = None
         # Labelled metric children per queue: ``labels()`` costs more than the increment it precedes.
         self._success_metrics: dict[str, tuple[Counter, Histogram]] = {}
         self._in_flight = 0
@@ -243,9 +243,9 @@ class RabbitPublisher:
             # aio-pika enables confirms while opening the channel (confirm.select right after channel.open),
             # so the two states are entered back to back once the channel answers.
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            # aiormq's abstract channel does not declare basic_publish's wait=; the concrete one, which
-            # aio-pika opens, does.
-            underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
+            # aiormq's abstract channel does not declare the internals _send uses; the concrete one, which
+            # aio-pika opens, has them.
+            writer = FrameWriter(cast("aiormq.Channel", await channel.get_underlay_channel()))
             self._set_state(S.CHANNEL_OPEN)
             self._set_state(S.CONFIRM_ENABLED)
             await declare_topology(channel, **self._queue_args)
@@ -259,7 +259,7 @@ class RabbitPublisher:
             raise
         connection.close_callbacks.add(self._on_closed)
         channel.close_callbacks.add(self._on_closed)
-        self._connection, self._channel, self._underlay = connection, channel, underlay
+        self._connection, self._channel, self._writer = connection, channel, writer
         self._set_state(S.READY)
 
     def _on_closed(self, _sender: object, exc: BaseException | None = None) -> None:
@@ -276,7 +276,7 @@ class RabbitPublisher:
 
     async def _reconnect_loop(self) -> None:
         old = self._connection
-        self._connection = self._channel = self._underlay = None
+        self._connection = self._channel = self._writer = None
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.close()
@@ -335,8 +335,8 @@ class RabbitPublisher:
         if self._state is not S.READY:
             return self._refuse(routing_key, messages)
         async with self._lock:
-            channel = self._underlay
-            if self._state is not S.READY or channel is None:
+            writer = self._writer
+            if self._state is not S.READY or writer is None:
                 return self._refuse(routing_key, messages)
             self._in_flight += len(messages)
             self._idle.clear()
@@ -354,7 +354,7 @@ class RabbitPublisher:
                     on_confirmed(index)
 
             try:
-                confirms = _Confirms(await _send(channel, routing_key, messages), confirmed)
+                confirms = _Confirms(await _send(writer, routing_key, messages), confirmed)
             except _CONNECTION_ERRORS as exc:  # the channel closed before the frames were queued
                 self._lost()
                 return [
@@ -364,7 +364,7 @@ class RabbitPublisher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.confirm_timeout_seconds):
                     await confirms.all_done
-            return self._outcomes(routing_key, channel, messages, confirms)
+            return self._outcomes(routing_key, writer.channel, messages, confirms)
         finally:
             self._in_flight -= len(messages)
             if self._in_flight == 0:
@@ -440,6 +440,6 @@ class RabbitPublisher:
             if self._connection is not None:
                 with contextlib.suppress(Exception):
                     await self._connection.close()
-            self._channel = self._connection = self._underlay = None
+            self._channel = self._connection = self._writer = None
             self._set_state(S.CLOSED)
         log.info("publisher_shutdown", waited_for=in_flight)

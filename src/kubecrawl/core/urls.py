@@ -31,13 +31,14 @@ _METADATA_ADDRESSES = frozenset(
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
-def _split(url: str) -> SplitResult:
+def _split(url: str) -> tuple[SplitResult, str, int | None]:
+    """The parts of a URL, its host name (as ``urlsplit`` gives it) and port; ``InvalidUrl`` if it is not one."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidUrl("url must be a non-empty string", code="empty_url")
     url = url.strip()
     if len(url) > MAX_URL_LENGTH:
         raise InvalidUrl(f"url longer than {MAX_URL_LENGTH} characters", code="invalid_url")
-    if any(ch in url for ch in ("\n", "\r", "\t", " ")):
+    if "\n" in url or "\r" in url or "\t" in url or " " in url:
         raise InvalidUrl("url contains whitespace", code="invalid_url")
     try:
         parts = urlsplit(url)
@@ -47,13 +48,18 @@ def _split(url: str) -> SplitResult:
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise InvalidUrl(f"scheme {parts.scheme!r} is not supported; use http or https", code="unsupported_scheme")
-    if not parts.hostname:
+    hostname = parts.hostname
+    if not hostname:
         raise InvalidUrl("url has no host", code="invalid_url")
-    del port
-    return parts
+    return parts, hostname, port
 
 
 def _normal_host(hostname: str) -> str:
+    # No DNS name is longer than 253 characters: leaving such hosts out keeps the memo small whatever pages link to.
+    return _memo_host(hostname) if len(hostname) <= 253 else _normalise_host(hostname)
+
+
+def _normalise_host(hostname: str) -> str:
     host = hostname.rstrip(".").lower()
     try:
         return str(ipaddress.ip_address(host))
@@ -68,6 +74,11 @@ def _normal_host(hostname: str) -> str:
     return host
 
 
+# A crawl's links name few hosts (its site and the sites it links to), and parsing an IP literal or
+# IDNA-encoding a name is half the cost of normalising a URL. Errors are not cached; they raise again.
+_memo_host = functools.lru_cache(maxsize=4096)(_normalise_host)
+
+
 @functools.lru_cache(maxsize=65_536)
 def normalise_url(url: str) -> str:
     """Return the canonical form of an http(s) URL or raise ``InvalidUrl``.
@@ -76,15 +87,15 @@ def normalise_url(url: str) -> str:
     and gives an empty path as ``/``. The query string is kept as sent: reordering it can change the page.
     Memoised: a crawl meets the same links on page after page (errors are not cached; they raise again).
     """
-    parts = _split(url)
+    parts, hostname, port = _split(url)
     scheme = parts.scheme.lower()
-    host = _normal_host(parts.hostname or "")
+    host = _normal_host(hostname)
     netloc = f"[{host}]" if ":" in host else host
-    port = parts.port
     if port is not None and port != DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
-    if parts.username is not None:
-        userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
+    username = parts.username if "@" in parts.netloc else None  # urlsplit gives one exactly when there is an '@'
+    if username is not None:
+        userinfo = username + (f":{parts.password}" if parts.password is not None else "")
         netloc = f"{userinfo}@{netloc}"
     path = parts.path or "/"
     trailing = path.endswith("/")
@@ -98,7 +109,7 @@ def normalise_url(url: str) -> str:
 @functools.lru_cache(maxsize=65_536)
 def url_host(url: str) -> str:
     """The normalised host of a URL (no port). Memoised like ``normalise_url``."""
-    return _normal_host(_split(url).hostname or "")
+    return _normal_host(_split(url)[1])
 
 
 def is_blocked_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -148,12 +159,22 @@ class TargetPolicy:
         """
         if self.allow_private:
             return
-        host = url_host(url)
-        if host == "localhost" or host.endswith(".localhost"):
-            raise BlockedTarget(f"target {host} is a loopback name")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return
-        if self.refuses(ip):
-            raise BlockedTarget(f"target address {ip} is private, loopback, link-local or reserved")
+        refusal = _literal_refusal(self, url_host(url))
+        if refusal is not None:
+            raise BlockedTarget(refusal)
+
+
+# Memoised per (policy, host): both are immutable, so a verdict never goes stale, and a crawl fetches page after
+# page from the same few hosts; 4096 hosts is far more than one process crawls at a time.
+@functools.lru_cache(maxsize=4096)
+def _literal_refusal(policy: TargetPolicy, host: str) -> str | None:
+    """Why ``policy`` refuses ``host`` without resolving it (a loopback name, a blocked IP literal), else ``None``."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"target {host} is a loopback name"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if policy.refuses(ip):
+        return f"target address {ip} is private, loopback, link-local or reserved"
+    return None

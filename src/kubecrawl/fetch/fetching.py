@@ -217,6 +217,8 @@ class Fetcher:
             "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
             "Accept-Encoding": "gzip, deflate",
         }
+        # Encoded once: a request copies an httpx.Headers as is, but encodes a dict's every name and value.
+        self._default_headers = httpx.Headers(self._headers)
 
     def _session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -259,16 +261,17 @@ class Fetcher:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
-                result = await self._follow(self._transport, url, self._headers | (headers or {}), started, limit)
+                request_headers = httpx.Headers(self._headers | headers) if headers else self._default_headers
+                result = await self._follow(self._transport, url, request_headers, started, limit)
         except TimeoutError as exc:
             raise FetchTransient(f"fetch took longer than {timeout}s", code="timeout") from exc
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return result
 
     async def _follow(
-        self, transport: AiohttpTransport, url: str, headers: dict[str, str], started: float, limit: int
+        self, transport: AiohttpTransport, url: str, headers: httpx.Headers, started: float, limit: int
     ) -> FetchResult:
-        jar = httpx.Cookies()
+        jar: httpx.Cookies | None = None  # made at the first Set-Cookie: most fetches see none
         hops: list[RedirectHop] = []
         cookies: list[Cookie] = []
         current = url
@@ -286,15 +289,17 @@ class Fetcher:
             except aiohttp.ClientError as exc:
                 raise _network_error(exc) from exc
             try:
-                if "set-cookie" in response.headers:  # the jar's parsing is costly; most pages set none
+                sent, read = _decode_headers(response.headers)
+                if b"set-cookie" in read:  # the jar's parsing is costly; most pages set none
+                    jar = jar if jar is not None else httpx.Cookies()
                     jar.extract_cookies(response)
                     cookies.extend(
                         cookie
-                        for value in response.headers.get_list("set-cookie")
+                        for value in read[b"set-cookie"]
                         if (cookie := parse_set_cookie(value, current)) is not None
                     )
                 if response.status_code in _REDIRECT_STATUSES:
-                    location = response.headers.get("location")
+                    location = _header(read, b"location")
                     if not location:
                         raise FetchPermanent(
                             f"HTTP {response.status_code} without a Location header", code="redirect_without_location"
@@ -311,14 +316,10 @@ class Fetcher:
                 url=url,
                 final_url=current,
                 status_code=response.status_code,
-                # As sent: original case and order, repeated headers kept.
-                headers=[
-                    (name.decode(response.headers.encoding), value.decode(response.headers.encoding))
-                    for name, value in response.headers.raw
-                ],
+                headers=sent,
                 body=body,
-                content_type=response.headers.get("content-type"),
-                content_length=_content_length(response.headers.get("content-length")),
+                content_type=_header(read, b"content-type"),
+                content_length=_content_length(_header(read, b"content-length")),
                 truncated=truncated,
                 redirects=hops,
                 cookies=cookies,
@@ -328,6 +329,31 @@ class Fetcher:
                 },
             )
         raise FetchPermanent(f"more than {self._settings.max_redirects} redirects", code="too_many_redirects")
+
+
+# The response headers _follow reads; the others are only reported.
+_READ_HEADERS = frozenset({b"set-cookie", b"location", b"content-type", b"content-length"})
+
+
+def _decode_headers(headers: httpx.Headers) -> tuple[list[tuple[str, str]], dict[bytes, list[str]]]:
+    """Every header as sent (original case and order, repeats kept), and the values of the ones ``_follow`` reads
+    by lower-cased name, in one pass: each ``httpx.Headers`` look-up scans and decodes every header again."""
+    encoding = headers.encoding  # as httpx decodes them: ASCII, else UTF-8, else ISO-8859-1
+    sent: list[tuple[str, str]] = []
+    read: dict[bytes, list[str]] = {}
+    for name, value in headers.raw:
+        text = value.decode(encoding)
+        sent.append((name.decode(encoding), text))
+        key = name.lower()
+        if key in _READ_HEADERS:
+            read.setdefault(key, []).append(text)
+    return sent, read
+
+
+def _header(read: dict[bytes, list[str]], name: bytes) -> str | None:
+    """A header's value as ``httpx.Headers.get`` gives it: repeats joined by ``", "``, ``None`` when absent."""
+    values = read.get(name)
+    return ", ".join(values) if values else None
 
 
 def _content_length(value: str | None) -> int | None:

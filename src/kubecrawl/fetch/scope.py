@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kubecrawl.core.errors import InvalidUrl
 from kubecrawl.core.sites import ScopeSpec
 from kubecrawl.core.urls import normalise_url, url_host
+
+# admit() verdicts are memoised per Scope: a site's navigation puts the same links on every page, so a crawl
+# meets each URL about 25 times. The memo is emptied when full (the links every page repeats come straight back)
+# and only holds URLs up to _MEMO_URL_LENGTH characters, so with the 64 scopes a process keeps
+# (worker/crawling.py) it stays under about 2 MB per crawl, whatever the pages link to; longer links, rare, are
+# judged each time.
+_MEMO_SIZE = 2048
+_MEMO_URL_LENGTH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +31,8 @@ class Scope:
     any_host: bool
     include: tuple[re.Pattern[str], ...]
     exclude: tuple[re.Pattern[str], ...]
+    # Not part of the scope's identity; frozen holds for the fields above, the memo only caches their verdicts.
+    _verdicts: dict[str, str | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def for_site(cls, seed_url: str, spec: ScopeSpec) -> Scope:
@@ -36,6 +46,18 @@ class Scope:
 
     def admit(self, url: str) -> str | None:
         """The normalised URL if it is in scope, else ``None``."""
+        try:
+            return self._verdicts[url]
+        except KeyError:
+            pass
+        verdict = self._judge(url)
+        if isinstance(url, str) and len(url) <= _MEMO_URL_LENGTH:  # outlinks read back from JSON may be anything
+            if len(self._verdicts) >= _MEMO_SIZE:
+                self._verdicts.clear()
+            self._verdicts[url] = verdict
+        return verdict
+
+    def _judge(self, url: str) -> str | None:
         try:
             normal = normalise_url(url)
             host = url_host(normal)

@@ -91,3 +91,26 @@ def test_allowed_networks_open_only_the_named_private_range() -> None:
     assert policy.refuses("169.254.169.254")
     with pytest.raises(BlockedTarget):
         policy.check_literal("http://127.0.0.1/")
+
+
+def test_literal_verdicts_are_remembered_per_policy_not_shared_between_policies() -> None:
+    opened = TargetPolicy(allowed_networks=(ipaddress.ip_network("10.0.0.0/8"),))
+    for _ in range(2):  # the second round is answered from the memo, and must answer the same
+        opened.check_literal("http://10.1.2.3/a")
+        with pytest.raises(BlockedTarget):
+            TargetPolicy().check_literal("http://10.1.2.3/b")
+        with pytest.raises(BlockedTarget):
+            opened.check_literal("http://a.localhost/")
+        TargetPolicy().check_literal("http://93.184.216.34/")
+
+
+def test_hosts_too_long_for_the_memo_normalise_the_same() -> None:
+    host = ".".join(["Label"] * 60)  # 359 characters: past what any DNS name can be
+    assert normalise_url(f"http://{host}/x") == f"http://{host.lower()}/x"
+    with pytest.raises(InvalidUrl):
+        normalise_url(f"http://{host}.{'a' * 64}/")
+
+
+def test_user_info_is_kept_and_an_empty_one_too() -> None:
+    assert normalise_url("http://u:p@Example.com/") == "http://u:p@example.com/"
+    assert normalise_url("http://@example.com/") == "http://@example.com/"

@@ -1,13 +1,15 @@
-"""``parse_set_cookie``: a Set-Cookie header as user agents read it (RFC 6265 §5.2), attributes included."""
+"""``parse_set_cookie``: a Set-Cookie header as user agents read it (RFC 6265 §5.2), attributes included; and how
+a response's headers are decoded and read."""
 
 from __future__ import annotations
 
 import time
 from email.utils import parsedate_to_datetime
 
+import httpx
 import pytest
 
-from kubecrawl.fetch.fetching import Cookie, parse_set_cookie
+from kubecrawl.fetch.fetching import Cookie, _decode_headers, _header, parse_set_cookie
 
 URL = "https://example.com/login"
 
@@ -148,3 +150,28 @@ def test_set_by_records_the_hop_that_sent_the_cookie() -> None:
     cookie = parse_set_cookie("a=1", "https://example.com/redirect")
     assert cookie is not None
     assert cookie.set_by == "https://example.com/redirect"
+
+
+def test_headers_are_decoded_as_sent_and_read_as_httpx_reads_them() -> None:
+    raw = [
+        (b"Content-Type", b"text/html"),
+        (b"content-type", b"charset=utf-8"),
+        (b"Set-Cookie", b"a=1"),
+        (b"SET-COOKIE", b"b=2"),
+        (b"X-Name", "caf\u00e9".encode()),
+    ]
+    headers = httpx.Headers(raw)
+    sent, read = _decode_headers(headers)
+    assert sent == [("Content-Type", "text/html"), ("content-type", "charset=utf-8"), ("Set-Cookie", "a=1"),
+                    ("SET-COOKIE", "b=2"), ("X-Name", "caf\u00e9")]  # fmt: skip
+    assert _header(read, b"content-type") == headers.get("content-type")
+    assert read[b"set-cookie"] == headers.get_list("set-cookie")
+    assert _header(read, b"location") is None
+    assert _header(read, b"content-length") is None
+
+
+def test_headers_outside_utf8_are_decoded_as_latin1_like_httpx() -> None:
+    headers = httpx.Headers([(b"Content-Type", b"text/\xe9")])
+    sent, read = _decode_headers(headers)
+    assert sent == [("Content-Type", "text/\u00e9")]
+    assert _header(read, b"content-type") == headers.get("content-type")

@@ -1,0 +1,80 @@
+"""Publishes and acks of one event-loop turn share a socket write (FrameWriter) and each keeps its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kubecrawl.broker.base import Delivery
+from kubecrawl.broker.consuming import RabbitConsumer
+from kubecrawl.broker.publishing import RabbitPublisher
+from kubecrawl.broker.topology import METADATA_QUEUE
+from kubecrawl.core.errors import PublishRejected
+from kubecrawl.core.settings import PublisherSettings
+from tests.support.servers import RabbitServer
+
+
+def _queued(rabbit: RabbitServer, vhost: str, count: int) -> list[bytes]:
+    messages = rabbit.api(
+        f"/api/queues/{vhost}/{METADATA_QUEUE}/get",
+        method="POST",
+        body={"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"},
+    )
+    assert isinstance(messages, list)
+    return [m["payload"].encode() for m in messages]
+
+
+async def test_publishes_of_one_turn_are_confirmed_each_and_an_unroutable_one_alone_is_refused(
+    rabbit: RabbitServer, vhost: str
+) -> None:
+    publisher = RabbitPublisher(rabbit.url(vhost), PublisherSettings(), metadata_max_length=1000, pages_max_length=10)
+    await publisher.start()
+    try:
+        routes = [METADATA_QUEUE] * 30
+        routes[7] = "kubecrawl.no-such-queue"  # a basic.return is matched to its publish by delivery tag
+        outcomes = await asyncio.gather(
+            *(publisher.publish(route, b'{"n": %d}' % i, message_id=f"m{i}") for i, route in enumerate(routes)),
+            return_exceptions=True,
+        )
+        assert [type(outcome) for outcome in outcomes] == [type(None)] * 7 + [PublishRejected] + [type(None)] * 22
+        assert _queued(rabbit, vhost, 100) == [b'{"n": %d}' % i for i in range(30) if i != 7]
+    finally:
+        await publisher.close()
+
+
+async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: RabbitServer, vhost: str) -> None:
+    publisher = RabbitPublisher(rabbit.url(vhost), PublisherSettings(), metadata_max_length=1000, pages_max_length=10)
+    await publisher.start()
+    consumer = RabbitConsumer(
+        rabbit.url(vhost),
+        PublisherSettings(),
+        prefetch_count=20,
+        metadata_max_length=1000,
+        pages_max_length=10,
+        connection_name="test-consumer",
+    )
+    count = 40
+    received: list[bytes] = []
+    batch_full = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        received.append(delivery.body)
+        if len(received) % 20 == 0:
+            batch_full.set()
+        await batch_full.wait()  # every handler of a prefetch window resumes in the same turn, then acks
+        batch_full.clear()
+        await delivery.ack()
+
+    try:
+        for i in range(count):
+            await publisher.publish(METADATA_QUEUE, b'{"n": %d}' % i, message_id=f"a{i}")
+        await consumer.start({METADATA_QUEUE: handle})
+        async with asyncio.timeout(30):
+            while len(received) < count:
+                await asyncio.sleep(0.05)
+        await consumer.drain()
+    finally:
+        await consumer.close()
+        await publisher.close()
+    assert sorted(received) == sorted(b'{"n": %d}' % i for i in range(count))
+    # An ack that did not reach the broker would have put its message back when the consumer's channel closed.
+    assert _queued(rabbit, vhost, 100) == []
