@@ -187,6 +187,21 @@ _SETTLE_PAGE = (
 _KNOWN_URLS = select(crawl_pages.c.url).where(
     crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.url.in_(bindparam("p_urls", expanding=True))
 )
+# A batch's outcomes moved into the crawl row (locked by the caller): counter increments, the window, the state.
+_ADVANCE_CRAWL = (
+    update(crawls)
+    .where(crawls.c.id == bindparam("p_crawl_id"))
+    .values(
+        {name: crawls.c[name] + bindparam(f"p_{name}") for name in (*COUNTERS, "version")}
+        | {
+            "in_flight": bindparam("p_in_flight"),
+            "state": bindparam("p_state", type_=crawls.c.state.type),
+            "finished_at": func.coalesce(
+                bindparam("p_finished_at", type_=crawls.c.finished_at.type), crawls.c.finished_at
+            ),
+        }
+    )
+)
 # PENDING → QUEUED for the shallowest pages, as many as the window has room for: one statement.
 _TAKE_PENDING = (
     update(crawl_pages)
@@ -586,8 +601,8 @@ class CrawlStore:
             counters.update(_counted(outcome))
             for url in outcome.new_links:
                 links.setdefault(url, depth + 1)
-        values: dict[str, Any] = {name: getattr(crawls.c, name) + count for name, count in counters.items()}
-        values["version"] = crawls.c.version + len(settled)
+        values: dict[str, Any] = {f"p_{name}": counters[name] for name in COUNTERS}
+        values.update(p_crawl_id=crawl.id, p_version=len(settled), p_finished_at=None)
         in_flight = crawl.in_flight - len(settled)
         state = CrawlState(crawl.state)
         to_publish: list[PageRef] = []
@@ -596,17 +611,17 @@ class CrawlStore:
             config = await self._config(conn, crawl.id)
             remaining = max(0, int(config["scope"]["maxPages"]) - crawl.discovered)
             added = await self._add_pages(conn, crawl.id, list(links.items()), limit=remaining)
-            values["discovered"] = crawls.c.discovered + len(added)
+            values["p_discovered"] = len(added)
             to_publish = await self._take_pending(
                 conn, crawl.id, int(config["politeness"]["maxConcurrency"]) - in_flight
             )
             in_flight += len(to_publish)
-            values["queued"] = crawls.c.queued + len(to_publish)
+            values["p_queued"] = len(to_publish)
             if in_flight == 0:  # nothing in flight and nothing PENDING left (the refill had room for it)
-                values.update(state=CrawlState.COMPLETED.value, finished_at=now)
+                values["p_finished_at"] = now
                 state = CrawlState.COMPLETED
-        values["in_flight"] = in_flight
-        await conn.execute(update(crawls).where(crawls.c.id == crawl.id).values(**values))
+        values.update(p_in_flight=in_flight, p_state=state.value)
+        await conn.execute(_ADVANCE_CRAWL, values)
         return state, to_publish, added
 
     def _known_urls(self, crawl_id: str) -> set[str]:
