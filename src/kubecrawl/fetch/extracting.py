@@ -159,7 +159,7 @@ def extract_metadata(body: bytes, *, content_type: str | None, base_url: str) ->
     for node in tree.css("link[rel][href]"):
         rels = (node.attributes.get("rel") or "").lower().split()
         if "canonical" in rels:
-            meta.canonical = _absolute(base, node.attributes.get("href"))
+            meta.canonical = _absolute(base, node.attributes.get("href"), origin)
             break
 
     for node in tree.css("a[href], area[href]"):
