@@ -46,12 +46,14 @@ class Scope:
 
     def admit(self, url: str) -> str | None:
         """The normalised URL if it is in scope, else ``None``."""
+        if not isinstance(url, str):  # outlinks read back from JSON may be anything, unhashable ones included
+            return None
         try:
             return self._verdicts[url]
         except KeyError:
             pass
         verdict = self._judge(url)
-        if isinstance(url, str) and len(url) <= _MEMO_URL_LENGTH:  # outlinks read back from JSON may be anything
+        if len(url) <= _MEMO_URL_LENGTH:
             if len(self._verdicts) >= _MEMO_SIZE:
                 self._verdicts.clear()
             self._verdicts[url] = verdict

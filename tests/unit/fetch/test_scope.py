@@ -48,7 +48,7 @@ def test_long_links_are_judged_but_not_remembered() -> None:
 
 def test_links_that_are_not_strings_are_refused() -> None:
     scope = make()
-    assert scope.filter([None, 5, SEED]) == [SEED]  # type: ignore[list-item]
+    assert scope.filter([None, 5, ["/a"], {"u": 1}, SEED]) == [SEED]  # type: ignore[list-item]
 
 
 def test_the_memo_is_not_part_of_a_scopes_identity() -> None:
