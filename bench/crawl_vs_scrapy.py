@@ -22,9 +22,11 @@ Targets (issue #4): embedded ≥ 4 × Scrapy and ≥ 0.4 × raw; dist-1 ≥ 1.5 
 
     .venv/bin/pip install -e '.[bench]'          # Scrapy
     apt-get install -y nginx-light               # or nginx
-    .venv/bin/python bench/crawl_vs_scrapy.py [--pages 2000] [--only raw,scrapy,embedded,dist-1,dist-2]
+    .venv/bin/python bench/crawl_vs_scrapy.py [--pages 2000] [--only raw,scrapy,embedded,dist-1,dist-2] [--rounds 3]
 
-Figures are printed and written to ``bench/results/crawl-<timestamp>.json``.
+Figures are printed and written to ``bench/results/crawl-<timestamp>.json``. This VM's figures move by a quarter
+from run to run; with ``--rounds N`` everything runs N times, in turn, and each ratio is the median of the
+ratios measured within one round.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import platform
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -274,9 +277,9 @@ def crawl_seconds(crawl: dict[str, Any]) -> float:
     return (datetime.fromisoformat(crawl["finished_at"]) - started).total_seconds()
 
 
-def run_embedded(base_url: str, pages: int, work: Path) -> dict[str, Any]:
+def run_embedded(base_url: str, pages: int, work: Path, tag: str) -> dict[str, Any]:
     env = dict(os.environ, KUBECRAWL_ALLOW_PRIVATE_TARGETS="true")
-    db = work / "embedded.db"
+    db = work / f"embedded-{tag}.db"  # a fresh database: a second crawl of a site would be conditional
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
@@ -323,11 +326,13 @@ def http_json(method: str, url: str, body: Any = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
-def run_distributed(base_url: str, pages: int, workers: int, work: Path, services: dict[str, Any]) -> dict[str, Any]:
+def run_distributed(
+    base_url: str, pages: int, workers: int, work: Path, services: dict[str, Any], tag: str
+) -> dict[str, Any]:
     from tests.support.servers import free_port
 
     rabbit, postgres = services["rabbit"], services["postgres"]
-    vhost, database = f"bench-{workers}", f"bench_{workers}"
+    vhost, database = f"bench-{workers}-{tag}", f"bench_{workers}_{tag}"
     rabbit.add_vhost(vhost)
     postgres.create_database(database)
     env = dict(
@@ -342,7 +347,7 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
     subprocess.run([str(KUBECRAWL), "migrate"], env=env, check=True, capture_output=True, timeout=120)
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    logs = [(work / f"dist{workers}-{name}.log").open("wb") for name in ["api", *map(str, range(workers))]]
+    logs = [(work / f"dist{workers}-{tag}-{name}.log").open("wb") for name in ["api", *map(str, range(workers))]]
     try:
         procs.append(
             subprocess.Popen(
@@ -369,9 +374,9 @@ def run_distributed(base_url: str, pages: int, workers: int, work: Path, service
             "scope": {"maxPages": pages, "maxDepth": 50},
             "politeness": {"maxConcurrency": CONCURRENCY},
         }
-        http_json("PUT", f"{api}/sites/bench/site-{workers}", spec)
+        http_json("PUT", f"{api}/sites/bench/site-{workers}-{tag}", spec)
         cpu_before = cpu_by_program()
-        crawl = http_json("POST", f"{api}/sites/bench/site-{workers}/crawls", {"trigger": "manual"})
+        crawl = http_json("POST", f"{api}/sites/bench/site-{workers}-{tag}/crawls", {"trigger": "manual"})
         deadline = time.monotonic() + 1800
         while crawl["state"] not in ("COMPLETED", "FAILED", "CANCELLED"):
             if time.monotonic() > deadline:
@@ -423,6 +428,9 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--only", default=",".join(ALL_RUNS), help=f"comma-separated subset of {ALL_RUNS}")
     parser.add_argument("--keep", action="store_true", help="keep the site, databases and logs")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run everything this many times; ratios are medians of each round's"
+    )
     args = parser.parse_args()
     runs = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(runs) - set(ALL_RUNS)
@@ -439,28 +447,33 @@ def main() -> None:
     port = free_port()
     nginx = start_nginx(work, site, port)
     base_url = f"http://127.0.0.1:{port}"
-    results: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
     services: dict[str, Any] = {}
     try:
-        for name in runs:
-            print(f"{name} …", flush=True)
-            if name == "raw":
-                results[name] = run_child(["raw", base_url, str(args.pages)])
-            elif name == "scrapy":
-                results[name] = run_child(["scrapy", base_url])
-            elif name == "embedded":
-                results[name] = run_embedded(base_url, args.pages, work)
-            else:
-                if not services:
-                    print("  starting RabbitMQ and PostgreSQL …", flush=True)
-                    services["rabbit"] = RabbitServer(work / "rabbitmq")
-                    services["postgres"] = PostgresServer(work / "postgres")
-                    services["rabbit"].start()
-                    services["postgres"].start()
-                results[name] = run_distributed(base_url, args.pages, int(name[-1]), work, services)
-            result = results[name]
-            result["rate"] = result["pages"] / result["seconds"]
-            print(f"  {result['pages']} pages in {result['seconds']:.2f} s = {result['rate']:.0f} pages/s", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            results: dict[str, dict[str, Any]] = {}
+            rounds.append(results)
+            for name in runs:
+                print(f"{name} (round {round_} of {args.rounds}) …", flush=True)
+                if name == "raw":
+                    results[name] = run_child(["raw", base_url, str(args.pages)])
+                elif name == "scrapy":
+                    results[name] = run_child(["scrapy", base_url])
+                elif name == "embedded":
+                    results[name] = run_embedded(base_url, args.pages, work, str(round_))
+                else:
+                    if not services:
+                        print("  starting RabbitMQ and PostgreSQL …", flush=True)
+                        services["rabbit"] = RabbitServer(work / "rabbitmq")
+                        services["postgres"] = PostgresServer(work / "postgres")
+                        services["rabbit"].start()
+                        services["postgres"].start()
+                    results[name] = run_distributed(base_url, args.pages, int(name[-1]), work, services, str(round_))
+                result = results[name]
+                result["rate"] = result["pages"] / result["seconds"]
+                print(
+                    f"  {result['pages']} pages in {result['seconds']:.2f} s = {result['rate']:.0f} pages/s", flush=True
+                )
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -469,21 +482,28 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    report(results, args.pages)
+    report(rounds, args.pages)
 
 
-def report(results: dict[str, dict[str, Any]], pages: int) -> None:
+def report(rounds: list[dict[str, dict[str, Any]]], pages: int) -> None:
+    """Each run's pages/s (median, and the range over rounds), its CPU seconds (last round), and each ratio as
+    the median of the ratios measured within one round: both sides of a ratio shared the machine's state."""
     print(f"\n  {'run':<10} {'pages':>6} {'seconds':>8} {'pages/s':>9}   note")
-    for name, result in results.items():
-        note = "" if result["pages"] >= pages else f"INCOMPLETE: {result['pages']} of {pages} fetched"
-        if "max_rss_mb" in result:
-            note = (note + f"  max RSS {result['max_rss_mb']:.0f} MB").strip()
-        print(f"  {name:<10} {result['pages']:>6} {result['seconds']:>8.2f} {result['rate']:>9.0f}   {note}")
-    for name, result in results.items():
+    for name in rounds[0]:
+        runs_ = [results[name] for results in rounds]
+        rates = sorted(result["rate"] for result in runs_)
+        short = [result["pages"] for result in runs_ if result["pages"] < pages]
+        note = f"INCOMPLETE: {min(short)} of {pages} fetched" if short else ""
+        if len(rounds) > 1:
+            note = (f"range {rates[0]:.0f}-{rates[-1]:.0f} over {len(rounds)} rounds  " + note).strip()
+        if "max_rss_mb" in runs_[-1]:
+            note = (note + f"  max RSS {runs_[-1]['max_rss_mb']:.0f} MB").strip()
+        seconds = statistics.median(result["seconds"] for result in runs_)
+        print(f"  {name:<10} {runs_[-1]['pages']:>6} {seconds:>8.2f} {statistics.median(rates):>9.0f}   {note}")
+    for name, result in rounds[-1].items():
         if result.get("cpu_seconds"):
             spent = ", ".join(f"{program} {seconds:.1f}" for program, seconds in result["cpu_seconds"].items())
             print(f"  {name:<10} CPU seconds: {spent}")
-    rate = {name: result["rate"] for name, result in results.items()}
     ratios: dict[str, float] = {}
     checks = [
         ("embedded / scrapy", "embedded", "scrapy", 4.0),
@@ -493,17 +513,19 @@ def report(results: dict[str, dict[str, Any]], pages: int) -> None:
     ]
     print()
     for label, top, bottom, target in checks:
-        if top in rate and bottom in rate:
-            ratios[label] = rate[top] / rate[bottom]
+        if top in rounds[0] and bottom in rounds[0]:
+            each = sorted(results[top]["rate"] / results[bottom]["rate"] for results in rounds)
+            ratios[label] = statistics.median(each)
             verdict = "ok" if ratios[label] >= target else "MISSED"
-            print(f"  {label:<18} {ratios[label]:>6.2f}   (target ≥ {target})  {verdict}")
+            spread = f"  (range {each[0]:.2f}-{each[-1]:.2f})" if len(each) > 1 else ""
+            print(f"  {label:<18} {ratios[label]:>6.2f}   (target ≥ {target})  {verdict}{spread}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"crawl-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(
         json.dumps(
             {
                 "pages": pages,
-                "results": results,
+                "rounds": rounds,
                 "ratios": ratios,
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             },
