@@ -50,7 +50,7 @@ _RESULT_FIELDS = (
     "error",
 )
 _OUTCOME_COLUMNS = ("state", "seq", "fetched_at", "updated_at", "outlinks", *_RESULT_FIELDS)
-# Frontier URLs remembered per crawl so known links skip the database; kept for this many recent crawls.
+# What a process remembers of a crawl (``_CrawlMemo``) is kept for this many recent crawls.
 _KNOWN_CRAWLS = 8
 
 
@@ -97,6 +97,16 @@ class PageOutcome:
 
 
 @dataclass(slots=True)
+class _CrawlMemo:
+    """What this process remembers of a recent crawl, so that page batches skip the database for it."""
+
+    # URLs known to be in the frontier (inserted here or found there): never deleted, so safe to skip.
+    known: set[str] = field(default_factory=set)
+    # The crawl's spec: frozen when the crawl starts.
+    config: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
 class FinishResult:
     to_publish: list[PageRef]
     crawl_state: CrawlState
@@ -129,7 +139,7 @@ def page_model(row: Any) -> CrawlPage:
 # The per-page statements, built once: building a Core statement per call (operators, clause objects, cache
 # key) cost more CPU than SQLite spent executing it. Values arrive as bind parameters.
 _LOCK_CRAWL = select(crawls).where(crawls.c.id == bindparam("p_crawl_id")).with_for_update()
-# The columns a page outcome moves (the spec comes from ``_configs``: not its JSON decoded per batch).
+# The columns a page outcome moves (the spec comes from ``_CrawlMemo``: not its JSON decoded per batch).
 _LOCK_CRAWL_COUNTERS = (
     select(crawls.c.id, crawls.c.state, crawls.c.version, crawls.c.discovered, crawls.c.in_flight)
     .where(crawls.c.id == bindparam("p_crawl_id"))
@@ -152,7 +162,7 @@ _MARK_RUNNING = (
 )
 # The crawl's state, its previous crawl, and whether any of its hosts is held (Retry-After, Crawl-delay): one
 # read per batch; which hosts and until when is read only when some are (rarely). The spec (``config``) cannot
-# change during a crawl and is read once per process (``_configs``).
+# change during a crawl and is read once per process (``_CrawlMemo``).
 _CRAWL_FOR_PAGES = select(
     crawls.c.state,
     crawls.c.previous_crawl_id,
@@ -250,10 +260,7 @@ class CrawlStore:
         # Group commit per crawl for the two per-page transactions (store/batching.py).
         self._beginning = GroupCommit[str, int, PageStart | None](self._begin_batch)
         self._finishing = GroupCommit[str, tuple[int, PageOutcome], FinishResult | None](self._finish_batch)
-        # URLs known to be in a crawl's frontier (inserted here or found there): never deleted, so safe to skip.
-        self._known: OrderedDict[str, set[str]] = OrderedDict()
-        # Crawl specs (frozen when a crawl starts) of the recent crawls this process worked on.
-        self._configs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._memos: OrderedDict[str, _CrawlMemo] = OrderedDict()
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -281,13 +288,10 @@ class CrawlStore:
 
     async def _config(self, conn: AsyncConnection, crawl_id: str) -> dict[str, Any]:
         """The crawl's spec, read once per process (it cannot change while the crawl runs)."""
-        config = self._configs.get(crawl_id)
-        if config is None:
-            config = (await conn.execute(_CRAWL_CONFIG, {"p_crawl_id": crawl_id})).scalar_one()
-            self._configs[crawl_id] = config
-            while len(self._configs) > _KNOWN_CRAWLS:
-                self._configs.popitem(last=False)
-        return config
+        memo = self._memo(crawl_id)
+        if memo.config is None:
+            memo.config = (await conn.execute(_CRAWL_CONFIG, {"p_crawl_id": crawl_id})).scalar_one()
+        return memo.config
 
     # -- crawls -------------------------------------------------------------------------------------------
 
@@ -565,10 +569,9 @@ class CrawlStore:
                 return [None] * len(items)
             state, to_publish, added = await self._advance_crawl(conn, crawl, list(settled.values()), now)
         if state is CrawlState.COMPLETED:
-            self._known.pop(crawl_id, None)
-            self._configs.pop(crawl_id, None)
+            self._memos.pop(crawl_id, None)
         elif added:
-            self._known_urls(crawl_id).update(added)
+            self._memo(crawl_id).known.update(added)
         # One result per settled page (None for the rest); the refill is shared out so the callers publish in
         # parallel, and exactly one of them reports a completion.
         owners = {page_id: FinishResult([], state, completed_now=False) for page_id in settled}
@@ -639,27 +642,27 @@ class CrawlStore:
         await conn.execute(_ADVANCE_CRAWL, values)
         return state, to_publish, added
 
-    def _known_urls(self, crawl_id: str) -> set[str]:
-        known = self._known.get(crawl_id)
-        if known is None:
-            known = self._known[crawl_id] = set()
-            while len(self._known) > _KNOWN_CRAWLS:
-                self._known.popitem(last=False)
+    def _memo(self, crawl_id: str) -> _CrawlMemo:
+        memo = self._memos.get(crawl_id)
+        if memo is None:
+            memo = self._memos[crawl_id] = _CrawlMemo()
+            while len(self._memos) > _KNOWN_CRAWLS:
+                self._memos.popitem(last=False)
         else:
-            self._known.move_to_end(crawl_id)
-        return known
+            self._memos.move_to_end(crawl_id)
+        return memo
 
     async def _add_pages(
         self, conn: AsyncConnection, crawl_id: str, candidates: Sequence[tuple[str, int]], *, limit: int
     ) -> list[str]:
         """Insert new frontier pages (deduplicated) up to ``limit``; the caller holds the crawl lock.
 
-        Returns the inserted URLs; the caller adds them to ``_known_urls`` once the transaction has committed
+        Returns the inserted URLs; the caller adds them to the crawl's known URLs once the transaction has committed
         (a rolled-back insert must not be skipped by the next attempt).
         """
         if limit <= 0 or not candidates:
             return []
-        known = self._known_urls(crawl_id)
+        known = self._memo(crawl_id).known
         unique: dict[str, int] = {}
         for url, depth in candidates:
             if url not in known:
