@@ -88,7 +88,8 @@ class _RunNow:
 
 
 class InlineConnection:
-    """aiosqlite's ``Connection`` interface over a ``sqlite3.Connection`` used on the loop's thread."""
+    """The part of aiosqlite's ``Connection`` interface SQLAlchemy's dialect uses, over a ``sqlite3.Connection``
+    used on the loop's thread."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -98,9 +99,6 @@ class InlineConnection:
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self._conn.cursor())
-
-    async def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> InlineCursor:
-        return InlineCursor(self._conn.execute(sql, parameters))
 
     async def commit(self) -> None:
         self._conn.commit()
@@ -122,10 +120,6 @@ class InlineConnection:
     @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
 
 
 def inline_connector(args: Sequence[Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
