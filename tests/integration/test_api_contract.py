@@ -30,12 +30,7 @@ async def test_post_metadata_answers_202_queued_with_request_id_and_publishes_pe
     assert len(body["request_id"]) == 32
     assert response.headers["x-request-id"] == body["request_id"]
 
-    messages = rabbit.api(
-        f"/api/queues/{vhost}/kubecrawl.metadata/get",
-        method="POST",
-        body={"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"},
-    )
-    assert isinstance(messages, list)
+    messages = rabbit.peek(vhost, "kubecrawl.metadata", 1)
     assert len(messages) == 1
     assert messages[0]["properties"]["delivery_mode"] == 2
     assert '"url":"https://example.com/a/c"' in messages[0]["payload"]
@@ -106,12 +101,7 @@ async def test_concurrent_get_misses_for_one_url_publish_exactly_once(
         *(api.client.get("/metadata", params={"url": "https://example.net/same"}) for _ in range(25))
     )
     assert {r.status_code for r in responses} == {202}
-    messages = rabbit.api(
-        f"/api/queues/{vhost}/kubecrawl.metadata/get",
-        method="POST",
-        body={"count": 100, "ackmode": "ack_requeue_true", "encoding": "auto"},
-    )
-    assert isinstance(messages, list)
+    messages = rabbit.peek(vhost, "kubecrawl.metadata")
     assert len(messages) == 1
 
 
@@ -185,13 +175,7 @@ async def _rows(api: ApiHandle) -> dict[str, tuple[str, str]]:
 
 
 def _queued_messages(rabbit: RabbitServer, vhost: str) -> list[dict[str, object]]:
-    messages = rabbit.api(
-        f"/api/queues/{vhost}/kubecrawl.metadata/get",
-        method="POST",
-        body={"count": 1000, "ackmode": "ack_requeue_true", "encoding": "auto"},
-    )
-    assert isinstance(messages, list)
-    return [json.loads(message["payload"]) for message in messages]
+    return [json.loads(message["payload"]) for message in rabbit.peek(vhost, "kubecrawl.metadata", 1000)]
 
 
 async def test_concurrent_posts_with_duplicate_urls_each_answer_202_one_row_per_url_and_one_message_each(

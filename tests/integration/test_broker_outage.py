@@ -142,12 +142,7 @@ async def test_a_batch_is_confirmed_message_by_message_in_order_and_bodies_arriv
         )
         assert outcomes == [None] * len(bodies)
         assert sorted(confirmed) == list(range(len(bodies)))
-        messages = rabbit.api(
-            f"/api/queues/{vhost}/kubecrawl.metadata/get",
-            method="POST",
-            body={"count": 100, "ackmode": "ack_requeue_true", "encoding": "auto"},
-        )
-        assert isinstance(messages, list)
+        messages = rabbit.peek(vhost, "kubecrawl.metadata")
         assert [m["payload"].encode() for m in messages] == bodies
         assert [m["properties"]["message_id"] for m in messages] == [f"m{i}" for i in range(len(bodies))]
         assert {m["properties"]["delivery_mode"] for m in messages} == {2}

@@ -14,13 +14,7 @@ from tests.support.servers import RabbitServer
 
 
 def _queued(rabbit: RabbitServer, vhost: str, count: int) -> list[bytes]:
-    messages = rabbit.api(
-        f"/api/queues/{vhost}/{METADATA_QUEUE}/get",
-        method="POST",
-        body={"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"},
-    )
-    assert isinstance(messages, list)
-    return [m["payload"].encode() for m in messages]
+    return [m["payload"].encode() for m in rabbit.peek(vhost, METADATA_QUEUE, count)]
 
 
 async def test_publishes_of_one_turn_are_confirmed_each_and_an_unroutable_one_alone_is_refused(

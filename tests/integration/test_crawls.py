@@ -342,12 +342,7 @@ async def test_always_failing_page_fails_after_max_attempts_is_dead_lettered_and
     assert site.hits["/broken"] == settings.retry.max_attempts
 
     async def dead() -> list[dict[str, Any]]:
-        return await asyncio.to_thread(
-            rabbit.api,
-            f"/api/queues/{vhost}/kubecrawl.dead/get",
-            method="POST",
-            body={"count": 10, "ackmode": "ack_requeue_true", "encoding": "auto"},
-        )
+        return await asyncio.to_thread(rabbit.peek, vhost, "kubecrawl.dead", 10)
 
     letters = await eventually(dead, what="dead letter")
     assert letters[0]["properties"]["headers"]["x-kubecrawl-code"] == "http_500"

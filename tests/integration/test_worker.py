@@ -47,13 +47,7 @@ async def count_rows(settings: Settings, url: str) -> int:
 
 
 def dead_letters(rabbit: RabbitServer, vhost: str) -> list[dict[str, object]]:
-    messages = rabbit.api(
-        f"/api/queues/{vhost}/kubecrawl.dead/get",
-        method="POST",
-        body={"count": 100, "ackmode": "ack_requeue_true", "encoding": "auto"},
-    )
-    assert isinstance(messages, list)
-    return messages
+    return rabbit.peek(vhost, "kubecrawl.dead")
 
 
 async def test_post_then_get_returns_the_fetched_metadata(api: ApiHandle, site: Site, worker: None) -> None:

@@ -18,6 +18,7 @@ import urllib.request
 from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin")]
@@ -167,6 +168,16 @@ class RabbitServer:
         with urllib.request.urlopen(request, timeout=10) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
+
+    def peek(self, vhost: str, queue: str, count: int = 100) -> list[dict[str, Any]]:
+        """Up to ``count`` messages of ``queue``, read through the management API and left in the queue."""
+        messages = self.api(
+            f"/api/queues/{vhost}/{queue}/get",
+            method="POST",
+            body={"count": count, "ackmode": "ack_requeue_true", "encoding": "auto"},
+        )
+        assert isinstance(messages, list)
+        return messages
 
     def queue(self, vhost: str, name: str) -> dict[str, object]:
         """Queue stats from the management API (ready/unacked counts lag by the stats interval)."""
