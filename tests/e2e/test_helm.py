@@ -301,6 +301,21 @@ def test_api_network_policy_admits_trigger_pods_operator_and_scrapers(
     assert ALL_OPTIONS["networkPolicy"]["metricsFrom"][0] in peers
 
 
+def test_api_network_policy_without_scrapers_is_refused_when_a_service_monitor_scrapes_the_api(helm: Helm) -> None:
+    # The API's /metrics shares its port: limited to apiFrom, an empty metricsFrom ("everyone") admits no scraper.
+    api_from = ["--set-json", 'networkPolicy.apiFrom=[{"namespaceSelector": {"matchLabels": {"team": "web"}}}]']
+    enabled = ("--set", "networkPolicy.enabled=true")
+    result = helm.run(
+        "template", RELEASE, str(CHART), *enabled, *api_from, "--set", "serviceMonitor.enabled=true", check=False
+    )
+    assert result.returncode != 0
+    assert "set networkPolicy.metricsFrom" in result.stderr, result.stderr
+    scrapers = ["--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector": {"matchLabels": {"name": "mon"}}}]']
+    objects = index(render(helm, *enabled, *api_from, *scrapers, "--set", "serviceMonitor.enabled=true"))
+    peers = objects["NetworkPolicy", f"{FULLNAME}-api"]["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"name": "mon"}}} in peers
+
+
 def test_values_schema_refuses_unknown_keys_and_bad_values(helm: Helm) -> None:
     for args, message in (
         (("--set", "api.replicaz=3"), "replicaz"),
@@ -341,6 +356,23 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(
             assert box["resources"]["requests"]["memory"], name
             assert box["resources"]["limits"]["memory"], name
             assert {"name": "tmp", "mountPath": "/tmp"} in box["volumeMounts"], name
+
+
+def test_image_ships_compiled_bytecode_since_pods_cannot_write_it(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    # No Docker engine here: the image is checked through its Dockerfile (build instructions joined over `\`).
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    installs = [line for line in dockerfile.splitlines() if line.startswith("RUN") and "pip install" in line]
+    assert installs, "the Dockerfile installs kubecrawl with pip"
+    # A read-only root filesystem (and PYTHONDONTWRITEBYTECODE) leaves no place to cache bytecode: unless the build
+    # compiles it, every process start compiles every module again.
+    specs = pod_specs(default_objects).values()
+    assert all(spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] for spec in specs)
+    assert not [line for line in installs if "--no-compile" in line], installs
+    assert "PIP_NO_COMPILE" not in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users == [str(spec["securityContext"]["runAsUser"]) for spec in specs][:1]
 
 
 def test_only_the_operator_gets_a_kubernetes_api_token(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
