@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_pages
-from kubecrawl.core.errors import NotFound
+from kubecrawl.core.errors import Conflict, NotFound
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import Crawl
 from kubecrawl.core.sites import CrawlSiteSpec
@@ -30,7 +30,10 @@ async def start_crawl(
     trigger: str,
     idempotency_key: str | None,
 ) -> tuple[Crawl, bool]:
-    """Create (and enqueue) a crawl, or return the one already holding ``idempotency_key``."""
+    """Create (and enqueue) a crawl, or return the one already holding ``idempotency_key``.
+
+    A key already held by a crawl of another site is refused (``Conflict``, ``idempotency_key_conflict``).
+    """
     site = await sites.get(namespace, name)
     if site is None:
         raise NotFound(f"site {namespace}/{name} not found", code="site_not_found")
@@ -44,6 +47,13 @@ async def start_crawl(
         seeds=[normalise_url(spec.url)],
     )
     if not created:
+        if crawl.site != f"{namespace}/{name}":
+            # Keys are unique across sites: answering with (and resuming) another site's crawl would tell the caller
+            # its site was crawled when it was not.
+            raise Conflict(
+                f"idempotency key {idempotency_key!r} belongs to a crawl of site {crawl.site}",
+                code="idempotency_key_conflict",
+            )
         log.info("crawl_trigger_duplicate", crawl_id=crawl.id, idempotency_key=idempotency_key)
         # Only a crawl whose first publish failed has an empty window: retrying the trigger resumes it.
         to_publish = await crawls.kick(crawl.id)

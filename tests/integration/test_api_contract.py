@@ -329,3 +329,94 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
     finally:
         await broker.close()
         await engine.dispose()
+
+
+# --- readiness and GET /metadata?max_age= -----------------------------------------------------------------------
+
+
+async def test_ready_is_503_database_unavailable_and_logged_when_the_database_does_not_answer(
+    api: ApiHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubecrawl.store.database import create_engine
+
+    unreachable = create_engine("postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl")  # nothing listens on port 1
+    monkeypatch.setattr(api.app.state, "engine", unreachable)
+    try:
+        with capture_logs() as logs:
+            ready = await api.client.get("/health/ready")
+    finally:
+        await unreachable.dispose()
+    assert ready.status_code == 503
+    assert ready.json()["reason"] == "database_unavailable"
+    [line] = [entry for entry in logs if entry["event"] == "readiness_failed"]
+    assert line["reason"] == "database_unavailable"
+    assert (await api.client.get("/health/live")).status_code == 200
+
+
+async def _completed(api: ApiHandle, url: str) -> None:
+    from kubecrawl.core.models import FetchedPage
+
+    page = FetchedPage(http_status=200, final_url=url, redirects=[], response_headers=[], cookies=[], title="old")
+    await api.app.state.pages.complete(url, "fetched-before", page)
+
+
+async def test_concurrent_stale_reads_serve_the_old_record_and_queue_one_refresh(
+    api: ApiHandle, rabbit: RabbitServer, vhost: str
+) -> None:
+    url = "https://example.com/stale"
+    await _completed(api, url)
+    responses = await asyncio.gather(
+        *(api.client.get("/metadata", params={"url": url, "max_age": 0}) for _ in range(25))
+    )
+    assert {r.status_code for r in responses} == {200}
+    assert {(r.json()["title"], r.json()["stale"]) for r in responses} == {("old", True)}
+    refreshes = [r.json()["refresh"] for r in responses if "refresh" in r.json()]
+    assert [refresh["status"] for refresh in refreshes] == ["QUEUED"]
+    [message] = _queued_messages(rabbit, vhost)
+    assert (message["url"], message["request_id"]) == (url, refreshes[0]["request_id"])
+    fresh = await api.client.get("/metadata", params={"url": url, "max_age": 3600})
+    assert (fresh.status_code, fresh.json()["stale"]) == (200, False)
+
+
+async def test_a_stale_record_whose_refresh_cannot_be_published_is_still_served_and_retried_next_time(
+    api: ApiHandle, rabbit: RabbitServer, vhost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubecrawl.core.errors import PublishRejected
+
+    url = "https://example.com/stale-if-error"
+    await _completed(api, url)
+
+    async def refuse(*_: object, **__: object) -> None:
+        raise PublishRejected("queue full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(api.publisher, "publish", refuse)
+        refused = await api.client.get("/metadata", params={"url": url, "max_age": 0})
+    assert refused.status_code == 200
+    assert refused.json()["title"] == "old"
+    assert refused.json()["refresh"] == {"status": "FAILED", "code": "queue_rejected"}
+    again = await api.client.get("/metadata", params={"url": url, "max_age": 0})
+    assert again.json()["refresh"]["status"] == "QUEUED"  # the failed refresh left nothing pending
+    assert len(_queued_messages(rabbit, vhost)) == 1
+
+
+async def test_a_get_miss_that_loses_to_a_concurrent_miss_whose_publish_failed_publishes_itself(
+    api: ApiHandle, rabbit: RabbitServer, vhost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pages = api.app.state.pages
+    insert = pages.enqueue_if_missing
+    lost: list[str] = []
+
+    async def lose_once(url: str, request_id: str) -> bool:
+        if not lost:  # a concurrent miss inserted the row first, failed to publish and released it again
+            lost.append(url)
+            return False
+        return bool(await insert(url, request_id))
+
+    monkeypatch.setattr(pages, "enqueue_if_missing", lose_once)
+    response = await api.client.get("/metadata", params={"url": "https://example.com/released"})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "QUEUED"
+    [message] = _queued_messages(rabbit, vhost)
+    assert (message["url"], message["request_id"]) == (body["url"], body["request_id"])

@@ -72,3 +72,50 @@ async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: Ra
     assert sorted(received) == sorted(b'{"n": %d}' % i for i in range(count))
     # An ack that did not reach the broker would have put its message back when the consumer's channel closed.
     assert _queued(rabbit, vhost, 100) == []
+
+
+async def test_the_consumer_takes_at_most_prefetch_count_unacked_messages(rabbit: RabbitServer, vhost: str) -> None:
+    publisher = RabbitPublisher(rabbit.url(vhost), PublisherSettings(), metadata_max_length=1000, pages_max_length=10)
+    await publisher.start()
+    consumer = RabbitConsumer(
+        rabbit.url(vhost),
+        PublisherSettings(),
+        prefetch_count=3,
+        metadata_max_length=1000,
+        pages_max_length=10,
+        connection_name="test-prefetch",
+    )
+    received: list[bytes] = []
+    release = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        received.append(delivery.body)
+        await release.wait()
+        await delivery.ack()
+
+    def consumers() -> list[dict[str, object]]:
+        listed = rabbit.api(f"/api/consumers/{vhost}")
+        assert isinstance(listed, list)
+        return [c for c in listed if c["queue"]["name"] == METADATA_QUEUE]
+
+    try:
+        for i in range(10):
+            await publisher.publish(METADATA_QUEUE, b'{"n": %d}' % i, message_id=f"p{i}")
+        await consumer.start({METADATA_QUEUE: handle})
+        async with asyncio.timeout(30):
+            while len(received) < 3 or not await asyncio.to_thread(consumers):
+                await asyncio.sleep(0.05)
+        [registered] = await asyncio.to_thread(consumers)
+        assert registered["prefetch_count"] == 3
+        assert registered["ack_required"] is True
+        assert len(received) == 3  # the other seven wait in the queue until these are acked
+        release.set()
+        async with asyncio.timeout(30):
+            while len(received) < 10:
+                await asyncio.sleep(0.05)
+        await consumer.drain()
+    finally:
+        release.set()
+        await consumer.close()
+        await publisher.close()
+    assert _queued(rabbit, vhost, 100) == []

@@ -217,6 +217,23 @@ async def test_concurrent_duplicate_triggers_create_one_crawl_and_enqueue_once(
     assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
 
 
+async def test_a_key_held_by_another_sites_crawl_answers_409_and_creates_and_enqueues_nothing(
+    api: ApiHandle, site: Site, rabbit: RabbitServer, vhost: str
+) -> None:
+    site.html("/")
+    await put_site(api.client, "first", {"url": site.url("/")})
+    await put_site(api.client, "second", {"url": site.url("/")})
+    first = await api.client.post("/sites/default/first/crawls", json={"idempotency_key": "nightly"})
+    assert first.status_code == 202
+    again = await api.client.post("/sites/default/first/crawls", json={"idempotency_key": "nightly"})
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+    other = await api.client.post("/sites/default/second/crawls", json={"idempotency_key": "nightly"})
+    assert other.status_code == 409
+    assert other.json()["code"] == "idempotency_key_conflict"
+    assert (await api.client.get("/sites/default/second/crawls")).json()["items"] == []
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
+
+
 async def queued_messages(rabbit: RabbitServer, vhost: str, queue: str) -> int:
     connection = await aio_pika.connect(rabbit.url(vhost))
     async with connection:

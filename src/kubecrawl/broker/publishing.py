@@ -299,6 +299,12 @@ class RabbitPublisher:
             except _CONNECT_ERRORS as exc:
                 log.warning("rmq_reconnect_failed", attempt=attempt, error=repr(exc))
                 await self._sleep(delay)
+            except Exception as exc:
+                # Anything else too (aiormq's RuntimeError for a connection closed while the channel opens, an
+                # unexpected frame): this task is the only way back to READY, and if it ended the API would stay
+                # unready, while alive, until restarted.
+                log.warning("rmq_reconnect_failed", attempt=attempt, error=repr(exc), exc_info=exc)
+                await self._sleep(delay)
             else:
                 metrics.PUBLISHER_RECONNECTS.inc()
                 log.info("rmq_reconnected", attempt=attempt)

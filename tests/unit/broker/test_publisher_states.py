@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -76,3 +77,34 @@ async def test_publish_before_ready_fails_at_once_with_publisher_not_ready() -> 
     publisher = RabbitPublisher("amqp://x/", PublisherSettings(), metadata_max_length=1, pages_max_length=1)
     with pytest.raises(PublisherNotReady):
         await publisher.publish("kubecrawl.metadata", b"{}", message_id="m")
+
+
+async def test_reconnect_loop_survives_an_unexpected_error_and_gets_back_to_ready() -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    publisher = RabbitPublisher(
+        "amqp://x/", PublisherSettings(), metadata_max_length=1, pages_max_length=1, sleep=fake_sleep
+    )
+    opened: list[S] = []
+
+    async def flaky_open(*, failure_state: S) -> None:
+        opened.append(publisher.state)
+        if len(opened) == 1:
+            # What aiormq raises when the connection closes while the channel opens: not a connection error class.
+            publisher._set_state(failure_state)
+            raise RuntimeError("<Connection: amqp://x/> closed")
+        for state in HAPPY_PATH[2:]:
+            publisher._set_state(state)
+
+    publisher._open = flaky_open  # type: ignore[method-assign]
+    publisher._state = S.READY  # as if started; the connection is then lost
+    publisher._lost()
+    assert publisher.state is S.RECONNECTING
+    assert publisher._reconnect_task is not None
+    await asyncio.wait_for(publisher._reconnect_task, 5)
+    assert opened == [S.CONNECTING, S.CONNECTING]
+    assert slept == [1]
+    assert publisher.state is S.READY

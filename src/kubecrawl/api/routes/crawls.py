@@ -100,8 +100,11 @@ async def crawl_events(
             seen = current.version
         while True:
             if current.version > seen:
-                outcomes = await crawls.outcomes_since(crawl_id, seen, limit=OUTCOMES_PER_EVENT)
-                chunked = len(outcomes) == OUTCOMES_PER_EVENT
+                fetched = await crawls.outcomes_since(crawl_id, seen, limit=OUTCOMES_PER_EVENT)
+                # Only the outcomes up to the snapshot's version: pages that finished after ``current`` was read
+                # belong to a later event (whose id covers them), else they would be streamed twice.
+                outcomes = [page for page in fetched if page.seq is not None and page.seq <= current.version]
+                chunked = len(outcomes) == OUTCOMES_PER_EVENT and outcomes[-1].seq != current.version
                 seen = outcomes[-1].seq or seen if chunked else current.version
                 yield _event("progress", seen, _progress(current, outcomes))
                 idle = 0.0

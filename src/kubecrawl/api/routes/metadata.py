@@ -36,6 +36,9 @@ router = APIRouter(tags=["metadata"])
 log = get_logger(__name__)
 # A pending fetch older than this is assumed lost (its message purged) and may be published again.
 STUCK_AFTER = timedelta(minutes=15)
+# A GET miss that finds the row of a concurrent miss released (its publish failed) records the miss itself; each
+# round means one more concurrent publish failed, so after a few the broker is refusing and the answer is 503.
+MISS_ROUNDS = 3
 
 
 class MetadataRequest(BaseModel):
@@ -148,13 +151,17 @@ async def get_metadata(
 ) -> JSONResponse:
     url = validated_url(url, settings)
     record = await pages.get(url)
-    if record is None:
+    for _ in range(MISS_ROUNDS):
+        if record is not None:
+            break
         if await pages.enqueue_if_missing(url, request_id):
             await _publish(pages, publisher, url, request_id)
             return JSONResponse({"status": PageStatus.QUEUED.value, "url": url, "request_id": request_id}, 202)
+        # Another request recorded the miss; if its publish failed it released the row again, and this request
+        # must not answer QUEUED for a fetch nobody queued: it records and publishes the miss itself.
         record = await pages.get(url)
-        if record is None:  # deleted by a concurrent failed publish: report what the caller can retry
-            return JSONResponse({"status": PageStatus.QUEUED.value, "url": url}, 202)
+    if record is None:
+        raise TransientError("concurrent requests for this url failed to publish; retry", code="publish_failed")
     now = datetime.now(UTC)
     if record.status in FINAL_PAGE_STATUSES:
         stale = max_age is not None and (
