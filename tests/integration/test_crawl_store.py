@@ -1,28 +1,44 @@
-"""Frontier invariants of ``CrawlStore`` on the real PostgreSQL, under true concurrency (many connections)."""
+"""Frontier invariants of ``CrawlStore``, under concurrency: on the real PostgreSQL (many connections), where a
+batch of outcomes is settled by one call of ``kubecrawl_finish_pages``, and on SQLite (the embedded default),
+where the same steps run statement by statement: each case that takes ``engine`` runs on both."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.memory import MemoryBroker, MemoryDelivery
-from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
+from kubecrawl.broker.topology import CODE_HEADER, METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.embedded import sqlite_url
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.crawls import CrawlStore, PageOutcome
 from kubecrawl.store.database import create_engine
+from kubecrawl.store.migrating import upgrade_async
+from kubecrawl.store.schema import crawl_pages
 from kubecrawl.worker.crawling import PagePipeline
+from kubecrawl.worker.sweeping import sweep_once
+from tests.support.servers import free_port
 
 
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(settings.database_url.get_secret_value(), pool_size=20)
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def engine(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path / "crawls.db")
+        await upgrade_async(url)
+        engine = create_engine(url)
+    else:
+        engine = create_engine(settings.database_url.get_secret_value(), pool_size=20)
     yield engine
     await engine.dispose()
 
@@ -184,3 +200,190 @@ async def test_a_redelivered_settled_page_republishes_the_window_its_lost_publis
     republished = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
     assert republished == links
     await broker.close()
+
+
+async def test_a_batch_writes_each_outcome_and_moves_every_counter(engine: AsyncEngine) -> None:
+    """Every column an outcome writes, the SSE sequence (one per settled outcome, in arrival order, matching the
+    crawl's version) and each counter: the same on both databases."""
+    store = CrawlStore(engine)
+    config = CrawlSiteSpec.model_validate(
+        {"url": "http://site.test/", "politeness": {"maxConcurrency": 5}, "scope": {"maxPages": 6}}
+    ).model_dump(mode="json", by_alias=True)
+    seeds = [f"http://site.test/s{i}" for i in range(5)]
+    crawl, _, window = await store.create(
+        "default", "columns", trigger="manual", idempotency_key=None, config=config, seeds=seeds
+    )
+    for ref in window:
+        assert await store.begin_page(crawl.id, ref.page_id) is not None
+    outcomes = {
+        window[0].page_id: PageOutcome(
+            CrawlPageState.DONE,
+            http_status=200,
+            content_hash="ab" * 32,
+            changed=True,
+            etag='"v1"',
+            last_modified="Wed, 25 Nov 2026 10:00:00 GMT",
+            title="Changed",
+            description="d",
+            canonical="http://site.test/s0",
+            noindex=True,
+            nofollow=False,
+            links=3,
+            new_links=["http://site.test/new", "http://site.test/s1"],
+        ),
+        window[1].page_id: PageOutcome(CrawlPageState.DONE, http_status=304, changed=False),
+        window[2].page_id: PageOutcome(CrawlPageState.FAILED, http_status=404, error_code="http_404", error="gone"),
+        window[3].page_id: PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed"),
+        window[4].page_id: PageOutcome(CrawlPageState.DONE, http_status=200, changed=True),
+    }
+    results = await asyncio.gather(
+        *(store.finish_page(crawl.id, page_id, outcome) for page_id, outcome in outcomes.items())
+    )
+    assert all(result is not None for result in results)
+    published = [ref for result in results if result is not None for ref in result.to_publish]
+    assert [(ref.url, ref.depth) for ref in published] == [("http://site.test/new", 1)]
+
+    current = await store.get(crawl.id)
+    assert current is not None
+    counters = current.counters
+    assert (counters.discovered, counters.queued, counters.fetched, counters.failed) == (6, 6, 3, 1)
+    assert (counters.changed, counters.unchanged, counters.skipped_robots) == (2, 1, 1)
+    assert (current.state, current.in_flight, current.version) == (CrawlState.RUNNING, 1, 5)
+
+    pages = {page.url: page for page in await store.pages(crawl.id, limit=10)}
+    first = pages["http://site.test/s0"]
+    assert (first.state, first.http_status, first.content_hash, first.changed) == (
+        CrawlPageState.DONE,
+        200,
+        "ab" * 32,
+        True,
+    )
+    assert (first.title, first.description) == ("Changed", "d")
+    assert (first.canonical, first.noindex, first.nofollow, first.links) == ("http://site.test/s0", True, False, 3)
+    assert (pages["http://site.test/s2"].error_code, pages["http://site.test/s2"].error) == ("http_404", "gone")
+    assert pages["http://site.test/s3"].state is CrawlPageState.SKIPPED
+    assert sorted(page.seq for page in pages.values() if page.seq is not None) == [1, 2, 3, 4, 5]
+    assert pages["http://site.test/new"].state is CrawlPageState.QUEUED
+    async with engine.connect() as conn:  # the validators and links a later crawl reads (not in the API model)
+        row = (
+            await conn.execute(
+                select(crawl_pages.c.etag, crawl_pages.c.last_modified, crawl_pages.c.outlinks).where(
+                    crawl_pages.c.id == first.id
+                )
+            )
+        ).one()
+    assert tuple(row) == ('"v1"', "Wed, 25 Nov 2026 10:00:00 GMT", ["http://site.test/new", "http://site.test/s1"])
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_a_page_past_its_attempts_is_failed_dead_lettered_and_counted(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    store = CrawlStore(engine)
+    config = CrawlSiteSpec.model_validate(
+        {"url": "http://site.test/", "politeness": {"respectRobotsTxt": False}}
+    ).model_dump(mode="json", by_alias=True)
+    crawl, _, (seed,) = await store.create(
+        "default", "attempts", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
+    )
+    for _ in range(settings.retry.max_attempts):  # deliveries that died mid-page (worker crashes)
+        assert await store.begin_page(crawl.id, seed.page_id) is not None
+    failed_before = _sample("kubecrawl_crawl_pages_total", {"state": "FAILED"})
+    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
+    await broker.start()
+    async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
+        pipeline = PagePipeline(
+            crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
+        )
+        body = PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0).model_dump_json().encode()
+        delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker, redelivered=True)
+        await pipeline.handle(delivery)
+    (dead,) = broker.dead
+    await broker.close()
+    assert dead.headers[CODE_HEADER] == "max_attempts_exceeded"
+    assert _sample("kubecrawl_crawl_pages_total", {"state": "FAILED"}) == failed_before + 1
+    final = await store.get(crawl.id)
+    assert final is not None
+    assert (final.state, final.counters.failed) == (CrawlState.COMPLETED, 1)
+
+
+async def test_a_crawl_page_fetch_is_timed_even_when_it_fails(engine: AsyncEngine, settings: Settings) -> None:
+    """The fetch-duration histogram covers crawl pages as well as metadata requests (a refused connection here)."""
+    store = CrawlStore(engine)
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens
+    config = CrawlSiteSpec.model_validate({"url": url, "politeness": {"respectRobotsTxt": False}}).model_dump(
+        mode="json", by_alias=True
+    )
+    crawl, _, (seed,) = await store.create(
+        "default", "timed", trigger="manual", idempotency_key=None, config=config, seeds=[url]
+    )
+    fetches_before = _sample("kubecrawl_fetch_duration_seconds_count")
+    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
+    await broker.start()
+    async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
+        pipeline = PagePipeline(
+            crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
+        )
+        body = PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0).model_dump_json().encode()
+        delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker)
+        await pipeline.handle(delivery)
+    await broker.close()
+    assert delivery.settled  # retried later (connect_error is transient)
+    assert _sample("kubecrawl_fetch_duration_seconds_count") == fetches_before + 1
+
+
+async def test_a_crawl_page_whose_database_is_unreachable_is_retried_as_database_unavailable(
+    settings: Settings,
+) -> None:
+    """Counted under the code the KubecrawlWorkerDatabaseUnavailable alert reads, not requeued as a bug."""
+    unreachable = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/kubecrawl")
+    retries = {"queue": PAGES_QUEUE, "code": "database_unavailable"}
+    before = _sample("kubecrawl_worker_retries_total", retries)
+    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
+    await broker.start()
+    try:
+        async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
+            pipeline = PagePipeline(
+                crawls=CrawlStore(unreachable),
+                fetcher=fetcher,
+                publisher=broker,
+                retry=settings.retry,
+                fetch=settings.fetch,
+            )
+            body = PageTask(crawl_id="c1", page_id=1, url="http://site.test/", depth=0).model_dump_json().encode()
+            delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker)
+            await pipeline.handle(delivery)
+    finally:
+        await broker.close()
+        await unreachable.dispose()
+    assert delivery.settled  # acked once its retry was published
+    assert _sample("kubecrawl_worker_retries_total", retries) == before + 1
+
+
+async def test_the_sweep_resumes_a_crawl_whose_window_publish_failed(engine: AsyncEngine) -> None:
+    """A crawl started without an idempotency key whose first publish failed (its window given back): no message
+    and no retry of its trigger will ever move it, so the sweep reopens its window."""
+    store = CrawlStore(engine)
+    config = CrawlSiteSpec.model_validate({"url": "http://site.test/", "politeness": {"maxConcurrency": 2}}).model_dump(
+        mode="json", by_alias=True
+    )
+    seeds = ["http://site.test/a", "http://site.test/b", "http://site.test/c"]
+    crawl, _, window = await store.create(
+        "default", "stalled", trigger="manual", idempotency_key=None, config=config, seeds=seeds
+    )
+    await store.release(crawl.id, window)  # what publish_pages does when the broker refuses
+    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
+    await broker.start()
+    try:
+        assert await sweep_once(store, broker, lost_after=timedelta(minutes=15)) == 2
+        published = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
+        assert await sweep_once(store, broker, lost_after=timedelta(minutes=15)) == 0  # in flight again: left alone
+    finally:
+        await broker.close()
+    assert published == seeds[:2]
+    current = await store.get(crawl.id)
+    assert current is not None
+    assert (current.state, current.in_flight) == (CrawlState.QUEUED, 2)

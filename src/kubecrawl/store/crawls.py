@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
@@ -104,6 +105,14 @@ class _CrawlMemo:
     known: set[str] = field(default_factory=set)
     # The crawl's spec: frozen when the crawl starts.
     config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _SettledBatch:
+    settled: list[int]  # the pages whose outcome this batch wrote, in arrival order
+    state: CrawlState
+    previous_state: CrawlState
+    to_publish: list[PageRef]
 
 
 @dataclass(slots=True)
@@ -210,6 +219,14 @@ _ADVANCE_CRAWL = (
                 bindparam("p_finished_at", type_=crawls.c.finished_at.type), crawls.c.finished_at
             ),
         }
+    )
+)
+_FINISH_PAGES = select(
+    func.kubecrawl_finish_pages(
+        bindparam("p_crawl_id", type_=crawls.c.id.type),
+        bindparam("p_outcomes", type_=JSONB),
+        bindparam("p_now", type_=crawl_pages.c.updated_at.type),
+        type_=JSONB,
     )
 )
 # PENDING → QUEUED for the shallowest pages, as many as the window has room for: one statement.
@@ -437,6 +454,13 @@ class CrawlStore:
                 return []
             return await self._refill(conn, crawl_id)
 
+    async def stalled(self) -> list[str]:
+        """Active crawls with nothing in flight: a publish of their window failed and was released (``release``),
+        at their start or at a refill, and no message is left to move them on (``kick`` reopens the window)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(crawls.c.id).where(crawls.c.state.in_(_ACTIVE), crawls.c.in_flight == 0))
+            return [row.id for row in rows]
+
     async def queued_pages(self, crawl_id: str) -> list[PageRef]:
         """The window's pages that wait for a worker (QUEUED) while the crawl is active."""
         async with self._engine.connect() as conn:
@@ -560,26 +584,60 @@ class CrawlStore:
 
     async def _finish_batch(self, crawl_id: str, items: Sequence[tuple[int, PageOutcome]]) -> list[FinishResult | None]:
         now = utcnow()
+        if self._sqlite:
+            batch = await self._finish_in_process(crawl_id, items, now)
+        else:
+            batch = await self._finish_in_database(crawl_id, items, now)
+        if batch is None:
+            return [None] * len(items)
+        if batch.state is CrawlState.COMPLETED:
+            self._memos.pop(crawl_id, None)
+        # One result per settled page (None for the rest); the refill is shared out so the callers publish in
+        # parallel, and exactly one of them reports a completion.
+        owners = {page_id: FinishResult([], batch.state, completed_now=False) for page_id in batch.settled}
+        shares = list(owners.values())
+        for index, ref in enumerate(batch.to_publish):
+            shares[index % len(shares)].to_publish.append(ref)
+        shares[0].completed_now = batch.state is CrawlState.COMPLETED and batch.previous_state is not batch.state
+        return [owners.pop(page_id, None) for page_id, _ in items]
+
+    async def _finish_in_database(
+        self, crawl_id: str, items: Sequence[tuple[int, PageOutcome]], now: datetime
+    ) -> _SettledBatch | None:
+        """PostgreSQL: the whole batch is one call of ``kubecrawl_finish_pages`` (migration 0003), in a transaction
+        of its own, so the crawl row stays locked for the server's work only, not for the worker's round trips."""
+        outcomes = [
+            {"id": page_id, **_outcome_values(outcome), "counted": _counted(outcome)} for page_id, outcome in items
+        ]
+        async with self._autocommit.connect() as conn:
+            result = (
+                await conn.execute(_FINISH_PAGES, {"p_crawl_id": crawl_id, "p_outcomes": outcomes, "p_now": now})
+            ).scalar_one()
+        if result is None or not result["settled"]:
+            return None
+        return _SettledBatch(
+            settled=result["settled"],
+            state=CrawlState(result["state"]),
+            previous_state=CrawlState(result["previous_state"]),
+            to_publish=[PageRef(page_id, url, depth) for page_id, url, depth in result["publish"]],
+        )
+
+    async def _finish_in_process(
+        self, crawl_id: str, items: Sequence[tuple[int, PageOutcome]], now: datetime
+    ) -> _SettledBatch | None:
+        """SQLite (in process, no round trips to save): the same steps as ``kubecrawl_finish_pages``, statement by
+        statement, in one serialised transaction."""
         async with self._tx() as conn:
             crawl = (await conn.execute(_LOCK_CRAWL_COUNTERS, {"p_crawl_id": crawl_id})).first()
             if crawl is None:
-                return [None] * len(items)
+                return None
             settled = await self._settle_pages(conn, crawl, items, now)
             if not settled:
-                return [None] * len(items)
+                return None
             state, to_publish, added = await self._advance_crawl(conn, crawl, list(settled.values()), now)
-        if state is CrawlState.COMPLETED:
-            self._memos.pop(crawl_id, None)
-        elif added:
+        if added and state is not CrawlState.COMPLETED:
             self._memo(crawl_id).known.update(added)
-        # One result per settled page (None for the rest); the refill is shared out so the callers publish in
-        # parallel, and exactly one of them reports a completion.
-        owners = {page_id: FinishResult([], state, completed_now=False) for page_id in settled}
-        shares = list(owners.values())
-        for index, ref in enumerate(to_publish):
-            shares[index % len(shares)].to_publish.append(ref)
-        shares[0].completed_now = state is CrawlState.COMPLETED and CrawlState(crawl.state) is not state
-        return [owners.pop(page_id, None) for page_id, _ in items]
+        return _SettledBatch(list(settled), state, CrawlState(crawl.state), to_publish)
 
     async def _settle_pages(
         self, conn: AsyncConnection, crawl: Any, items: Sequence[tuple[int, PageOutcome]], now: datetime

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +35,8 @@ from kubecrawl.fetch.robots import Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import parse_sitemap
 from kubecrawl.store.crawls import CrawlStore, PageOutcome, PageStart
-from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_later
+from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
 # Another worker is fetching this host's robots.txt: wait for it at most this long, then crawl as if absent.
@@ -75,7 +77,26 @@ class PagePipeline:
         except ValidationError as exc:
             await dead_letter(self._publisher, delivery, code="invalid_message", reason=f"not a PageTask v1: {exc}")
             return "invalid"
-        start = await self._crawls.begin_page(task.crawl_id, task.page_id)
+        try:
+            start = await self._crawls.begin_page(task.crawl_id, task.page_id)
+        except DATABASE_ERRORS as exc:
+            return await retry_database_unavailable(
+                self._publisher, delivery, exc, crawl_id=task.crawl_id, url=task.url
+            )
+        if start is None or start.crawl_state in FINAL_CRAWL_STATES or start.attempts > self._retry.max_attempts:
+            return await self._not_fetched(delivery, task, start)
+        spec, scope = self._site(task.crawl_id, start.config)
+        try:
+            outcome = await self._crawl_page(task, start, spec, scope)
+        except KubecrawlError as exc:
+            return await self._failed(delivery, task, start, spec, exc)
+        await self._finish(task, outcome)
+        await delivery.ack()
+        metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()
+        return "completed"
+
+    async def _not_fetched(self, delivery: Delivery, task: PageTask, start: PageStart | None) -> str:
+        """Settle a delivery whose page is not to be fetched: already settled, its crawl over, or out of attempts."""
         if start is None:
             if delivery.redelivered:
                 await self._republish_window(task.crawl_id)
@@ -87,22 +108,11 @@ class PagePipeline:
             )
             await delivery.ack()
             return "skipped"
-        if start.attempts > self._retry.max_attempts:
-            reason = f"gave up after {start.attempts - 1} attempts (worker crashes or redeliveries)"
-            await self._finish(
-                task, PageOutcome(CrawlPageState.FAILED, error_code="max_attempts_exceeded", error=reason)
-            )
-            await dead_letter(self._publisher, delivery, code="max_attempts_exceeded", reason=reason)
-            return "dead_lettered"
-        spec, scope = self._site(task.crawl_id, start.config)
-        try:
-            outcome = await self._crawl_page(task, start, spec, scope)
-        except KubecrawlError as exc:
-            return await self._failed(delivery, task, start, spec, exc)
-        await self._finish(task, outcome)
-        await delivery.ack()
-        metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()
-        return "completed"
+        reason = f"gave up after {start.attempts - 1} attempts (worker crashes or redeliveries)"
+        await self._finish(task, PageOutcome(CrawlPageState.FAILED, error_code="max_attempts_exceeded", error=reason))
+        await dead_letter(self._publisher, delivery, code="max_attempts_exceeded", reason=reason)
+        metrics.CRAWL_PAGES.labels(state="FAILED").inc()
+        return "dead_lettered"
 
     async def _republish_window(self, crawl_id: str) -> None:
         """A redelivered message for a page already settled: its first delivery committed the outcome and may
@@ -137,12 +147,16 @@ class PagePipeline:
             headers["If-None-Match"] = previous["etag"]
         if previous.get("last_modified"):
             headers["If-Modified-Since"] = previous["last_modified"]
-        result = await self._fetcher.fetch(
-            start.url,
-            headers=headers,
-            timeout_seconds=spec.fetch.timeout_seconds,
-            max_body_bytes=spec.fetch.max_body_bytes,
-        )
+        fetch_started = time.perf_counter()
+        try:
+            result = await self._fetcher.fetch(
+                start.url,
+                headers=headers,
+                timeout_seconds=spec.fetch.timeout_seconds,
+                max_body_bytes=spec.fetch.max_body_bytes,
+            )
+        finally:  # failed fetches too, as the metadata pipeline observes them
+            metrics.FETCH_DURATION.observe(time.perf_counter() - fetch_started)
         metrics.FETCH_BYTES.inc(result.body_bytes)
         response_headers = {name.lower(): value for name, value in result.headers}
         follow = start.depth < spec.scope.max_depth

@@ -17,7 +17,6 @@ import hashlib
 import time
 
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kubecrawl.broker.base import Delivery, Publisher
 from kubecrawl.core import metrics
@@ -29,12 +28,11 @@ from kubecrawl.core.settings import RetrySettings
 from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error, retry_delay
+from kubecrawl.store.database import DATABASE_ERRORS
 from kubecrawl.store.pages import PageStore
-from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_later
+from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
-# A database outage is retried through the shortest useful delay tier without spending an attempt.
-_DB_RETRY_DELAY_SECONDS = 5.0
 
 
 def fetched_page(result: FetchResult) -> FetchedPage:
@@ -83,16 +81,10 @@ class MetadataPipeline:
         log_ = log.bind(request_id=task.request_id, url=task.url)
         try:
             start = await self._pages.begin_attempt(task.url, task.request_id)
-        except (DBAPIError, OperationalError, OSError) as exc:
-            log_.warning("database_unavailable", error=repr(exc))
-            await retry_later(
-                self._publisher,
-                delivery,
-                attempt=0,
-                delay=_DB_RETRY_DELAY_SECONDS,
-                code="database_unavailable",
+        except DATABASE_ERRORS as exc:
+            return await retry_database_unavailable(
+                self._publisher, delivery, exc, request_id=task.request_id, url=task.url
             )
-            return "retried"
         if start.already_done:
             await delivery.ack()
             log_.info("message_already_processed")

@@ -28,6 +28,8 @@ from kubecrawl.core.logging import get_logger
 log = get_logger(__name__)
 # Header values are bounded: RabbitMQ frames and log lines should not carry whole error pages.
 _MAX_REASON = 1000
+# A database outage is retried through the shortest useful delay tier without spending an attempt.
+_DB_RETRY_DELAY_SECONDS = 5.0
 # After an unexpected error the message goes back to the queue; wait first so a bug is not a hot loop.
 _REQUEUE_PAUSE_SECONDS = 1.0
 # Labelled metric children of every message, by queue (and outcome): ``labels()`` costs three times the update.
@@ -72,6 +74,16 @@ async def retry_later(publisher: Publisher, delivery: Delivery, *, attempt: int,
     await delivery.ack()
     metrics.WORKER_RETRIES.labels(queue=delivery.queue, code=code).inc()
     log.info("message_retry_scheduled", attempt=attempt, delay_s=tier, code=code)
+
+
+async def retry_database_unavailable(
+    publisher: Publisher, delivery: Delivery, exc: BaseException, **log_context: object
+) -> str:
+    """The database refused the first write of a message (a broken connection, a refused statement, a pool busy
+    for pool_timeout): retry it later, counted as ``database_unavailable`` (the alert's signal), attempt kept."""
+    log.warning("database_unavailable", error=repr(exc), **log_context)
+    await retry_later(publisher, delivery, attempt=0, delay=_DB_RETRY_DELAY_SECONDS, code="database_unavailable")
+    return "retried"
 
 
 async def dead_letter(publisher: Publisher, delivery: Delivery, *, code: str, reason: str) -> None:

@@ -6,6 +6,9 @@ forever. Every worker sweeps periodically: pages QUEUED and untouched for ``lost
 ``UPDATE … RETURNING`` hands each such page to exactly one sweeper, and a duplicate message is harmless
 (``begin_page``/``finish_page`` settle a page once). ``lost_after`` must exceed the longest retry tier, since a
 page waiting in a delay queue is QUEUED too.
+
+A publish that fails (broker down) gives its pages back (PENDING, out of the window). A crawl left with nothing in
+flight that way, at its start or at a refill, has no message to move it on: the sweep reopens its window.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ log = get_logger(__name__)
 
 
 async def sweep_once(crawls: CrawlStore, publisher: Publisher, *, lost_after: timedelta) -> int:
-    """Re-publish every lost page once; returns how many were re-published."""
+    """Re-publish every lost page once and reopen stalled crawls; returns how many pages were published."""
     lost = await crawls.requeue_lost(lost_after)
     by_crawl: dict[str, list[PageRef]] = {}
     for crawl_id, ref in lost:
@@ -30,7 +33,14 @@ async def sweep_once(crawls: CrawlStore, publisher: Publisher, *, lost_after: ti
     for crawl_id, refs in by_crawl.items():
         await publish_pages(publisher, crawl_id, refs, release=crawls.release)
         log.warning("lost_pages_republished", crawl_id=crawl_id, pages=len(refs))
-    return len(lost)
+    published = len(lost)
+    for crawl_id in await crawls.stalled():
+        refs = await crawls.kick(crawl_id)
+        await publish_pages(publisher, crawl_id, refs, release=crawls.release)
+        if refs:
+            log.warning("stalled_crawl_resumed", crawl_id=crawl_id, pages=len(refs))
+        published += len(refs)
+    return published
 
 
 async def sweep_forever(

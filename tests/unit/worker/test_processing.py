@@ -1,0 +1,147 @@
+"""The metadata pipeline's settling without servers: what is acked, retried, requeued or dead-lettered, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from kubecrawl.core.contracts import MetadataTask
+from kubecrawl.core.errors import FetchTransient, PublisherNotReady
+from kubecrawl.core.settings import RetrySettings
+from kubecrawl.store.pages import AttemptStart
+from kubecrawl.worker import settling
+from kubecrawl.worker.processing import MetadataPipeline
+
+URL = "https://example.com/page"
+
+
+class FakeDelivery:
+    queue = "kubecrawl.metadata"
+    redelivered = False
+    message_id = "r1"
+
+    def __init__(self, body: bytes | None = None) -> None:
+        self.body = body if body is not None else MetadataTask(url=URL, request_id="r1").model_dump_json().encode()
+        self.headers: Mapping[str, Any] = {}
+        self.settled: list[str] = []
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def reject(self, *, requeue: bool = False) -> None:
+        self.settled.append("requeue" if requeue else "reject")
+
+
+class FakePublisher:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(self, routing_key: str, body: bytes, *, message_id: str, **kwargs: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.published.append((routing_key, dict(kwargs.get("headers") or {})))
+
+
+class FakePages:
+    def __init__(self, start: AttemptStart | Exception) -> None:
+        self.start = start
+        self.failed: list[dict[str, Any]] = []
+
+    async def begin_attempt(self, url: str, request_id: str) -> AttemptStart:
+        if isinstance(self.start, Exception):
+            raise self.start
+        return self.start
+
+    async def fail(self, url: str, request_id: str, **kwargs: Any) -> None:
+        self.failed.append(kwargs)
+
+
+class FakeFetcher:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    async def fetch(self, url: str) -> Any:
+        self.calls += 1
+        raise self.error
+
+
+def pipeline(pages: FakePages, publisher: FakePublisher, fetcher: FakeFetcher | None = None) -> MetadataPipeline:
+    return MetadataPipeline(
+        pages=pages,  # type: ignore[arg-type]
+        fetcher=fetcher or FakeFetcher(AssertionError("must not fetch")),  # type: ignore[arg-type]
+        publisher=publisher,
+        retry=RetrySettings(max_attempts=3, base_delay_seconds=1, max_delay_seconds=1),
+    )
+
+
+async def test_a_database_pool_timeout_retries_through_a_delay_tier_without_counting_an_attempt() -> None:
+    delivery, publisher = FakeDelivery(), FakePublisher()
+    await pipeline(FakePages(PoolTimeout("QueuePool limit reached")), publisher).handle(delivery)
+    [(queue, headers)] = publisher.published
+    assert queue.startswith("kubecrawl.metadata.retry.")
+    assert (headers["x-kubecrawl-code"], headers["x-kubecrawl-attempt"]) == ("database_unavailable", 0)
+    assert delivery.settled == ["ack"]
+
+
+async def test_a_message_that_exceeded_its_attempts_is_failed_and_dead_lettered_with_the_reason_unfetched() -> None:
+    delivery, publisher, pages = FakeDelivery(), FakePublisher(), FakePages(AttemptStart(4, already_done=False))
+    await pipeline(pages, publisher).handle(delivery)
+    assert [(f["code"], f["permanent"]) for f in pages.failed] == [("max_attempts_exceeded", True)]
+    [(queue, headers)] = publisher.published
+    assert queue == "kubecrawl.dead"
+    assert headers["x-kubecrawl-code"] == "max_attempts_exceeded"
+    assert "gave up after 3 attempts" in headers["x-kubecrawl-reason"]
+    assert headers["x-kubecrawl-source-queue"] == "kubecrawl.metadata"
+    assert delivery.settled == ["ack"]
+
+
+async def test_a_redelivered_message_whose_result_is_stored_is_acked_without_fetching() -> None:
+    delivery, publisher = FakeDelivery(), FakePublisher()
+    await pipeline(FakePages(AttemptStart(0, already_done=True)), publisher).handle(delivery)
+    assert publisher.published == []
+    assert delivery.settled == ["ack"]
+
+
+async def test_a_transient_failure_retries_with_its_attempt_and_the_last_attempt_dead_letters() -> None:
+    transient = FetchTransient("connection refused", code="connect_error")
+    first, publisher, pages = FakeDelivery(), FakePublisher(), FakePages(AttemptStart(1, already_done=False))
+    await pipeline(pages, publisher, FakeFetcher(transient)).handle(first)
+    last, dead_pages = FakeDelivery(), FakePages(AttemptStart(3, already_done=False))
+    await pipeline(dead_pages, publisher, FakeFetcher(transient)).handle(last)
+    (retry_queue, retry_headers), (dead_queue, dead_headers) = publisher.published
+    assert retry_queue.startswith("kubecrawl.metadata.retry.")
+    assert (retry_headers["x-kubecrawl-code"], retry_headers["x-kubecrawl-attempt"]) == ("connect_error", 1)
+    assert [f["permanent"] for f in pages.failed] == [False]
+    assert dead_queue == "kubecrawl.dead"
+    assert "gave up after 3 attempts" in dead_headers["x-kubecrawl-reason"]
+    assert [f["permanent"] for f in dead_pages.failed] == [True]
+    assert first.settled == last.settled == ["ack"]
+
+
+async def test_a_poison_message_is_dead_lettered_as_invalid_message() -> None:
+    delivery, publisher = FakeDelivery(b'{"schema_version": 2, "url": "x"}'), FakePublisher()
+    await pipeline(FakePages(AssertionError("must not start")), publisher).handle(delivery)
+    [(queue, headers)] = publisher.published
+    assert (queue, headers["x-kubecrawl-code"]) == ("kubecrawl.dead", "invalid_message")
+    assert delivery.settled == ["ack"]
+
+
+async def test_a_dead_letter_that_cannot_be_published_is_rejected_to_the_queues_dead_letter_exchange() -> None:
+    delivery = FakeDelivery(b"not json")
+    await pipeline(FakePages(AssertionError("must not start")), FakePublisher(PublisherNotReady())).handle(delivery)
+    assert delivery.settled == ["reject"]
+
+
+async def test_an_unexpected_error_puts_the_message_back_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settling, "_REQUEUE_PAUSE_SECONDS", 0)
+    delivery, publisher = FakeDelivery(), FakePublisher()
+    fetcher = FakeFetcher(RuntimeError("extractor bug"))
+    await pipeline(FakePages(AttemptStart(1, already_done=False)), publisher, fetcher).handle(delivery)
+    assert fetcher.calls == 1
+    assert publisher.published == []
+    assert delivery.settled == ["requeue"]
