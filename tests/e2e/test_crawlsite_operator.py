@@ -9,11 +9,13 @@ import asyncio
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubecrawl.core.sites import schedule_key
 from kubecrawl.operator.reconcile.naming import cronjob_name
@@ -364,11 +366,25 @@ async def test_a_cronjob_deleted_by_hand_is_recreated(kube: Kube, namespace: str
     assert "resync.kubecrawl.io/requested" in site["metadata"]["annotations"]
 
 
-async def test_api_outage_is_surfaced_as_not_synced_and_heals_on_return(
+def reconcile_errors(operator: OperatorProcess) -> dict[tuple[str, str], float]:
+    """``kubecrawl_operator_reconcile_errors_total`` from the operator's /metrics, by (kind, reason)."""
+    with urllib.request.urlopen(operator.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.labels["kind"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "kubecrawl_operator_reconcile_errors"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+async def test_api_outage_is_surfaced_as_not_synced_counted_as_reconcile_errors_and_heals_on_return(
     kube: Kube, namespace: str, operator: OperatorProcess, services: Services
 ) -> None:
     await asyncio.to_thread(operator.restart, KUBECRAWL_API_URL="http://127.0.0.1:9")  # nothing listens on 9
     try:
+        assert reconcile_errors(operator).get(("CrawlSite", "SyncFailed"), 0) == 0  # a fresh process
         await kube.aapply(crawlsite("outage", schedule="@weekly"), namespace)
         await wait_cronjob(kube, namespace, "outage")  # the schedule does not wait for the API
         site = await wait_status(
@@ -377,6 +393,16 @@ async def test_api_outage_is_surfaced_as_not_synced_and_heals_on_return(
         assert condition(site, "Synced")["status"] == "False"
         assert condition(site, "Ready")["status"] == "False"
         await wait_event(kube, namespace, "outage", "SyncFailed")
+
+        async def counted() -> dict[tuple[str, str], float] | None:
+            errors = await asyncio.to_thread(reconcile_errors, operator)
+            # The failed sync, and the status refresher's failed reads of the API (every 2 s here).
+            wanted = ("CrawlSite", "SyncFailed"), ("CrawlSite", "StatusRefreshFailed")
+            return errors if all(errors.get(key, 0) >= 1 for key in wanted) else None
+
+        errors = await eventually(counted, timeout=REACT, what="reconcile errors on the operator's /metrics")
+        # The CronJob half worked: it is not counted.
+        assert ("CrawlSite", "CronJobError") not in errors
     finally:
         await asyncio.to_thread(operator.restart, KUBECRAWL_API_URL=services.api_url)
     await wait_status(kube, namespace, "outage", ready)

@@ -34,6 +34,7 @@ from alembic.script import ScriptDirectory
 from pydantic import BaseModel
 
 from kubecrawl.core.settings import Settings
+from kubecrawl.operator.handlers import pools
 from kubecrawl.operator.reconcile import naming
 from kubecrawl.operator.settings import OperatorSettings
 from kubecrawl.store.migrating import alembic_config
@@ -443,6 +444,22 @@ def test_worker_grace_period_follows_the_fetch_and_publisher_timeouts(helm: Helm
     # Rounded up. (--set-json: helm's --set passes 7.25 on as a string, which the values schema refuses.)
     assert grace("--set-json", "config.fetch.timeoutSeconds=7.25", "--set", "worker.drainMarginSeconds=0") == 45
     assert grace("--set", "worker.terminationGracePeriodSeconds=45") == 45
+
+
+def test_operator_grace_period_covers_a_pool_daemons_stop(helm: Helm) -> None:
+    def grace(*args: str) -> int:
+        objects = index(render(helm, *args))
+        value: int = objects["Deployment", f"{FULLNAME}-operator"]["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+        return value
+
+    # A daemon finishes its poll (backoff), then is cancelled and unwinds (timeout); then kopf's cleanup runs.
+    stop = pools.CANCELLATION_BACKOFF_SECONDS + pools.CANCELLATION_TIMEOUT_SECONDS
+    assert stop > 30  # longer than Kubernetes' default grace period: why the chart sets one
+    assert grace() == 45
+    assert grace() >= stop + 5  # room for the cleanup handlers
+    assert grace("--set", "operator.terminationGracePeriodSeconds=90") == 90
 
 
 def test_workers_and_api_get_their_pod_name_from_the_downward_api(

@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubecrawl.broker.base import PublisherState
 from kubecrawl.core import metrics
 from kubecrawl.core.models import CrawlPageState
+from kubecrawl.operator.failures import Kind
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -42,6 +43,7 @@ ENUM_VALUES = {
     ("kubecrawl_crawl_pages_total", "state"): {s.value for s in CrawlPageState},
     ("kubecrawl_pool_queue_messages", "state"): {"ready", "unacked"},
     ("kubecrawl_pool_scale_total", "direction"): {"up", "down"},
+    ("kubecrawl_operator_reconcile_errors_total", "kind"): set(get_args(Kind)),
 }
 _SELECTOR = re.compile(r"\b(kubecrawl_[a-z0-9_]+)(?:\{([^}]*)\})?")
 _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')

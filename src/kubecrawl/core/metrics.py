@@ -69,3 +69,12 @@ POOL_REACTION = Histogram(
     ["direction"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
+
+# Operator reconciliations that failed, one per failed step (a CrawlSite's CronJob, its API sync, a status refresh;
+# a pool's poll or /scale write), by the object's kind and the reason its Warning Event / log names. No object
+# names: the CrawlSite's conditions and Events, and the operator's logs, say which object.
+OPERATOR_RECONCILE_ERRORS = Counter(
+    "kubecrawl_operator_reconcile_errors",
+    "Failed operator reconciliation steps by object kind (CrawlSite, CrawlWorkerPool) and reason.",
+    ["kind", "reason"],
+)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
+from kubecrawl.operator import failures
 from kubecrawl.operator.cronjobs import CronJobRejected, CronJobs
 from kubecrawl.operator.reconcile import naming
 from kubecrawl.operator.reconcile import status as st
@@ -42,6 +43,11 @@ class Result:
     events: list[Event] = field(default_factory=list)
     # Transient failures: the handler is re-run later. Permanent ones wait for a spec change.
     retry: bool = False
+
+    @property
+    def failed_steps(self) -> list[str]:
+        """The reasons of the steps that failed: every failure posts exactly one Warning Event, nothing else does."""
+        return [event.reason for event in self.events if event.type == "Warning"]
 
     def status(self, previous: dict[str, Any], generation: int | None, now: datetime) -> dict[str, Any]:
         """The desired status fields this reconciliation decides (None = remove)."""
@@ -164,6 +170,9 @@ class Reconciler:
             if settled and _is_synced(current) and not await self.api.has_site(site.namespace, site.name):
                 drifted = True
         except (TransientError, ApiRejected) as exc:
+            # Caught (and counted) here so the CronJob half's lastScheduleTime is still written; the caller
+            # (refreshing.py) counts only what fails on its side of this call.
+            failures.count(failures.CRAWLSITE, failures.STATUS_REFRESH_FAILED)
             log.warning("status_refresh_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)
         return st.status_patch(current, desired), drifted
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
+from kubecrawl.operator import failures
 from kubecrawl.operator.crawlsites import CrawlSites
 from kubecrawl.operator.reconcile import status as st
 from kubecrawl.operator.reconcile.cronjobs import SiteRef
@@ -47,6 +48,7 @@ class StatusRefresher:
                 try:
                     await self.refresh(item)
                 except Exception:  # a bug for one site must not end the loop for all of them
+                    failures.count(failures.CRAWLSITE, failures.INTERNAL_ERROR)
                     log.exception("status_refresh_crashed", site=f"{item['namespace']}/{item['name']}")
 
         while True:
@@ -67,4 +69,5 @@ class StatusRefresher:
                 log.info("drift_detected", site=f"{site.namespace}/{site.name}")
                 await self._sites.request_resync(site.namespace, site.name, st.timestamp(now()))
         except KubecrawlError as exc:  # this round is lost for this site; the next one tries again
+            failures.count(failures.CRAWLSITE, failures.STATUS_REFRESH_FAILED)
             log.warning("status_refresh_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)

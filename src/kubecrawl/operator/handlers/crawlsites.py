@@ -10,6 +10,7 @@ import kopf
 
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
+from kubecrawl.operator import failures
 from kubecrawl.operator.reconcile import status as st
 from kubecrawl.operator.reconcile.cronjobs import SiteRef
 from kubecrawl.operator.reconcile.retrying import handler_retry_delay
@@ -45,12 +46,18 @@ async def reconcile_site(
     site = SiteRef(meta["namespace"], meta["name"], meta["uid"])
     status = _plain(body.get("status"))
     generation = meta.get("generation")
-    result = await reconciler.reconcile(site, _plain(body.get("spec")), status, generation)
-    _apply(result, body, status, generation, patch)
+    try:
+        result = await reconciler.reconcile(site, _plain(body.get("spec")), status, generation)
+        _apply(result, body, status, generation, patch)
+    except Exception:
+        # A bug (every expected failure is in the result): kopf logs the traceback and retries the handler.
+        failures.count(failures.CRAWLSITE, failures.INTERNAL_ERROR)
+        raise
+    for reason in result.failed_steps:
+        failures.count(failures.CRAWLSITE, reason)
     if result.retry:
-        reasons = ", ".join(e.reason for e in result.events if e.type == "Warning")
         # The status patch above is applied by kopf even though the handler fails: the conditions say why.
-        raise kopf.TemporaryError(f"will retry: {reasons}", delay=handler_retry_delay(retry))
+        raise kopf.TemporaryError(f"will retry: {', '.join(result.failed_steps)}", delay=handler_retry_delay(retry))
 
 
 def index_site(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -80,6 +87,7 @@ async def forget_site(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     try:
         await reconciler.api.delete_site(namespace, name)
     except (TransientError, ApiRejected) as exc:
+        failures.count(failures.CRAWLSITE, failures.FORGET_FAILED)
         log.warning("site_forget_failed", site=f"{namespace}/{name}", error=exc.detail)
     else:
         log.info("site_forgotten", site=f"{namespace}/{name}")

@@ -17,6 +17,7 @@ import kopf
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
+from kubecrawl.operator import failures
 from kubecrawl.operator.pools.scaler import PoolRef, PoolRuntime
 from kubecrawl.operator.pools.workloads import PLURAL
 from kubecrawl.operator.reconcile.naming import GROUP, VERSION
@@ -26,9 +27,10 @@ from kubecrawl.operator.settings import OperatorSettings
 log = get_logger(__name__)
 
 # A stopping daemon may finish the poll it is in (its requests time out within the networking settings' 30 s);
-# after that it is cancelled, with 5 s more to unwind.
-_CANCELLATION_BACKOFF_SECONDS = 30.0
-_CANCELLATION_TIMEOUT_SECONDS = 5.0
+# after that it is cancelled, with 5 s more to unwind. The chart's operator.terminationGracePeriodSeconds covers
+# both (tests/e2e/test_helm.py checks it).
+CANCELLATION_BACKOFF_SECONDS = 30.0
+CANCELLATION_TIMEOUT_SECONDS = 5.0
 
 
 async def scale_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
@@ -50,9 +52,11 @@ async def scale_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped:
                 await scaler.poll(dict(body.get("spec") or {}), meta.get("generation"))
             except KubecrawlError as exc:
                 # Kubernetes API trouble (the broker's is handled inside the poll): poll again, state kept.
+                failures.count(failures.POOL, failures.POLL_FAILED)
                 log.warning("pool_poll_failed", pool=str(ref), error=exc.detail, code=exc.code)
             except Exception:
                 # A bug: loud (with the traceback), but the pool keeps being served.
+                failures.count(failures.POOL, failures.INTERNAL_ERROR)
                 log.exception("pool_poll_crashed", pool=str(ref))
             # Fixed rate: a slow poll shortens the wait; one that overran starts the next at once, no burst after.
             due = max(due + scaler.interval, loop.time())
@@ -84,6 +88,6 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
         PLURAL,
         registry=registry,
         id="scale",
-        cancellation_backoff=_CANCELLATION_BACKOFF_SECONDS,
-        cancellation_timeout=_CANCELLATION_TIMEOUT_SECONDS,
+        cancellation_backoff=CANCELLATION_BACKOFF_SECONDS,
+        cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS,
     )(scale_pool)

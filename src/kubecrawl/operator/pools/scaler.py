@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from kubecrawl.core import metrics
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator import cronjobs
+from kubecrawl.operator import cronjobs, failures
 from kubecrawl.operator.cronjobs import KubernetesUnavailable
 from kubecrawl.operator.pools.probing import AmqpDepth, BrokerProbe, ManagementApi, MetricsUnavailable, vhost_of
 from kubecrawl.operator.pools.workloads import Pod, Scale, ScaleConflict, Workloads
@@ -159,6 +159,8 @@ class PoolScaler:
                     await self._workloads.set_deletion_costs(namespace, changes)
             await self._write(spec, scale, decision.replicas)
         except KubernetesUnavailable as exc:
+            if not isinstance(exc, ScaleConflict):  # someone else scaled meanwhile: the next poll decides again
+                failures.count(failures.POOL, failures.SCALE_FAILED)
             log.warning("pool_scale_failed", pool=str(self.ref), replicas=decision.replicas, error=exc.detail)
             return False
         written = self._clock()
