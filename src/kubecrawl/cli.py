@@ -6,8 +6,9 @@ Each command builds ``Settings`` from the environment, configures logging once, 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -17,6 +18,7 @@ from kubecrawl.core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 log = get_logger("kubecrawl.cli")
+T = TypeVar("T")
 
 
 def _settings(service: str, **overrides: object) -> Settings:
@@ -24,6 +26,18 @@ def _settings(service: str, **overrides: object) -> Settings:
     settings = settings.model_copy(update={"service_name": f"kubecrawl-{service}"})
     configure_logging(settings.service_name, log_format=settings.log_format, level=settings.log_level)
     return settings
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a process's main coroutine on uvloop, as uvicorn already runs the API (``uvicorn[standard]``): its event
+    loop, in C, took 5-15 % off the embedded crawl's time per page (bench/crawl_vs_scrapy.py). Plain asyncio where
+    uvloop does not exist (Windows)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _serve(app_: object, host: str, port: int) -> None:
@@ -61,7 +75,7 @@ def worker(
     from kubecrawl.worker.runtime import run_worker
 
     settings = _settings("worker")
-    asyncio.run(run_worker(settings, metrics_port=metrics_port or None))
+    _run(run_worker(settings, metrics_port=metrics_port or None))
 
 
 @app.command()
@@ -107,7 +121,7 @@ def standalone(
             finally:
                 schedules.cancel()
 
-    asyncio.run(main())
+    _run(main())
 
 
 @app.command()
@@ -164,7 +178,7 @@ def crawl(
             progress.update(task, completed=finished, total=max(counters.discovered, 1), failed=counters.failed)
 
         try:
-            result = asyncio.run(crawl_once(settings, spec, on_progress=show))
+            result = _run(crawl_once(settings, spec, on_progress=show))
         except KubecrawlError as exc:
             console.print(f"[red]{exc.code}:[/red] {exc.detail}")
             raise typer.Exit(2) from exc
@@ -246,7 +260,7 @@ def trigger(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--site") from exc
     api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS)
-    raise typer.Exit(asyncio.run(run_trigger(api, request)))
+    raise typer.Exit(_run(run_trigger(api, request)))
 
 
 def main() -> None:
