@@ -158,7 +158,10 @@ _BEGIN_PAGES = (
     update(crawl_pages)
     .where(
         crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)),
-        crawl_pages.c.crawl_id == bindparam("p_crawl_id"),
+        # The pages are found by primary key; the crawl is only checked. Written as ``crawl_id || ''`` so that no
+        # index on crawl_id applies: with statistics from before the crawl (a first crawl), PostgreSQL took
+        # ``crawl_id = $1`` for a few rows and walked all of the crawl's pages for each batch (auto_explain).
+        crawl_pages.c.crawl_id.concat("") == bindparam("p_crawl_id"),
         crawl_pages.c.state.in_((P.QUEUED.value, P.FETCHING.value)),
     )
     .values(state=P.FETCHING.value, attempts=crawl_pages.c.attempts + 1, updated_at=bindparam("p_now"))
@@ -606,8 +609,15 @@ class CrawlStore:
     ) -> _SettledBatch | None:
         """PostgreSQL: the whole batch is one call of ``kubecrawl_finish_pages`` (migration 0003), in a transaction
         of its own, so the crawl row stays locked for the server's work only, not for the worker's round trips."""
+        known = self._memo(crawl_id).known
         outcomes = [
-            {"id": page_id, **_outcome_values(outcome), "counted": _counted(outcome)} for page_id, outcome in items
+            {
+                "id": page_id,
+                **_outcome_values(outcome),
+                "counted": _counted(outcome),
+                "new_links": [url for url in outcome.new_links if url not in known],
+            }
+            for page_id, outcome in items
         ]
         async with self._autocommit.connect() as conn:
             result = (
@@ -615,6 +625,13 @@ class CrawlStore:
             ).scalar_one()
         if result is None or not result["settled"]:
             return None
+        # The links of the settled outcomes (the first one per page) are now in the frontier, or were cut by
+        # maxPages, which then admits no page ever again: either way they need no probe in a later batch.
+        settled = set(result["settled"])
+        for outcome in outcomes:
+            if outcome["id"] in settled:
+                settled.discard(outcome["id"])
+                known.update(outcome["new_links"])
         return _SettledBatch(
             settled=result["settled"],
             state=CrawlState(result["state"]),

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -142,7 +143,23 @@ crawl_pages = Table(
     Column("fetched_at", DateTime(timezone=True)),
     UniqueConstraint("crawl_id", "url", name="uq_crawl_pages_crawl_id_url"),
     Index("ix_crawl_pages_crawl_state", "crawl_id", "state", "depth", "id"),
-    Index("ix_crawl_pages_crawl_seq", "crawl_id", "seq"),
+    # Partial (migration 0004): settled pages only, what the SSE resume reads.
+    Index(
+        "ix_crawl_pages_crawl_seq",
+        "crawl_id",
+        "seq",
+        postgresql_where=text("seq IS NOT NULL"),
+        sqlite_where=text("seq IS NOT NULL"),
+    ),
+    # The refill's order (shallowest PENDING first), without a sort however large the crawl.
+    Index(
+        "ix_crawl_pages_pending",
+        "crawl_id",
+        "depth",
+        "id",
+        postgresql_where=text("state = 'PENDING'"),
+        sqlite_where=text("state = 'PENDING'"),
+    ),
 )
 
 crawl_hosts = Table(

@@ -24,7 +24,9 @@ branch_labels = None
 depends_on = None
 
 # p_outcomes: a JSON array, one object per delivered outcome in arrival order: the crawl_pages columns an outcome
-# writes (id, state, http_status, …, outlinks) plus "counted", the crawl counters it moves ({"fetched": 1, …}).
+# writes (id, state, http_status, …, outlinks), "counted", the crawl counters it moves ({"fetched": 1, …}), and
+# "new_links", the links to add to the frontier: its in-scope links less those the worker already knows to be in
+# the frontier (``_CrawlMemo``), so that the 25 links of a typical page cost no index probe each.
 # Only the first outcome of a page still FETCHING is settled. Returns NULL when the crawl does not exist, else
 # {"state", "previous_state", "settled": [page ids], "publish": [[id, url, depth], …]}.
 FINISH_PAGES = r"""
@@ -47,6 +49,9 @@ DECLARE
     v_remaining int;
     v_room int;
     v_added int := 0;
+    v_urls text[];
+    v_depths int[];
+    v_i int;
     v_taken int := 0;
     v_publish jsonb := '[]';
     v_finished timestamptz := NULL;
@@ -57,7 +62,17 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    -- The first outcome of each page still FETCHING, numbered in arrival order: the SSE sequence.
+    -- The pages still FETCHING, locked (a concurrent retry_page of a redelivered copy waits), looked up by their
+    -- primary key alone: a condition on crawl_id would let stale statistics walk the crawl's every page.
+    SELECT coalesce(array_agg(locked.id), '{}') INTO v_settled_ids
+    FROM (
+        SELECT p.id FROM crawl_pages p
+        WHERE p.id = ANY (ARRAY(SELECT (e.doc ->> 'id')::bigint FROM jsonb_array_elements(p_outcomes) AS e(doc)))
+          AND p.state = 'FETCHING'
+        FOR UPDATE
+    ) AS locked;
+
+    -- The first outcome of each of those pages, numbered in arrival order: the SSE sequence.
     WITH outcome AS (
         SELECT DISTINCT ON (r.id) r.*, e.doc, e.ord
         FROM jsonb_array_elements(p_outcomes) WITH ORDINALITY AS e(doc, ord),
@@ -66,11 +81,7 @@ BEGIN
     ), fetching AS (
         SELECT o.*, row_number() OVER (ORDER BY o.ord) AS n
         FROM outcome o
-        WHERE o.id IN (
-            SELECT p.id FROM crawl_pages p
-            WHERE p.id IN (SELECT id FROM outcome) AND p.state = 'FETCHING'
-            FOR UPDATE
-        )
+        WHERE o.id = ANY (v_settled_ids)
     ), settled AS (
         UPDATE crawl_pages p SET
             state = f.state, seq = v_crawl.version + f.n, fetched_at = p_now, updated_at = p_now,
@@ -80,9 +91,9 @@ BEGIN
             links = f.links, error_code = f.error_code, error = f.error
         FROM fetching f
         WHERE p.id = f.id
-        RETURNING p.id, p.depth, p.outlinks, f.doc -> 'counted' AS counted, f.n
+        RETURNING p.id, p.depth, coalesce(f.doc -> 'new_links', '[]') AS new_links, f.doc -> 'counted' AS counted, f.n
     )
-    SELECT coalesce(jsonb_agg(jsonb_build_object('depth', s.depth, 'links', s.outlinks, 'n', s.n)), '[]'),
+    SELECT coalesce(jsonb_agg(jsonb_build_object('depth', s.depth, 'links', s.new_links, 'n', s.n)), '[]'),
            coalesce(array_agg(s.id ORDER BY s.n), '{}'),
            count(*),
            coalesce(sum((s.counted ->> 'fetched')::int), 0),
@@ -103,25 +114,38 @@ BEGIN
         v_remaining := greatest(0, (v_crawl.config -> 'scope' ->> 'maxPages')::int - v_crawl.discovered);
         IF v_remaining > 0 THEN
             -- New links, deduplicated, in the order they were found; each at its finder's depth + 1.
-            WITH candidate AS (
+            SELECT coalesce(array_agg(c.url ORDER BY c.n, c.k), '{}'),
+                   coalesce(array_agg(c.depth ORDER BY c.n, c.k), '{}')
+            INTO v_urls, v_depths
+            FROM (
                 SELECT DISTINCT ON (l.url) l.url, (s.depth + 1) AS depth, s.n, l.k
                 FROM jsonb_to_recordset(v_settled) AS s(depth int, links jsonb, n int),
-                     LATERAL jsonb_array_elements_text(
-                         CASE WHEN jsonb_typeof(s.links) = 'array' THEN s.links ELSE '[]'::jsonb END
-                     ) WITH ORDINALITY AS l(url, k)
+                     LATERAL jsonb_array_elements_text(s.links) WITH ORDINALITY AS l(url, k)
                 ORDER BY l.url, s.n, l.k
-            ), fresh AS (
-                SELECT c.url, c.depth, c.n, c.k FROM candidate c
-                WHERE NOT EXISTS (SELECT 1 FROM crawl_pages p WHERE p.crawl_id = p_crawl_id AND p.url = c.url)
-                ORDER BY c.n, c.k
-                LIMIT v_remaining
-            ), inserted AS (
-                INSERT INTO crawl_pages (crawl_id, url, depth, state, attempts, created_at, updated_at)
-                SELECT p_crawl_id, f.url, f.depth, 'PENDING', 0, p_now, p_now FROM fresh f ORDER BY f.n, f.k
-                ON CONFLICT (crawl_id, url) DO NOTHING
-                RETURNING 1
-            )
-            SELECT count(*) INTO v_added FROM inserted;
+            ) AS c;
+            -- The unique key decides what is new: a probe per link, never a join with the crawl's pages (with a
+            -- first crawl's stale statistics the planner chose to read them all, per batch).
+            IF cardinality(v_urls) <= v_remaining THEN
+                WITH inserted AS (
+                    INSERT INTO crawl_pages (crawl_id, url, depth, state, attempts, created_at, updated_at)
+                    SELECT p_crawl_id, u.url, u.depth, 'PENDING', 0, p_now, p_now
+                    FROM unnest(v_urls, v_depths) WITH ORDINALITY AS u(url, depth, i)
+                    ORDER BY u.i
+                    ON CONFLICT (crawl_id, url) DO NOTHING
+                    RETURNING 1
+                )
+                SELECT count(*) INTO v_added FROM inserted;
+            ELSE  -- more links than maxPages admits: the first new ones, in order
+                FOR v_i IN 1 .. cardinality(v_urls) LOOP
+                    EXIT WHEN v_added >= v_remaining;
+                    INSERT INTO crawl_pages (crawl_id, url, depth, state, attempts, created_at, updated_at)
+                    VALUES (p_crawl_id, v_urls[v_i], v_depths[v_i], 'PENDING', 0, p_now, p_now)
+                    ON CONFLICT (crawl_id, url) DO NOTHING;
+                    IF FOUND THEN
+                        v_added := v_added + 1;
+                    END IF;
+                END LOOP;
+            END IF;
         END IF;
 
         v_room := (v_crawl.config -> 'politeness' ->> 'maxConcurrency')::int - v_in_flight;
