@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.memory import MemoryBroker, MemoryDelivery
@@ -387,3 +387,37 @@ async def test_the_sweep_resumes_a_crawl_whose_window_publish_failed(engine: Asy
     current = await store.get(crawl.id)
     assert current is not None
     assert (current.state, current.in_flight) == (CrawlState.QUEUED, 2)
+
+
+async def test_the_refill_reads_the_pending_index_under_a_first_crawls_stale_statistics(settings: Settings) -> None:
+    """A first crawl: crawl_pages grows from empty with no statistics, so PostgreSQL guesses that a crawl_id matches
+    a handful of rows. The refill must still take the shallowest PENDING pages from their own index, in order,
+    never by walking every page of the crawl (auto_explain showed that at 1-3 ms per batch on 2,000 pages)."""
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:
+        store = CrawlStore(engine)
+        config = CrawlSiteSpec(url="http://site.test/").model_dump(mode="json", by_alias=True)
+        crawl, _, _ = await store.create(
+            "default", "stale", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
+        )
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO crawl_pages (crawl_id, url, depth, state, attempts, created_at, updated_at) "
+                    "SELECT :crawl_id, 'http://site.test/p' || i, 1, 'PENDING', 0, now(), now() "
+                    "FROM generate_series(1, 3000) AS i"
+                ),
+                {"crawl_id": crawl.id},
+            )
+            rows = await conn.execute(
+                text(
+                    "EXPLAIN SELECT id FROM crawl_pages WHERE crawl_id = :crawl_id AND state = 'PENDING' "
+                    "ORDER BY depth, id LIMIT 16"
+                ),
+                {"crawl_id": crawl.id},
+            )
+            refill_plan = "\n".join(row[0] for row in rows)
+    finally:
+        await engine.dispose()
+    assert "ix_crawl_pages_pending" in refill_plan, refill_plan
+    assert "Sort" not in refill_plan, refill_plan
