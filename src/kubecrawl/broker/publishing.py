@@ -215,11 +215,18 @@ class RabbitPublisher:
         )
         for attempt in range(1, self._settings.max_connection_attempts + 1):
             delay = next(delays)
+            if self._state in (S.CLOSING, S.CLOSED):  # close() was called while this start() backed off
+                raise ConnectionLost("publisher closed while connecting")
             log.info("rmq_connect_attempt", attempt=attempt, next_delay_s=delay)
             try:
                 async with self._lock:
                     self._set_state(S.CONNECTING)
                     await self._open(failure_state=S.DISCONNECTED)
+            except InvalidTransition as exc:
+                if self._state not in (S.CLOSING, S.CLOSED):
+                    raise
+                # close() moved the state on while this attempt was connecting; _open closed what it opened.
+                raise ConnectionLost("publisher closed while connecting") from exc
             except _CONNECT_ERRORS as exc:
                 log.warning("rmq_connect_failed", attempt=attempt, error=repr(exc))
                 if attempt == self._settings.max_connection_attempts:

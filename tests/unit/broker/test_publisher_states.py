@@ -73,6 +73,30 @@ async def test_start_fails_fast_after_max_attempts_with_the_seed_backoff() -> No
     assert publisher.state is S.DISCONNECTED
 
 
+async def test_close_during_start_up_backoff_ends_start_with_connection_lost_and_state_closed() -> None:
+    """A shutdown (SIGTERM) while start() still waits between attempts: start() gives up at once with a clear
+    error instead of a state-machine error, and the publisher stays CLOSED."""
+    sleeping = asyncio.Event()
+
+    async def slow_sleep(seconds: float) -> None:
+        sleeping.set()
+        await asyncio.sleep(0.05)
+
+    publisher = RabbitPublisher(
+        "amqp://guest:guest@127.0.0.1:1/",  # nothing listens on port 1
+        PublisherSettings(),
+        metadata_max_length=10,
+        pages_max_length=10,
+        sleep=slow_sleep,
+    )
+    start = asyncio.create_task(publisher.start())
+    await sleeping.wait()
+    await publisher.close()
+    with pytest.raises(ConnectionLost, match="closed while connecting"):
+        await start
+    assert publisher.state is S.CLOSED
+
+
 async def test_publish_before_ready_fails_at_once_with_publisher_not_ready() -> None:
     publisher = RabbitPublisher("amqp://x/", PublisherSettings(), metadata_max_length=1, pages_max_length=1)
     with pytest.raises(PublisherNotReady):
