@@ -446,6 +446,18 @@ def test_worker_grace_period_follows_the_fetch_and_publisher_timeouts(helm: Helm
     assert grace("--set", "worker.terminationGracePeriodSeconds=45") == 45
 
 
+def test_worker_drain_timeout_ends_ten_seconds_before_its_grace_period(helm: Helm) -> None:
+    def drain_and_grace(*args: str) -> tuple[float, int]:
+        objects = index(render(helm, *args))
+        env = {var["name"]: var for var in container(objects, "Deployment", f"{FULLNAME}-worker")["env"]}
+        spec = objects["Deployment", f"{FULLNAME}-worker"]["spec"]["template"]["spec"]
+        return float(env["KUBECRAWL_DRAIN_TIMEOUT_SECONDS"]["value"]), spec["terminationGracePeriodSeconds"]
+
+    assert drain_and_grace() == (80.0, 90)
+    assert drain_and_grace("--set", "worker.terminationGracePeriodSeconds=300") == (290.0, 300)
+    assert drain_and_grace("--set", "worker.terminationGracePeriodSeconds=5") == (1.0, 5)
+
+
 def test_operator_grace_period_covers_a_pool_daemons_stop(helm: Helm) -> None:
     def grace(*args: str) -> int:
         objects = index(render(helm, *args))
@@ -532,7 +544,9 @@ def test_chart_defaults_are_the_code_defaults(
         default_objects, container(default_objects, "Deployment", f"{FULLNAME}-worker")
     ).items():
         clean_env.setenv(var, value)
-    assert Settings().model_dump(exclude={"database_url", "rabbitmq_url"}) == {**code_defaults, "pod_name": "pod-0"}
+    # The drain timeout is derived, not a default: 10 s short of the worker's grace period (90 s by default).
+    derived = {"pod_name": "pod-0", "drain_timeout_seconds": 80.0}
+    assert Settings().model_dump(exclude={"database_url", "rabbitmq_url"}) == {**code_defaults, **derived}
     for var, value in environment(
         default_objects, container(default_objects, "Deployment", f"{FULLNAME}-operator")
     ).items():

@@ -72,6 +72,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         KUBECRAWL_LOG_FORMAT="json",
         KUBECRAWL_METADATA_QUEUE_MAX_LENGTH=str(settings.metadata_queue_max_length),
         KUBECRAWL_PREFETCH_COUNT=str(settings.prefetch_count),
+        KUBECRAWL_DRAIN_TIMEOUT_SECONDS=str(settings.drain_timeout_seconds),
         KUBECRAWL_PUBLISHER__INITIAL_BACKOFF_SECONDS=str(settings.publisher.initial_backoff_seconds),
         KUBECRAWL_PUBLISHER__MAX_BACKOFF_SECONDS=str(settings.publisher.max_backoff_seconds),
         KUBECRAWL_RETRY__MAX_ATTEMPTS=str(settings.retry.max_attempts),
@@ -167,8 +168,8 @@ class WorkerProcess:
 def worker_process(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     procs: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
-        proc = WorkerProcess(settings, tmp_path / f"worker-{len(procs)}.log")
+    def start(**overrides: object) -> WorkerProcess:
+        proc = WorkerProcess(settings.model_copy(update=overrides), tmp_path / f"worker-{len(procs)}.log")
         procs.append(proc)
         proc.wait_started()
         return proc

@@ -65,7 +65,7 @@ async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: Ra
         async with asyncio.timeout(30):
             while len(received) < count:
                 await asyncio.sleep(0.05)
-        await consumer.drain()
+        await consumer.drain(timeout_seconds=30)
     finally:
         await consumer.close()
         await publisher.close()
@@ -113,7 +113,7 @@ async def test_the_consumer_takes_at_most_prefetch_count_unacked_messages(rabbit
         async with asyncio.timeout(30):
             while len(received) < 10:
                 await asyncio.sleep(0.05)
-        await consumer.drain()
+        await consumer.drain(timeout_seconds=30)
     finally:
         release.set()
         await consumer.close()

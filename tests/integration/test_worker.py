@@ -195,6 +195,34 @@ async def test_worker_sigterm_mid_message_finishes_acks_once_and_exits_0(
     assert await count_rows(settings, url) == 1
 
 
+async def test_worker_sigterm_gives_back_what_outlasts_the_drain_timeout_and_exits_0(
+    api: ApiHandle, site: Site, worker_process, rabbit: RabbitServer, vhost: str, settings: Settings
+) -> None:
+    """A message still running when the drain timeout ends (a slow site, a long politeness wait) goes back to the
+    queue, and the process exits on its own instead of being killed at the end of the grace period."""
+    entered, release = _held_page(site)
+    proc = await asyncio.to_thread(worker_process, drain_timeout_seconds=1.0)
+    url = site.url("/held")
+    await api.client.post("/metadata", json={"url": url})
+    await asyncio.wait_for(entered.wait(), 30)
+    proc.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.proc.wait, 20)
+    assert code == 0, proc.output()
+    assert "worker_drain_timeout" in proc.output()
+
+    async def given_back() -> bool:  # the management API's figures lag by its stats interval
+        info = await asyncio.to_thread(rabbit.queue, vhost, "kubecrawl.metadata")
+        return bool(info.get("messages_ready", 0) == 1)
+
+    await eventually(given_back, what="the message back in its queue")
+    release.set()
+    await asyncio.to_thread(worker_process)
+    record = await wait_final(api.client, url)
+    assert record["status"] == "COMPLETED"
+    assert record["attempts"] == 2  # the given-back delivery counts, as after a crash
+    assert await count_rows(settings, url) == 1
+
+
 async def test_worker_killed_mid_message_is_redelivered_and_stored_once_with_attempts(
     api: ApiHandle, site: Site, worker_process, settings: Settings
 ) -> None:

@@ -218,14 +218,29 @@ class RabbitConsumer:
 
         return on_message
 
-    async def drain(self) -> None:
+    async def drain(self, timeout_seconds: float) -> int:
+        """Stop consuming, wait up to ``timeout_seconds`` for the messages in flight, then cancel the rest.
+
+        A cancelled handler never acks: its message goes back to the queue when the channel closes (redelivered,
+        its attempt counted, as after a crash). Returns how many were given back."""
         self._draining = True
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
         self._consumers.clear()
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(list(self._tasks), timeout=remaining)
+        unfinished = list(self._tasks)
+        if unfinished:
+            log.warning("worker_drain_timeout", given_back=len(unfinished), timeout_s=timeout_seconds)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        return len(unfinished)
 
     async def close(self) -> None:
         if self._channel is not None:

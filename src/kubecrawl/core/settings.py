@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # longest retry tier (300 s) plus a deep backlog's wait, so duplicates stay rare (they are harmless).
     lost_page_seconds: float = Field(default=900.0, gt=0)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # On SIGTERM a worker stops consuming and waits this long for its in-flight messages; the ones still running
+    # then (a long politeness wait, a slow site) are given back to the queue unacked, so the process exits on its
+    # own before Kubernetes' grace period ends in a SIGKILL. The chart sets it from that grace period.
+    drain_timeout_seconds: float = Field(default=60.0, gt=0)
 
     publisher: PublisherSettings = PublisherSettings()
     fetch: FetchSettings = FetchSettings()

@@ -1,8 +1,9 @@
 """Worker process: connect (with backoff), consume, and drain on SIGTERM.
 
-SIGTERM/SIGINT: stop consuming (basic.cancel), let in-flight messages finish and settle, close the channel,
-the publisher and the database, exit 0. Kubernetes' terminationGracePeriodSeconds must exceed the longest
-message (fetch timeout × redirects); the chart derives it from the fetch settings.
+SIGTERM/SIGINT: stop consuming (basic.cancel), let in-flight messages finish and settle for at most
+``KUBECRAWL_DRAIN_TIMEOUT_SECONDS`` (the rest go back to the queue unacked), close the channel, the publisher and
+the database, exit 0. The chart derives terminationGracePeriodSeconds from the fetch settings and the drain
+timeout from that, so the process ends on its own before a SIGKILL.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
             await stop.wait()
             log.info("worker_draining")
             sweeper.cancel()
-            await consumer.drain()
+            await consumer.drain(settings.drain_timeout_seconds)
     finally:
         await consumer.close()
         await publisher.close()
