@@ -430,13 +430,17 @@ def test_probes_hit_the_endpoints_on_the_ports_the_processes_listen_on(
         assert services[name]["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
+def _grace(objects: dict[tuple[str, str], dict[str, Any]], role: str) -> int:
+    """The rendered terminationGracePeriodSeconds of the ``role`` Deployment."""
+    value: int = objects["Deployment", f"{FULLNAME}-{role}"]["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
+    return value
+
+
 def test_worker_grace_period_follows_the_fetch_and_publisher_timeouts(helm: Helm) -> None:
     def grace(*args: str) -> int:
-        objects = index(render(helm, *args))
-        value: int = objects["Deployment", f"{FULLNAME}-worker"]["spec"]["template"]["spec"][
-            "terminationGracePeriodSeconds"
-        ]
-        return value
+        return _grace(index(render(helm, *args)), "worker")
 
     # 2 × fetch timeout (robots.txt, then the page) + 2 × confirm timeout + publisher shutdown + drain margin.
     assert grace() == 2 * 15 + 2 * 10 + 10 + 30
@@ -450,8 +454,7 @@ def test_worker_drain_timeout_ends_ten_seconds_before_its_grace_period(helm: Hel
     def drain_and_grace(*args: str) -> tuple[float, int]:
         objects = index(render(helm, *args))
         env = {var["name"]: var for var in container(objects, "Deployment", f"{FULLNAME}-worker")["env"]}
-        spec = objects["Deployment", f"{FULLNAME}-worker"]["spec"]["template"]["spec"]
-        return float(env["KUBECRAWL_DRAIN_TIMEOUT_SECONDS"]["value"]), spec["terminationGracePeriodSeconds"]
+        return float(env["KUBECRAWL_DRAIN_TIMEOUT_SECONDS"]["value"]), _grace(objects, "worker")
 
     assert drain_and_grace() == (80.0, 90)
     assert drain_and_grace("--set", "worker.terminationGracePeriodSeconds=300") == (290.0, 300)
@@ -460,11 +463,7 @@ def test_worker_drain_timeout_ends_ten_seconds_before_its_grace_period(helm: Hel
 
 def test_operator_grace_period_covers_a_pool_daemons_stop(helm: Helm) -> None:
     def grace(*args: str) -> int:
-        objects = index(render(helm, *args))
-        value: int = objects["Deployment", f"{FULLNAME}-operator"]["spec"]["template"]["spec"][
-            "terminationGracePeriodSeconds"
-        ]
-        return value
+        return _grace(index(render(helm, *args)), "operator")
 
     # A daemon finishes its poll (backoff), then is cancelled and unwinds (timeout); then kopf's cleanup runs.
     stop = pools.CANCELLATION_BACKOFF_SECONDS + pools.CANCELLATION_TIMEOUT_SECONDS

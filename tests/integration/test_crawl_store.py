@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,42 @@ async def engine(request: pytest.FixtureRequest, settings: Settings, tmp_path: P
         engine = create_engine(settings.database_url.get_secret_value(), pool_size=20)
     yield engine
     await engine.dispose()
+
+
+@dataclass
+class Handled:
+    delivery: MemoryDelivery
+    published: list[str]  # URLs of the page messages the pipeline published
+    dead: list[MemoryDelivery]
+
+
+async def _handle_page(store: CrawlStore, settings: Settings, task: PageTask, *, redelivered: bool = False) -> Handled:
+    """Run one page delivery through the real pipeline, on the in-process broker: what it settled and published."""
+    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
+    await broker.start()
+    try:
+        async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
+            pipeline = PagePipeline(
+                crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
+            )
+            body = task.model_dump_json().encode()
+            delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker, redelivered=redelivered)
+            await pipeline.handle(delivery)
+        published = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
+        return Handled(delivery, published, list(broker.dead))
+    finally:
+        await broker.close()
+
+
+async def _one_page_crawl(store: CrawlStore, name: str, url: str = "http://site.test/") -> tuple[str, PageTask]:
+    """A crawl of one seed page (robots.txt not consulted); its id and the seed's page message."""
+    config = CrawlSiteSpec.model_validate({"url": url, "politeness": {"respectRobotsTxt": False}}).model_dump(
+        mode="json", by_alias=True
+    )
+    crawl, _, (seed,) = await store.create(
+        "default", name, trigger="manual", idempotency_key=None, config=config, seeds=[url]
+    )
+    return crawl.id, PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0)
 
 
 async def test_completion_is_detected_exactly_once_when_the_last_pages_finish_together(engine: AsyncEngine) -> None:
@@ -175,31 +212,16 @@ async def test_a_redelivered_settled_page_republishes_the_window_its_lost_publis
     """A worker that died after committing an outcome and before publishing the refill: the redelivered message
     finds its page settled, and publishes the QUEUED pages again instead of leaving them to the 15-minute sweep."""
     store = CrawlStore(engine)
-    config = CrawlSiteSpec.model_validate(
-        {"url": "http://site.test/", "politeness": {"respectRobotsTxt": False}}
-    ).model_dump(mode="json", by_alias=True)
-    crawl, _, (seed,) = await store.create(
-        "default", "lost-refill", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
-    )
-    await store.begin_page(crawl.id, seed.page_id)
+    crawl_id, seed = await _one_page_crawl(store, "lost-refill")
+    await store.begin_page(crawl_id, seed.page_id)
     links = ["http://site.test/a", "http://site.test/b"]
-    result = await store.finish_page(crawl.id, seed.page_id, PageOutcome(CrawlPageState.DONE, new_links=links))
+    result = await store.finish_page(crawl_id, seed.page_id, PageOutcome(CrawlPageState.DONE, new_links=links))
     assert result is not None
     assert [ref.url for ref in result.to_publish] == links  # committed QUEUED; the "crash" publishes nothing
 
-    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
-    await broker.start()
-    async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-        pipeline = PagePipeline(
-            crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
-        )
-        body = PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0).model_dump_json().encode()
-        delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker, redelivered=True)
-        await pipeline.handle(delivery)
-    assert delivery.settled
-    republished = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
-    assert republished == links
-    await broker.close()
+    handled = await _handle_page(store, settings, seed, redelivered=True)
+    assert handled.delivery.settled
+    assert handled.published == links
 
 
 async def test_a_batch_writes_each_outcome_and_moves_every_counter(engine: AsyncEngine) -> None:
@@ -283,29 +305,15 @@ async def test_a_page_past_its_attempts_is_failed_dead_lettered_and_counted(
     engine: AsyncEngine, settings: Settings
 ) -> None:
     store = CrawlStore(engine)
-    config = CrawlSiteSpec.model_validate(
-        {"url": "http://site.test/", "politeness": {"respectRobotsTxt": False}}
-    ).model_dump(mode="json", by_alias=True)
-    crawl, _, (seed,) = await store.create(
-        "default", "attempts", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
-    )
+    crawl_id, seed = await _one_page_crawl(store, "attempts")
     for _ in range(settings.retry.max_attempts):  # deliveries that died mid-page (worker crashes)
-        assert await store.begin_page(crawl.id, seed.page_id) is not None
+        assert await store.begin_page(crawl_id, seed.page_id) is not None
     failed_before = _sample("kubecrawl_crawl_pages_total", {"state": "FAILED"})
-    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
-    await broker.start()
-    async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-        pipeline = PagePipeline(
-            crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
-        )
-        body = PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0).model_dump_json().encode()
-        delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker, redelivered=True)
-        await pipeline.handle(delivery)
-    (dead,) = broker.dead
-    await broker.close()
+    handled = await _handle_page(store, settings, seed, redelivered=True)
+    (dead,) = handled.dead
     assert dead.headers[CODE_HEADER] == "max_attempts_exceeded"
     assert _sample("kubecrawl_crawl_pages_total", {"state": "FAILED"}) == failed_before + 1
-    final = await store.get(crawl.id)
+    final = await store.get(crawl_id)
     assert final is not None
     assert (final.state, final.counters.failed) == (CrawlState.COMPLETED, 1)
 
@@ -313,25 +321,10 @@ async def test_a_page_past_its_attempts_is_failed_dead_lettered_and_counted(
 async def test_a_crawl_page_fetch_is_timed_even_when_it_fails(engine: AsyncEngine, settings: Settings) -> None:
     """The fetch-duration histogram covers crawl pages as well as metadata requests (a refused connection here)."""
     store = CrawlStore(engine)
-    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens
-    config = CrawlSiteSpec.model_validate({"url": url, "politeness": {"respectRobotsTxt": False}}).model_dump(
-        mode="json", by_alias=True
-    )
-    crawl, _, (seed,) = await store.create(
-        "default", "timed", trigger="manual", idempotency_key=None, config=config, seeds=[url]
-    )
+    _, seed = await _one_page_crawl(store, "timed", f"http://127.0.0.1:{free_port()}/")  # nothing listens
     fetches_before = _sample("kubecrawl_fetch_duration_seconds_count")
-    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
-    await broker.start()
-    async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-        pipeline = PagePipeline(
-            crawls=store, fetcher=fetcher, publisher=broker, retry=settings.retry, fetch=settings.fetch
-        )
-        body = PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0).model_dump_json().encode()
-        delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker)
-        await pipeline.handle(delivery)
-    await broker.close()
-    assert delivery.settled  # retried later (connect_error is transient)
+    handled = await _handle_page(store, settings, seed)
+    assert handled.delivery.settled  # retried later (connect_error is transient)
     assert _sample("kubecrawl_fetch_duration_seconds_count") == fetches_before + 1
 
 
@@ -342,24 +335,12 @@ async def test_a_crawl_page_whose_database_is_unreachable_is_retried_as_database
     unreachable = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/kubecrawl")
     retries = {"queue": PAGES_QUEUE, "code": "database_unavailable"}
     before = _sample("kubecrawl_worker_retries_total", retries)
-    broker = MemoryBroker(max_lengths={METADATA_QUEUE: 10, PAGES_QUEUE: 10}, concurrency=1)
-    await broker.start()
     try:
-        async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            pipeline = PagePipeline(
-                crawls=CrawlStore(unreachable),
-                fetcher=fetcher,
-                publisher=broker,
-                retry=settings.retry,
-                fetch=settings.fetch,
-            )
-            body = PageTask(crawl_id="c1", page_id=1, url="http://site.test/", depth=0).model_dump_json().encode()
-            delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker)
-            await pipeline.handle(delivery)
+        task = PageTask(crawl_id="c1", page_id=1, url="http://site.test/", depth=0)
+        handled = await _handle_page(CrawlStore(unreachable), settings, task)
     finally:
-        await broker.close()
         await unreachable.dispose()
-    assert delivery.settled  # acked once its retry was published
+    assert handled.delivery.settled  # acked once its retry was published
     assert _sample("kubecrawl_worker_retries_total", retries) == before + 1
 
 

@@ -218,11 +218,11 @@ class RabbitConsumer:
 
         return on_message
 
-    async def drain(self, timeout_seconds: float) -> int:
+    async def drain(self, timeout_seconds: float) -> None:
         """Stop consuming, wait up to ``timeout_seconds`` for the messages in flight, then cancel the rest.
 
         A cancelled handler never acks: its message goes back to the queue when the channel closes (redelivered,
-        its attempt counted, as after a crash). Returns how many were given back."""
+        its attempt counted, as after a crash)."""
         self._draining = True
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
@@ -240,7 +240,6 @@ class RabbitConsumer:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-        return len(unfinished)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -215,8 +215,6 @@ class RabbitPublisher:
         )
         for attempt in range(1, self._settings.max_connection_attempts + 1):
             delay = next(delays)
-            if self._state in (S.CLOSING, S.CLOSED):  # close() was called while this start() backed off
-                raise ConnectionLost("publisher closed while connecting")
             log.info("rmq_connect_attempt", attempt=attempt, next_delay_s=delay)
             try:
                 async with self._lock:
@@ -225,7 +223,8 @@ class RabbitPublisher:
             except InvalidTransition as exc:
                 if self._state not in (S.CLOSING, S.CLOSED):
                     raise
-                # close() moved the state on while this attempt was connecting; _open closed what it opened.
+                # close() moved the state on while this start() connected or backed off; _open closed what it
+                # opened.
                 raise ConnectionLost("publisher closed while connecting") from exc
             except _CONNECT_ERRORS as exc:
                 log.warning("rmq_connect_failed", attempt=attempt, error=repr(exc))

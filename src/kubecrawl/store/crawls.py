@@ -660,9 +660,7 @@ class CrawlStore:
         self, conn: AsyncConnection, crawl: Any, items: Sequence[tuple[int, PageOutcome]], now: datetime
     ) -> dict[int, tuple[PageOutcome, int]]:
         """Write the outcomes of the pages still FETCHING (the first outcome per page); → {page: (outcome, depth)}."""
-        # Under PostgreSQL the rows are locked too: a concurrent retry_page of a redelivered copy waits.
-        stmt = _FETCHING_PAGES if self._sqlite else _FETCHING_PAGES.with_for_update()
-        rows = await conn.execute(stmt, {"p_ids": sorted({page_id for page_id, _ in items})})
+        rows = await conn.execute(_FETCHING_PAGES, {"p_ids": sorted({page_id for page_id, _ in items})})
         fetching = {row.id: row.depth for row in rows}
         settled: dict[int, tuple[PageOutcome, int]] = {}
         for page_id, outcome in items:

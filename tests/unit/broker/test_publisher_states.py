@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -54,19 +55,20 @@ def test_backoff_doubles_from_one_second_and_caps_at_thirty() -> None:
     assert [next(delays) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
 
 
+def _unreachable(sleep: Callable[[float], Awaitable[None]]) -> RabbitPublisher:
+    """A publisher whose broker never answers (nothing listens on port 1), with its backoff sleeps replaced."""
+    return RabbitPublisher(
+        "amqp://guest:guest@127.0.0.1:1/", PublisherSettings(), metadata_max_length=10, pages_max_length=10, sleep=sleep
+    )
+
+
 async def test_start_fails_fast_after_max_attempts_with_the_seed_backoff() -> None:
     slept: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    publisher = RabbitPublisher(
-        "amqp://guest:guest@127.0.0.1:1/",  # nothing listens on port 1
-        PublisherSettings(),
-        metadata_max_length=10,
-        pages_max_length=10,
-        sleep=fake_sleep,
-    )
+    publisher = _unreachable(sleep=fake_sleep)
     with pytest.raises(ConnectionLost):
         await publisher.start()
     assert slept == [1, 2, 4, 8, 16, 30, 30, 30, 30]  # 10 attempts, 9 waits
@@ -82,13 +84,7 @@ async def test_close_during_start_up_backoff_ends_start_with_connection_lost_and
         sleeping.set()
         await asyncio.sleep(0.05)
 
-    publisher = RabbitPublisher(
-        "amqp://guest:guest@127.0.0.1:1/",  # nothing listens on port 1
-        PublisherSettings(),
-        metadata_max_length=10,
-        pages_max_length=10,
-        sleep=slow_sleep,
-    )
+    publisher = _unreachable(sleep=slow_sleep)
     start = asyncio.create_task(publisher.start())
     await sleeping.wait()
     await publisher.close()
