@@ -10,6 +10,10 @@ One copy of the logic: this module loads ``tools/controlplane/controlplane.py`` 
     cp.bind_cluster_role("kubecrawl-operator", "kubecrawl-operator")
     cp.stop()
 
+    node = Node(base_dir, bin_dir)           # the control plane plus a real node (kubelet, containerd, CNI, DNS)
+    node.start(images=[archive])             # → admin kubeconfig; Pods run; node.host_ip reaches this machine
+    node.stop()
+
 A missing binary raises ``BinaryMissing`` (a ``ControlPlaneError``) naming ``tools/controlplane/build``.
 """
 
@@ -47,6 +51,7 @@ if TYPE_CHECKING:  # type checkers and editors see the real signatures (the repo
         free_port,
         pinned_bin_dir,
     )
+    from tools.controlplane.node import Node
 else:
     _tool = _load()
     BinaryMissing = _tool.BinaryMissing
@@ -55,12 +60,14 @@ else:
     ensure_built = _tool.ensure_built
     free_port = _tool.free_port
     pinned_bin_dir = _tool.pinned_bin_dir
+    Node = _tool.load_node_module().Node
 
 __all__ = [
     "TOOL_PATH",
     "BinaryMissing",
     "ControlPlane",
     "ControlPlaneError",
+    "Node",
     "ensure_built",
     "free_port",
     "pinned_bin_dir",

@@ -8,6 +8,8 @@ the ``openssl`` CLI), ``etcd/`` (data), ``logs/<process>.log``, ``<process>.pid`
 Command line (``tools/controlplane/up`` and ``down`` wrap the first two)::
 
     controlplane.py up DIR [--bin-dir BIN] [--timeout SECONDS]   # prints the admin kubeconfig path
+    controlplane.py up DIR --node [--image OCI_ARCHIVE ...]       # plus a node: Pods run (see node.py)
+    controlplane.py load-image DIR OCI_ARCHIVE                    # into a running node's containerd
     controlplane.py down DIR
     controlplane.py mint-user DIR NAME [--group GROUP ...]        # prints the user's kubeconfig path
     controlplane.py bind-cluster-role DIR USER CLUSTERROLE [--namespace NS]
@@ -61,7 +63,21 @@ CONTROLLERS = (
     # Publishes the kube-root-ca.crt ConfigMap into every namespace, as every real cluster has.
     "root-ca-certificate-publisher-controller",
 )
+#: Added when a node runs (``up --node``): without them the node keeps its not-ready taint, Services get no
+#: endpoints, and Pods of a deleted node or a finished Job are never cleaned up.
+NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "pod-garbage-collector-controller",
+    "disruption-controller",
+)
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+#: The ``kubernetes`` Service's ClusterIP: the first address of the range.
+KUBERNETES_SERVICE_IP = "10.0.0.1"
+#: The user the apiserver presents to kubelets (logs, exec, port-forward); bound to system:kubelet-api-admin.
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 CLUSTER_NAME = "kubecrawl-test"
 ADMIN_USER = "kubecrawl-admin"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"  # bound to its roles by the bootstrap RBAC policy
@@ -80,7 +96,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectAltName = ${ENV::KUBECRAWL_SANS}
 authorityKeyIdentifier = keyid
 [client]
 basicConstraints = critical,CA:FALSE
@@ -133,11 +149,13 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
-def _openssl(*args: str) -> None:
+def _openssl(*args: str, sans: Sequence[str] = ()) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise ControlPlaneError("the openssl command is needed to make the control plane's certificates")
-    result = subprocess.run([openssl, *args], capture_output=True, text=True, check=False)
+    # The config's [server] section reads its subjectAltName from the environment (expanded at load, every call).
+    env = {**os.environ, "KUBECRAWL_SANS": ",".join(["IP:127.0.0.1", "DNS:localhost", *sans])}
+    result = subprocess.run([openssl, *args], capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise ControlPlaneError(f"openssl {args[0]} failed: {result.stderr.strip()}")
 
@@ -168,7 +186,8 @@ class Pki:
     def _config(self) -> Path:
         return self.directory / "openssl.cnf"
 
-    def create(self) -> None:
+    def create(self, apiserver_sans: Sequence[str] = ()) -> None:
+        """The CA, the service-account key pair and the apiserver's serving certificate (loopback + ``apiserver_sans``)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._config.write_text(_OPENSSL_CONFIG)
         _openssl(
@@ -178,14 +197,23 @@ class Pki:
         )  # fmt: skip
         _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(self.sa_key))
         _openssl("pkey", "-in", str(self.sa_key), "-pubout", "-out", str(self.sa_pub))
-        self.issue("apiserver", common_name="kube-apiserver", profile="server")
+        self.issue("apiserver", common_name="kube-apiserver", profile="server", sans=apiserver_sans)
         for key in (self.ca_key, self.sa_key):
             key.chmod(0o600)
 
     def issue(
-        self, stem: str, *, common_name: str, organizations: Sequence[str] = (), profile: str = "client"
+        self,
+        stem: str,
+        *,
+        common_name: str,
+        organizations: Sequence[str] = (),
+        profile: str = "client",
+        sans: Sequence[str] = (),
     ) -> tuple[Path, Path]:
-        """Sign a certificate for ``common_name`` with one O= per organization (Kubernetes: user and groups)."""
+        """Sign a certificate for ``common_name`` with one O= per organization (Kubernetes: user and groups).
+
+        A ``server`` certificate is valid for 127.0.0.1 and localhost plus ``sans`` (``IP:…``/``DNS:…`` entries).
+        """
         cert, key, csr = (self.directory / f"{stem}{suffix}" for suffix in (".crt", ".key", ".csr"))
         subject = "".join(f"/O={org}" for org in organizations) + f"/CN={common_name}"
         _openssl(
@@ -195,7 +223,7 @@ class Pki:
         _openssl(
             "x509", "-req", "-in", str(csr), "-CA", str(self.ca_cert), "-CAkey", str(self.ca_key),
             "-set_serial", f"0x{secrets.token_hex(16)}", "-days", "365", "-extfile", str(self._config),
-            "-extensions", profile, "-out", str(cert),
+            "-extensions", profile, "-out", str(cert), sans=sans,
         )  # fmt: skip
         csr.unlink()
         key.chmod(0o600)
@@ -237,7 +265,7 @@ current-context: {q(context)}
     return path
 
 
-def _pid_alive(pid: int, exe: str) -> bool:
+def pid_alive(pid: int, exe: str) -> bool:
     """True while ``pid`` is a live (not zombie) process running ``exe``: a recycled pid is never signalled."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -248,12 +276,12 @@ def _pid_alive(pid: int, exe: str) -> bool:
     return state not in {"Z", "X"} and cmdline[0].decode(errors="replace") == exe
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)  # each process leads its own session (start_new_session), so this gets its children too
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -267,8 +295,19 @@ class ControlPlane:
     also work on a control plane that another process started in ``base_dir`` (that is how ``down`` works).
     """
 
-    def __init__(self, base_dir: Path | str, bin_dir: Path | str | None = None, *, kubectl: str | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path | str,
+        bin_dir: Path | str | None = None,
+        *,
+        kubectl: str | None = None,
+        advertise_address: str | None = None,
+    ) -> None:
+        """``advertise_address``: serve on that (non-loopback) address instead of 127.0.0.1, publish it as the
+        ``kubernetes`` Service's endpoint and talk to kubelets: what a node needs (see node.py). ``None``: loopback
+        only, no kubelet, as the operator's tests need."""
         self.base_dir = Path(base_dir).resolve()
+        self.advertise_address = advertise_address
         self.bin_dir = Path(bin_dir).resolve() if bin_dir is not None else None
         self.pki = Pki(self.base_dir / "pki")
         self.logs_dir = self.base_dir / "logs"
@@ -306,7 +345,7 @@ class ControlPlane:
         return {
             name: int(proc["pid"])
             for name, proc in self._state().get("processes", {}).items()
-            if _pid_alive(int(proc["pid"]), str(proc["exe"]))
+            if pid_alive(int(proc["pid"]), str(proc["exe"]))
         }
 
     def is_running(self) -> bool:
@@ -358,9 +397,20 @@ class ControlPlane:
     def _start_once(self, binaries: dict[str, Path], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._reset_dir()
-        self.pki.create()
+        node_mode = self.advertise_address is not None
+        host = self.advertise_address or "127.0.0.1"
+        self.pki.create(
+            [
+                f"IP:{host}",
+                f"IP:{KUBERNETES_SERVICE_IP}",
+                *(f"DNS:{name}" for name in ("kubernetes", "kubernetes.default", "kubernetes.default.svc")),
+                "DNS:kubernetes.default.svc.cluster.local",
+            ]
+            if node_mode
+            else []
+        )
         ports = {name: free_port() for name in ("etcd-client", "etcd-peer", "apiserver", "controller-manager")}
-        server = f"https://127.0.0.1:{ports['apiserver']}"
+        server = f"https://{host}:{ports['apiserver']}"
         self._save_state({"server": server, "ports": ports, "processes": {}})
         admin_cert, admin_key = self.pki.issue("admin", common_name=ADMIN_USER, organizations=["system:masters"])
         write_kubeconfig(
@@ -391,9 +441,25 @@ class ControlPlane:
         self._wait("etcd", deadline, lambda: b'"health":"true"' in self._get(f"{etcd_url}/health", tls=False))
 
         pki = self.pki
+        if node_mode:
+            kubelet_client_cert, kubelet_client_key = pki.issue("kubelet-client", common_name=KUBELET_CLIENT_USER)
+            apiserver_node_args = [
+                f"--advertise-address={host}",
+                # Pods reach the apiserver through the "kubernetes" Service, whose endpoint is the advertised address.
+                "--endpoint-reconciler-type=lease",
+                # The node is named kubecrawl-node, which no resolver here knows: dial the kubelet by its InternalIP.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={kubelet_client_cert}",
+                f"--kubelet-client-key={kubelet_client_key}",
+                f"--kubelet-certificate-authority={pki.ca_cert}",
+            ]
+        else:
+            # A loopback address may not be published as the endpoint of the "kubernetes" Service; nothing in the
+            # cluster could reach it anyway (no kubelet, no pods running), so do not try.
+            apiserver_node_args = ["--endpoint-reconciler-type=none"]
         self._spawn("kube-apiserver", binaries["kube-apiserver"], [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={host}",
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={pki.directory}",
             f"--tls-cert-file={pki.directory / 'apiserver.crt'}",
@@ -405,9 +471,7 @@ class ControlPlane:
             f"--service-account-issuer={server}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            # A loopback address may not be published as the endpoint of the "kubernetes" Service; nothing in the
-            # cluster could reach it anyway (no kubelet, no pods running), so do not try.
-            "--endpoint-reconciler-type=none",
+            *apiserver_node_args,
             "--profiling=false",
         ])  # fmt: skip
         self._wait("kube-apiserver /readyz", deadline, lambda: self._get(f"{server}/readyz") == b"ok")
@@ -419,7 +483,7 @@ class ControlPlane:
             "--bind-address=127.0.0.1",
             f"--secure-port={ports['controller-manager']}",
             f"--cert-dir={pki.directory / 'kube-controller-manager-serving'}",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(CONTROLLERS + (NODE_CONTROLLERS if node_mode else ()))}",
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_cert}",
             "--use-service-account-credentials=true",  # each controller acts with its own RBAC role, as in a cluster
@@ -473,7 +537,7 @@ class ControlPlane:
             for name, proc in self._popen.items():
                 if proc.poll() is not None:
                     log = self.logs_dir / f"{name}.log"
-                    raise ControlPlaneError(f"{name} exited with {proc.returncode}; {log} ends with:\n{_tail(log)}")
+                    raise ControlPlaneError(f"{name} exited with {proc.returncode}; {log} ends with:\n{tail(log)}")
             if ready():
                 return
             if time.monotonic() > deadline:
@@ -491,11 +555,11 @@ class ControlPlane:
                 continue
             pid, exe = int(proc["pid"]), str(proc["exe"])
             popen = self._popen.pop(name, None)
-            if _pid_alive(pid, exe):
-                _signal(pid, signal.SIGTERM)
-                if not self._wait_exit(pid, exe, popen, timeout):
-                    _signal(pid, signal.SIGKILL)
-                    self._wait_exit(pid, exe, popen, timeout)
+            if pid_alive(pid, exe):
+                signal_group(pid, signal.SIGTERM)
+                if not self.wait_exit(pid, exe, popen, timeout):
+                    signal_group(pid, signal.SIGKILL)
+                    self.wait_exit(pid, exe, popen, timeout)
             elif popen is not None:
                 popen.wait()
             (self.base_dir / f"{name}.pid").unlink(missing_ok=True)
@@ -503,7 +567,7 @@ class ControlPlane:
             raise ControlPlaneError(f"could not stop {leftover}")
 
     @staticmethod
-    def _wait_exit(pid: int, exe: str, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    def wait_exit(pid: int, exe: str, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
         if popen is not None:  # our child: reap it
             try:
                 popen.wait(timeout)
@@ -511,7 +575,7 @@ class ControlPlane:
                 return False
             return True
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid, exe):  # started by another process (e.g. `up`): its reaper is init
+        while pid_alive(pid, exe):  # started by another process (e.g. `up`): its reaper is init
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
@@ -595,14 +659,36 @@ def _resolve_bin_dir(explicit: str | None) -> Path:
     return pinned_bin_dir()
 
 
+def load_node_module() -> Any:
+    """tools/controlplane/node.py (the node beside this control plane), loaded by path like this module."""
+    import importlib.util
+
+    # node.py finds this module under the name tests/support loads it as; as a script it is __main__.
+    sys.modules.setdefault("kubecrawl_tools_controlplane", sys.modules[__name__])
+    if (loaded := sys.modules.get("kubecrawl_tools_node")) is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("kubecrawl_tools_node", HERE / "node.py")
+    if spec is None or spec.loader is None:
+        raise ControlPlaneError(f"cannot load {HERE / 'node.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kubecrawl_tools_node"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="controlplane.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start a control plane in DIR; prints the admin kubeconfig path")
     up.add_argument("dir")
     up.add_argument("--bin-dir", help=f"default: ${BIN_DIR_ENV}, else the bin dir tools/controlplane/build uses")
-    up.add_argument("--timeout", type=float, default=120.0)
-    down = commands.add_parser("down", help="stop the control plane running in DIR")
+    up.add_argument("--timeout", type=float, default=None, help="seconds (default 120; 240 with --node)")
+    up.add_argument("--node", action="store_true", help="also run a node (kubelet, containerd, CNI, DNS); needs root")
+    up.add_argument("--image", action="append", default=[], help="with --node: an OCI archive to load (repeatable)")
+    load = commands.add_parser("load-image", help="load an OCI image archive into the node running in DIR")
+    load.add_argument("dir")
+    load.add_argument("archive")
+    down = commands.add_parser("down", help="stop the control plane (and node) running in DIR")
     down.add_argument("dir")
     mint = commands.add_parser("mint-user", help="client certificate + kubeconfig for a user; prints its path")
     mint.add_argument("dir")
@@ -616,18 +702,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        if args.command == "up":
+        if args.command == "up" and args.node:
+            node = load_node_module().Node(args.dir, _resolve_bin_dir(args.bin_dir))
+            kubeconfig = node.start(timeout=args.timeout or 240.0, images=[Path(a) for a in args.image])
+            print(
+                f"control plane up at {node.controlplane.server} with a node; "
+                f"Pods reach this machine at {node.host_ip} ({node.host_ip_file}); logs in {node.logs_dir}; "
+                f"stop with: down {node.base_dir}",
+                file=sys.stderr,
+            )
+            print(kubeconfig)
+        elif args.command == "up":
             cp = ControlPlane(args.dir, _resolve_bin_dir(args.bin_dir))
-            kubeconfig = cp.start(timeout=args.timeout)
+            kubeconfig = cp.start(timeout=args.timeout or 120.0)
             print(
                 f"control plane up at {cp.server}; logs in {cp.logs_dir}; stop with: down {cp.base_dir}",
                 file=sys.stderr,
             )
             print(kubeconfig)
+        elif args.command == "load-image":
+            names = load_node_module().Node(args.dir, _resolve_bin_dir(None)).import_image(Path(args.archive))
+            print("\n".join(names))
         elif args.command == "down":
-            cp = ControlPlane(args.dir)
-            cp.stop()
-            print(f"control plane in {cp.base_dir} stopped", file=sys.stderr)
+            node_module = load_node_module()
+            node_module.Node(args.dir, _resolve_bin_dir(None)).stop()
+            print(f"control plane (and node) in {args.dir} stopped", file=sys.stderr)
         elif args.command == "mint-user":
             print(ControlPlane(args.dir).mint_user(args.name, args.groups))
         else:
