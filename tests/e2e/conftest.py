@@ -5,6 +5,7 @@ to deploy/rbac's ClusterRole. Each test gets its own namespace.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import pytest
 
 from kubecrawl.store.migrating import upgrade
 from tests.e2e.stack import (
+    ROOT,
     Kube,
     OperatorProcess,
     Process,
@@ -24,7 +26,7 @@ from tests.e2e.stack import (
     start_worker,
     stop_all,
 )
-from tests.support.controlplane import ControlPlane, ensure_built, free_port
+from tests.support.controlplane import ControlPlane, Node, ensure_built, free_port
 from tests.support.servers import PostgresServer, RabbitServer
 
 # Status is refreshed every 2 s in tests (30 s in production), so lastCrawl/lastScheduleTime checks stay quick.
@@ -96,3 +98,32 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.admin.run("create", "namespace", name)
     yield name
     cluster.admin.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass
+class NodeCluster:
+    """The control plane plus a real node: Pods run the image built from the repository's Dockerfile."""
+
+    node: Node
+    admin: Kube
+    host_ip: str  # where Pods reach servers on this machine (the node's bridge address)
+    image_repository: str
+    image_tag: str
+
+
+@pytest.fixture(scope="session")
+def image_archive() -> Path:
+    """tools/image/build: the Dockerfile built with buildah (cached base), as an OCI archive. Never skipped."""
+    result = subprocess.run([str(ROOT / "tools" / "image" / "build")], stdout=subprocess.PIPE, text=True, check=False)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0, f"tools/image/build failed ({result.returncode}); its output is above"
+    assert lines, "tools/image/build printed no archive path"
+    return Path(lines[-1])
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory, image_archive: Path) -> Iterator[NodeCluster]:
+    node = Node(tmp_path_factory.mktemp("node"), ensure_built())
+    kubeconfig = node.start(images=[image_archive])
+    yield NodeCluster(node, Kube(Path(kubeconfig)), node.host_ip, "localhost/kubecrawl", "dev")
+    node.stop()

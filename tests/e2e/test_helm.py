@@ -268,6 +268,7 @@ def test_default_render_has_the_workloads_and_no_optional_objects(
         ("ServiceAccount", f"{FULLNAME}-operator"),
         ("ClusterRole", f"{FULLNAME}-operator"),
         ("ClusterRoleBinding", f"{FULLNAME}-operator"),
+        ("Pod", f"{FULLNAME}-test-api-ready"),  # `helm test`
     }
 
 

@@ -18,8 +18,11 @@ from tests.support.servers import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, *, host: str = "127.0.0.1", listen_host: str | None = None) -> None:
+        """Forward ``listen_host`` (default: ``host``):``port`` to ``host``:``target_port``; e.g. a node's Pods reach
+        a server on 127.0.0.1 through the bridge address (``listen_host=node.host_ip``)."""
         self.host = host
+        self.listen_host = listen_host or host
         self.target_port = target_port
         self.port = free_port()
         self._loop = asyncio.new_event_loop()
@@ -43,7 +46,7 @@ class TcpProxy:
     def restore(self) -> None:
         async def listen() -> None:
             if self._server is None:
-                self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
+                self._server = await asyncio.start_server(self._handle, self.listen_host, self.port, reuse_address=True)
 
         self._run(listen())
 

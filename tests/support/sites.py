@@ -86,3 +86,57 @@ class Site:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class ThreadedSite:
+    """A static site served from a thread (``http.server``), for module-scoped fixtures that outlive a test's loop:
+    Pods on the node fetch it through the bridge address. Every request is logged as (client address, path)."""
+
+    def __init__(self, host: str, pages: dict[str, str]) -> None:
+        import http.server
+        import threading
+
+        self.pages = pages
+        self.requests: list[tuple[str, str]] = []
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site.requests.append((self.client_address[0], self.path))
+                body = site.pages.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                payload = (body if body is not None else "not found").encode()
+                self.send_header("Content-Type", "text/html; charset=utf-8" if body is not None else "text/plain")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the stdlib's signature)
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.host, self.port = host, int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"site-{self.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def fetched(self, path: str) -> list[str]:
+        """Client addresses that fetched ``path``, one per request."""
+        return [client for client, requested in self.requests if requested == path]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def linked_pages(count: int) -> dict[str, str]:
+    """``/`` links to ``/p/1`` … ``/p/{count-1}``: a one-level site of ``count`` pages."""
+    pages = {
+        f"/p/{i}": f"<html><head><title>Page {i}</title></head><body>page {i}</body></html>" for i in range(1, count)
+    }
+    links = "".join(f'<a href="/p/{i}">{i}</a>' for i in range(1, count))
+    pages["/"] = f"<html><head><title>Home</title></head><body>{links}</body></html>"
+    return pages
