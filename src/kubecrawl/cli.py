@@ -69,7 +69,7 @@ def api(
 
 @app.command()
 def worker(
-    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; 0 disables")] = 9100,
+    metrics_port: Annotated[int, typer.Option(help="port of /metrics, /health/live, /health/ready; 0 disables")] = 9100,
 ) -> None:
     """Run a worker: consume RabbitMQ, fetch pages, store results; drains on SIGTERM."""
     from kubecrawl.worker.runtime import run_worker

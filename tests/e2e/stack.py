@@ -55,6 +55,11 @@ class Kube:
             raise KubectlFailed(list(args), result)
         return result
 
+    def json(self, *args: str) -> dict[str, Any]:
+        """``kubectl ARGS`` (which must ask for ``-o json``), parsed."""
+        parsed: dict[str, Any] = json.loads(self.run(*args).stdout)
+        return parsed
+
     async def arun(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = await asyncio.create_subprocess_exec(
             *self._command(args),

@@ -34,13 +34,13 @@ from alembic.script import ScriptDirectory
 from pydantic import BaseModel
 
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator.handlers import pools
+from kubecrawl.operator.pools import supervising
 from kubecrawl.operator.reconcile import naming
 from kubecrawl.operator.settings import OperatorSettings
 from kubecrawl.store.migrating import alembic_config
 from tests.e2e.conftest import Cluster
 from tests.e2e.stack import ROOT, Kube
-from tests.support.controlplane import ensure_built
+from tests.support.helm import Helm
 from tests.support.servers import PostgresServer, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -108,29 +108,6 @@ ALL_OPTIONS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Helm:
-    binary: Path
-    env: dict[str, str]
-
-    def command(self, args: tuple[str, ...]) -> list[str]:
-        return [str(self.binary), *args]
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.command(args), env=self.env, capture_output=True, text=True, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-        return result
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-
-    def with_kubeconfig(self, kubeconfig: Path) -> Helm:
-        return Helm(self.binary, {**self.env, "KUBECONFIG": str(kubeconfig)})
-
-
 def objects_of(manifest: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
@@ -153,16 +130,7 @@ def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    home = tmp_path_factory.mktemp("helm")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "KUBECONFIG"))}
-    # helm keeps caches and its repository config under these; never the user's own.
-    env.update(
-        HELM_CACHE_HOME=str(home / "cache"),
-        HELM_CONFIG_HOME=str(home / "config"),
-        HELM_DATA_HOME=str(home / "data"),
-        KUBECONFIG=str(home / "no-cluster"),
-    )
-    return Helm(ensure_built() / "helm", env)
+    return Helm.private(tmp_path_factory.mktemp("helm"))
 
 
 def render(helm: Helm, *args: str) -> list[dict[str, Any]]:
@@ -421,7 +389,8 @@ def test_probes_hit_the_endpoints_on_the_ports_the_processes_listen_on(
     worker = container(default_objects, "Deployment", f"{FULLNAME}-worker")
     assert "--metrics-port=9100" in worker["args"]
     assert port(worker, "metrics") == 9100
-    assert worker["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
 
     services = {name: obj for (kind, name), obj in default_objects.items() if kind == "Service"}
     assert services[f"{FULLNAME}-api"]["spec"]["ports"] == [
@@ -466,9 +435,9 @@ def test_operator_grace_period_covers_a_pool_daemons_stop(helm: Helm) -> None:
     def grace(*args: str) -> int:
         return _grace(index(render(helm, *args)), "operator")
 
-    # A daemon finishes its poll (backoff), then is cancelled and unwinds (timeout); then kopf's cleanup runs.
-    stop = pools.CANCELLATION_BACKOFF_SECONDS + pools.CANCELLATION_TIMEOUT_SECONDS
-    assert stop > 30  # longer than Kubernetes' default grace period: why the chart sets one
+    # A pool's task may finish its poll, then is cancelled; then kopf's cleanup runs.
+    stop = supervising.STOP_TIMEOUT_SECONDS
+    assert stop + 5 > 30  # with the cleanup, longer than Kubernetes' default grace period: why the chart sets one
     assert grace() == 45
     assert grace() >= stop + 5  # room for the cleanup handlers
     assert grace("--set", "operator.terminationGracePeriodSeconds=90") == 90

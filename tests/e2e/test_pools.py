@@ -1,4 +1,4 @@
-"""CrawlWorkerPool on a real control plane and a real RabbitMQ (management plugin on): the operator's scaling daemon
+"""CrawlWorkerPool on a real control plane and a real RabbitMQ (management plugin on): the operator's scaling loop
 reads the queue, writes the worker Deployment's /scale, annotates pod deletion costs, posts Events and status.
 
 Setup (module fixture ``pools``; the session fixtures install every CRD): the session's operator is restarted with
@@ -206,7 +206,7 @@ async def wait_event(kube: Kube, namespace: str, name: str, reason: str, contain
 
 
 async def active(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    """Wait until the pool's daemon has polled at least once and reports itself Active."""
+    """Wait until the pool's task has polled at least once and reports itself Active."""
     return await wait_pool(
         kube, namespace, name, lambda p: condition(p, "Active").get("status") == "True", f"{name} Active"
     )
@@ -691,7 +691,7 @@ async def test_deleting_a_pool_touches_nothing_else(
     assert before is not None
 
     await kube.arun("delete", "crawlworkerpool", "orphan", "-n", namespace, "--timeout=60s")
-    assert await kube.aget("crawlworkerpool", "orphan", namespace) is None  # the daemon stopped, the finalizer went
+    assert await kube.aget("crawlworkerpool", "orphan", namespace) is None
 
     # both queues change; the clock pool reacting proves the operator polled after the deletion
     await (await declare(broker, f"{namespace}.orphan")).purge()
@@ -702,6 +702,24 @@ async def test_deleting_a_pool_touches_nothing_else(
     assert after["spec"]["replicas"] == 3
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert (await declare(broker, f"{namespace}.orphan")).declaration_result.message_count == 0  # queue still there
+
+
+async def test_a_pool_carries_no_finalizer_so_it_can_be_deleted_while_the_operator_is_down(
+    pools: Pools, namespace: str, broker: aio_pika.abc.AbstractChannel
+) -> None:
+    # What `helm uninstall` does: the operator stops in the same step as its pool is deleted.
+    kube = pools.kube
+    await declare(broker, f"{namespace}.gone")
+    await kube.aapply(deployment("gone", 1), namespace)
+    await kube.aapply(pool("gone", "gone", f"{namespace}.gone", targetPerReplica=5, maxReplicas=3), namespace)
+    polled = await active(kube, namespace, "gone")
+    assert polled["metadata"].get("finalizers", []) == []
+    pools.operator.kill()
+    try:
+        await kube.arun("delete", "crawlworkerpool", "gone", "-n", namespace, "--timeout=30s")
+        assert await kube.aget("crawlworkerpool", "gone", namespace) is None
+    finally:
+        pools.operator.start()
 
 
 async def test_an_operator_restart_does_not_make_replicas_jump(
@@ -723,7 +741,7 @@ async def test_an_operator_restart_does_not_make_replicas_jump(
     since = len(pools.operator.output())
     pools.operator.restart()
     await until(
-        lambda: bool(log_lines(pools.operator, "pool_daemon_started", f"{namespace}/steady", since)), what="restart"
+        lambda: bool(log_lines(pools.operator, "pool_scaling_started", f"{namespace}/steady", since)), what="restart"
     )
     await publish(broker, f"{namespace}.clock", 30)
     await wait_replicas(kube, namespace, "clock", 6)  # the new process polls and scales up at once

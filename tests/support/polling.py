@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -11,14 +12,17 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 30, interval: float = 0.1, what: str = "condition"
+    probe: Callable[[], Awaitable[T] | T], *, timeout: float = 30, interval: float = 0.1, what: str = "condition"
 ) -> T:
-    """Await ``probe`` until it returns something truthy; fail with the last value after ``timeout``."""
+    """Call (and await, if it is a coroutine function) ``probe`` until it returns something truthy; fail with the
+    last value after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
-            last = await probe()
+            last = probe()
+            if inspect.isawaitable(last):
+                last = await last
         except AssertionError as exc:
             last = exc
         else:

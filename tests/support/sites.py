@@ -90,26 +90,43 @@ class Site:
 
 class ThreadedSite:
     """A static site served from a thread (``http.server``), for module-scoped fixtures that outlive a test's loop:
-    Pods on the node fetch it through the bridge address. Every request is logged as (client address, path)."""
+    Pods on the node fetch it through the bridge address. Every request is logged as (client address, path); paths
+    starting with a ``slow`` prefix are answered after that many seconds (pages that keep a worker busy), paths
+    starting with a ``failing`` prefix with that status code."""
 
-    def __init__(self, host: str, pages: dict[str, str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        pages: dict[str, str],
+        *,
+        slow: dict[str, float] | None = None,
+        failing: dict[str, int] | None = None,
+    ) -> None:
         import http.server
         import threading
+        import time
 
         self.pages = pages
         self.requests: list[tuple[str, str]] = []
-        site = self
+        self.answered: list[tuple[str, str]] = []
+        site, delays, codes = self, dict(slow or {}), dict(failing or {})
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 site.requests.append((self.client_address[0], self.path))
+                delay = next((seconds for prefix, seconds in delays.items() if self.path.startswith(prefix)), 0.0)
+                time.sleep(delay)
                 body = site.pages.get(self.path)
-                self.send_response(200 if body is not None else 404)
+                code = next((c for prefix, c in codes.items() if self.path.startswith(prefix)), None)
+                if code is not None:
+                    body = None
+                self.send_response(code or (200 if body is not None else 404))
                 payload = (body if body is not None else "not found").encode()
                 self.send_header("Content-Type", "text/html; charset=utf-8" if body is not None else "text/plain")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                site.answered.append((self.client_address[0], self.path))
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the stdlib's signature)
                 pass
@@ -122,6 +139,13 @@ class ThreadedSite:
     @property
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def in_flight(self) -> list[tuple[str, str]]:
+        """Requests received and not answered yet (client address, path)."""
+        pending = list(self.requests)
+        for done in list(self.answered):
+            pending.remove(done)
+        return pending
 
     def fetched(self, path: str) -> list[str]:
         """Client addresses that fetched ``path``, one per request."""

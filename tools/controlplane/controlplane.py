@@ -288,6 +288,106 @@ def tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+class Processes:
+    """The background processes of one cluster directory. Each runs in its own session (it outlives ``up``) and is
+    recorded by pid and executable in a JSON state file, so another process (``down``) can find and stop it; a wait
+    fails fast, with the end of the log, when one of them exits."""
+
+    def __init__(self, state_file: Path, logs_dir: Path, cwd: Path) -> None:
+        self.state_file = state_file
+        self.logs_dir = logs_dir
+        self.cwd = cwd
+        self._popen: dict[str, subprocess.Popen[bytes]] = {}
+
+    def state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    def update(self, **changes: Any) -> None:
+        state = self.state()
+        state.update(changes)
+        self.save(state)
+
+    def spawn(self, name: str, exe: Path, args: list[str], env: dict[str, str] | None = None) -> int:
+        """Start ``exe`` with its output appended to ``logs/NAME.log``; → its pid."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.logs_dir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [str(exe), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the `up` process; stopped by pid (and group) in stop()
+                cwd=self.cwd,
+                env=env,
+            )
+        self._popen[name] = proc
+        state = self.state()
+        state.setdefault("processes", {})[name] = {"pid": proc.pid, "exe": str(exe)}
+        self.save(state)
+        return proc.pid
+
+    def running(self) -> dict[str, int]:
+        """Name → pid of the recorded processes that are still alive."""
+        return {
+            name: int(proc["pid"])
+            for name, proc in self.state().get("processes", {}).items()
+            if pid_alive(int(proc["pid"]), str(proc["exe"]))
+        }
+
+    def wait(self, what: str, deadline: float, ready: Callable[[], object]) -> None:
+        """Poll ``ready`` (an exception counts as not ready) until it is true; fail when a process exits."""
+        while True:
+            for name, proc in self._popen.items():
+                if proc.poll() is not None:
+                    log = self.logs_dir / f"{name}.log"
+                    raise ControlPlaneError(f"{name} exited with {proc.returncode}; {log} ends with:\n{tail(log)}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"timed out waiting for {what}; logs are in {self.logs_dir}")
+            time.sleep(0.2)
+
+    def stop(self, name: str, timeout: float) -> None:
+        """SIGTERM the process (and its group), SIGKILL after ``timeout``."""
+        proc = self.state().get("processes", {}).get(name)
+        if proc is None:
+            return
+        pid, exe = int(proc["pid"]), str(proc["exe"])
+        popen = self._popen.pop(name, None)
+        if pid_alive(pid, exe):
+            signal_group(pid, signal.SIGTERM)
+            if not self.wait_exit(pid, exe, popen, timeout):
+                signal_group(pid, signal.SIGKILL)
+                self.wait_exit(pid, exe, popen, timeout)
+        elif popen is not None:
+            popen.wait()
+
+    @staticmethod
+    def wait_exit(pid: int, exe: str, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+        if popen is not None:  # our child: reap it
+            try:
+                popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid, exe):  # started by another process (e.g. `up`): its reaper is init
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager with all state under ``base_dir``.
 
@@ -316,37 +416,19 @@ class ControlPlane:
         self.state_file = self.base_dir / "state.json"
         self.kubeconfig = self.base_dir / "kubeconfig"
         self._kubectl = kubectl
-        self._popen: dict[str, subprocess.Popen[bytes]] = {}
-
-    # -- state ------------------------------------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            return {}
-        return state
-
-    def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(self.state_file)
+        self.processes = Processes(self.state_file, self.logs_dir, self.base_dir)
 
     @property
     def server(self) -> str:
         """The API server URL (``https://127.0.0.1:PORT``) of the running control plane."""
-        server = self._state().get("server")
+        server = self.processes.state().get("server")
         if not server:
             raise ControlPlaneError(f"no control plane has been started in {self.base_dir}")
         return str(server)
 
     def running_processes(self) -> dict[str, int]:
         """Name → pid of this control plane's processes that are still alive."""
-        return {
-            name: int(proc["pid"])
-            for name, proc in self._state().get("processes", {}).items()
-            if pid_alive(int(proc["pid"]), str(proc["exe"]))
-        }
+        return self.processes.running()
 
     def is_running(self) -> bool:
         return bool(self.running_processes())
@@ -411,7 +493,7 @@ class ControlPlane:
         )
         ports = {name: free_port() for name in ("etcd-client", "etcd-peer", "apiserver", "controller-manager")}
         server = f"https://{host}:{ports['apiserver']}"
-        self._save_state({"server": server, "ports": ports, "processes": {}})
+        self.processes.save({"server": server, "ports": ports, "processes": {}})
         admin_cert, admin_key = self.pki.issue("admin", common_name=ADMIN_USER, organizations=["system:masters"])
         write_kubeconfig(
             self.kubeconfig, server=server, ca_cert=self.pki.ca_cert, user=ADMIN_USER, cert=admin_cert, key=admin_key
@@ -438,7 +520,7 @@ class ControlPlane:
             f"--initial-cluster=kubecrawl={peer_url}",
             "--unsafe-no-fsync=true",  # throw-away data: no fsync makes writes (and the tests) much faster
         ])  # fmt: skip
-        self._wait("etcd", deadline, lambda: b'"health":"true"' in self._get(f"{etcd_url}/health", tls=False))
+        self.processes.wait("etcd", deadline, lambda: b'"health":"true"' in self._get(f"{etcd_url}/health", tls=False))
 
         pki = self.pki
         if node_mode:
@@ -474,7 +556,7 @@ class ControlPlane:
             *apiserver_node_args,
             "--profiling=false",
         ])  # fmt: skip
-        self._wait("kube-apiserver /readyz", deadline, lambda: self._get(f"{server}/readyz") == b"ok")
+        self.processes.wait("kube-apiserver /readyz", deadline, lambda: self._get(f"{server}/readyz") == b"ok")
 
         self._spawn("kube-controller-manager", binaries["kube-controller-manager"], [
             f"--kubeconfig={kcm_kubeconfig}",
@@ -491,27 +573,17 @@ class ControlPlane:
             "--profiling=false",
         ])  # fmt: skip
         kcm_healthz = f"https://127.0.0.1:{ports['controller-manager']}/healthz"
-        self._wait("kube-controller-manager /healthz", deadline, lambda: self._get(kcm_healthz, verify=False) == b"ok")
+        self.processes.wait(
+            "kube-controller-manager /healthz", deadline, lambda: self._get(kcm_healthz, verify=False) == b"ok"
+        )
         default_sa = f"{server}/api/v1/namespaces/default/serviceaccounts/default"
-        self._wait(
+        self.processes.wait(
             "the default ServiceAccount (serviceaccount-controller)", deadline, lambda: bool(self._get(default_sa))
         )
 
     def _spawn(self, name: str, exe: Path, args: list[str]) -> None:
-        with (self.logs_dir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [str(exe), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # survives the `up` process; stopped by pid (and group) in stop()
-                cwd=self.base_dir,
-            )
-        self._popen[name] = proc
-        (self.base_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
-        state = self._state()
-        state["processes"][name] = {"pid": proc.pid, "exe": str(exe)}
-        self._save_state(state)
+        pid = self.processes.spawn(name, exe, args)
+        (self.base_dir / f"{name}.pid").write_text(f"{pid}\n")
 
     def _ssl_context(self, *, verify: bool = True) -> ssl.SSLContext:
         if not verify:  # the controller manager's health port serves a self-signed certificate
@@ -532,54 +604,15 @@ class ControlPlane:
         except (urllib.error.URLError, OSError):
             return b""
 
-    def _wait(self, what: str, deadline: float, ready: Callable[[], bool]) -> None:
-        while True:
-            for name, proc in self._popen.items():
-                if proc.poll() is not None:
-                    log = self.logs_dir / f"{name}.log"
-                    raise ControlPlaneError(f"{name} exited with {proc.returncode}; {log} ends with:\n{tail(log)}")
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"timed out waiting for {what}; logs are in {self.logs_dir}")
-            time.sleep(0.2)
-
     # -- stop -------------------------------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM each process (controller manager, apiserver, etcd), SIGKILL after ``timeout``; keeps the logs."""
-        processes = self._state().get("processes", {})
         for name in reversed(PROCESSES):
-            proc = processes.get(name)
-            if proc is None:
-                continue
-            pid, exe = int(proc["pid"]), str(proc["exe"])
-            popen = self._popen.pop(name, None)
-            if pid_alive(pid, exe):
-                signal_group(pid, signal.SIGTERM)
-                if not self.wait_exit(pid, exe, popen, timeout):
-                    signal_group(pid, signal.SIGKILL)
-                    self.wait_exit(pid, exe, popen, timeout)
-            elif popen is not None:
-                popen.wait()
+            self.processes.stop(name, timeout)
             (self.base_dir / f"{name}.pid").unlink(missing_ok=True)
         if (leftover := self.running_processes()) != {}:
             raise ControlPlaneError(f"could not stop {leftover}")
-
-    @staticmethod
-    def wait_exit(pid: int, exe: str, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
-        if popen is not None:  # our child: reap it
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid, exe):  # started by another process (e.g. `up`): its reaper is init
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
 
     def __enter__(self) -> Self:
         self.start()

@@ -399,26 +399,7 @@ class Node:
         }
         self.runc = shutil.which("runc") or "/usr/sbin/runc"
         self.cni_bin_dir = Path("/usr/lib/cni")
-        self._popen: dict[str, subprocess.Popen[bytes]] = {}
-
-    # -- state ------------------------------------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            return {}
-        return state
-
-    def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(self.state_file)
-
-    def _update_state(self, **changes: Any) -> None:
-        state = self._state()
-        state.update(changes)
-        self._save_state(state)
+        self.processes = cp.Processes(self.state_file, self.logs_dir, self.dir)
 
     @property
     def host_ip(self) -> str:
@@ -426,11 +407,7 @@ class Node:
         return NODE_IP
 
     def running_processes(self) -> dict[str, int]:
-        return {
-            name: int(proc["pid"])
-            for name, proc in self._state().get("processes", {}).items()
-            if cp.pid_alive(int(proc["pid"]), str(proc["exe"]))
-        }
+        return self.processes.running()
 
     # -- start ------------------------------------------------------------------------------------------------------
 
@@ -456,7 +433,7 @@ class Node:
         deadline = time.monotonic() + timeout
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self._save_state({"processes": {}, "run_dir": str(self.run_dir), "sysctls": {}, "network": False})
+        self.processes.save({"processes": {}, "run_dir": str(self.run_dir), "sysctls": {}, "network": False})
         try:
             self._start_network()
             self._start_containerd(binaries, deadline, images)
@@ -467,7 +444,7 @@ class Node:
             self._start_scheduler(binaries, deadline)
             self._start_kube_proxy(binaries, deadline)
             self._start_coredns(binaries, deadline)
-            self._wait("node Ready and untainted", deadline, self._node_ready)
+            self.processes.wait("node Ready and untainted", deadline, self._node_ready)
         except BaseException:
             self.stop()
             raise
@@ -476,20 +453,20 @@ class Node:
 
     def _start_network(self) -> None:
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        self._update_state(network=True)
+        self.processes.update(network=True)
         _run("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
         # Forwarding is needed for ClusterIPs (DNAT to a Pod); the guard first, so nothing forwarded can leave by
         # another interface. mangle, because kube-proxy puts its ACCEPTs ahead of anything in filter.
         _run("iptables", "-t", "mangle", "-I", "FORWARD", "!", "-o", BRIDGE, "-m", "comment",
              "--comment", GUARD_COMMENT, "-j", "DROP")  # fmt: skip
-        self._update_state(guard=True)
+        self.processes.update(guard=True)
         previous = {}
         for key, value in SYSCTLS.items():
             path = Path("/proc/sys") / key
             previous[key] = path.read_text().strip()
             path.write_text(value)
-        self._update_state(sysctls=previous)
+        self.processes.update(sysctls=previous)
 
     def _start_containerd(self, binaries: dict[str, Path], deadline: float, images: Sequence[Path]) -> None:
         (self.dir / "cni" / "net.d").mkdir(parents=True)
@@ -498,8 +475,8 @@ class Node:
         config = self.dir / "containerd.toml"
         config.write_text(_containerd_config(self))
         env = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
-        self._spawn("containerd", binaries["containerd"], ["--config", str(config)], env=env)
-        self._wait("containerd", deadline, lambda: self._ctr("version", check=False) is not None)
+        self.processes.spawn("containerd", binaries["containerd"], ["--config", str(config)], env=env)
+        self.processes.wait("containerd", deadline, lambda: self._ctr("version", check=False) is not None)
         pause = build_pause_image(self.dir / "images")
         for archive in (pause, *images):
             self.import_image(archive)
@@ -513,6 +490,16 @@ class Node:
                 raise NodeError(f"ctr {' '.join(args)} failed: {result.stderr.strip()}")
             return None
         return result.stdout
+
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a running container's main process (``containerd://ID`` or ``ID``, from a Pod's
+        ``containerStatuses``): what a test signals to freeze or kill a container from outside."""
+        wanted = container_id.removeprefix("containerd://")
+        for line in (self._ctr("tasks", "list") or "").splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == wanted:
+                return int(pid)
+        raise NodeError(f"no running task for container {wanted}")
 
     def import_image(self, archive: Path) -> list[str]:
         """Load an OCI/Docker image archive into the node's runtime (pull policy Never/IfNotPresent); → names."""
@@ -545,7 +532,7 @@ class Node:
         (self.dir / "resolv.conf").write_text(f"nameserver {NODE_IP}\n")
         config = self.dir / "kubelet.yaml"
         config.write_text(json.dumps(_kubelet_config(self, ports), indent=2))
-        self._spawn("kubelet", binaries["kubelet"], [
+        self.processes.spawn("kubelet", binaries["kubelet"], [
             f"--config={config}",
             f"--kubeconfig={self.kubeconfigs['kubelet']}",
             f"--root-dir={self.dir / 'kubelet'}",
@@ -555,11 +542,11 @@ class Node:
             "--v=1",
         ])  # fmt: skip
         healthz = f"http://127.0.0.1:{ports['kubelet-healthz']}/healthz"
-        self._wait("kubelet /healthz", deadline, lambda: _http_ok(healthz))
+        self.processes.wait("kubelet /healthz", deadline, lambda: _http_ok(healthz))
 
     def _start_scheduler(self, binaries: dict[str, Path], deadline: float) -> None:
         port = cp.free_port()
-        self._spawn("kube-scheduler", binaries["kube-scheduler"], [
+        self.processes.spawn("kube-scheduler", binaries["kube-scheduler"], [
             f"--kubeconfig={self.kubeconfigs['kube-scheduler']}",
             "--bind-address=127.0.0.1",
             f"--secure-port={port}",
@@ -567,23 +554,23 @@ class Node:
             "--leader-elect=false",
             "--profiling=false",
         ])  # fmt: skip
-        self._wait("kube-scheduler /healthz", deadline, lambda: _http_ok(f"https://127.0.0.1:{port}/healthz"))
+        self.processes.wait("kube-scheduler /healthz", deadline, lambda: _http_ok(f"https://127.0.0.1:{port}/healthz"))
 
     def _start_kube_proxy(self, binaries: dict[str, Path], deadline: float) -> None:
         ports = {"kube-proxy-healthz": cp.free_port(), "kube-proxy-metrics": cp.free_port()}
         config = self.dir / "kube-proxy.yaml"
         config.write_text(json.dumps(_kube_proxy_config(self, ports), indent=2))
-        self._spawn("kube-proxy", binaries["kube-proxy"], [f"--config={config}", "--v=1"])
+        self.processes.spawn("kube-proxy", binaries["kube-proxy"], [f"--config={config}", "--v=1"])
         healthz = f"http://127.0.0.1:{ports['kube-proxy-healthz']}/healthz"
-        self._wait("kube-proxy /healthz", deadline, lambda: _http_ok(healthz))
+        self.processes.wait("kube-proxy /healthz", deadline, lambda: _http_ok(healthz))
 
     def _start_coredns(self, binaries: dict[str, Path], deadline: float) -> None:
         ports = {"coredns-ready": cp.free_port()}
         corefile = self.dir / "Corefile"
         corefile.write_text(_corefile(self, ports))
-        self._spawn("coredns", binaries["coredns"], ["-conf", str(corefile)])
+        self.processes.spawn("coredns", binaries["coredns"], ["-conf", str(corefile)])
         ready = f"http://127.0.0.1:{ports['coredns-ready']}/ready"
-        self._wait("CoreDNS /ready", deadline, lambda: _http_ok(ready))
+        self.processes.wait("CoreDNS /ready", deadline, lambda: _http_ok(ready))
 
     def _node_ready(self) -> bool:
         out = self.controlplane.kubectl("get", "node", NODE_NAME, "-o", "json")
@@ -591,41 +578,11 @@ class Node:
         conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
         return conditions.get("Ready") == "True" and not node.get("spec", {}).get("taints")
 
-    def _spawn(self, name: str, exe: Path, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        with (self.logs_dir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [str(exe), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.dir,
-                env=env,
-            )
-        self._popen[name] = proc
-        state = self._state()
-        state["processes"][name] = {"pid": proc.pid, "exe": str(exe)}
-        self._save_state(state)
-
-    def _wait(self, what: str, deadline: float, ready: Any) -> None:
-        while True:
-            for name, proc in self._popen.items():
-                if proc.poll() is not None:
-                    log = self.logs_dir / f"{name}.log"
-                    raise NodeError(f"{name} exited with {proc.returncode}; {log} ends with:\n{cp.tail(log)}")
-            with contextlib.suppress(Exception):
-                if ready():
-                    return
-            if time.monotonic() > deadline:
-                raise NodeError(f"timed out waiting for {what}; logs are in {self.logs_dir}")
-            time.sleep(0.2)
-
     # -- stop -------------------------------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 60.0) -> None:
         """Delete every Pod, stop node and control plane, and remove everything they made on this machine."""
-        state = self._state()
+        state = self.processes.state()
         if not state:
             self.controlplane.stop()
             return
@@ -633,7 +590,7 @@ class Node:
         if {"kubelet", "containerd"} <= running.keys() and self.controlplane.is_running():
             self._delete_pods(timeout)
         for name in reversed(PROCESSES):
-            self._stop_process(name, state)
+            self.processes.stop(name, 20.0)
         self.controlplane.stop()
         self._kill_shims()
         self._cleanup(state)
@@ -642,8 +599,7 @@ class Node:
 
     def _delete_pods(self, timeout: float) -> None:
         """Scale nothing, just delete: with the scheduler stopped first, no replacement Pod is ever started."""
-        state = self._state()
-        self._stop_process("kube-scheduler", state)
+        self.processes.stop("kube-scheduler", 20.0)
         with contextlib.suppress(cp.ControlPlaneError, subprocess.TimeoutExpired):
             self.controlplane.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false")
         deadline = time.monotonic() + timeout
@@ -652,20 +608,6 @@ class Node:
             if tasks is not None and not tasks.strip():
                 return
             time.sleep(0.5)
-
-    def _stop_process(self, name: str, state: dict[str, Any], timeout: float = 20.0) -> None:
-        proc = state.get("processes", {}).get(name)
-        if proc is None:
-            return
-        pid, exe = int(proc["pid"]), str(proc["exe"])
-        popen = self._popen.pop(name, None)
-        if cp.pid_alive(pid, exe):
-            cp.signal_group(pid, signal.SIGTERM)
-            if not cp.ControlPlane.wait_exit(pid, exe, popen, timeout):
-                cp.signal_group(pid, signal.SIGKILL)
-                cp.ControlPlane.wait_exit(pid, exe, popen, timeout)
-        elif popen is not None:
-            popen.wait()
 
     def _kill_shims(self) -> None:
         """containerd shims outlive containerd by design; ours are the ones started for our socket."""

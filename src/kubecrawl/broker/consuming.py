@@ -164,6 +164,19 @@ class RabbitConsumer:
         self._draining = False
         self._writer: FrameWriter | None = None
 
+    @property
+    def consuming(self) -> bool:
+        """Connected, channel open, consumers registered, not draining (the worker's readiness)."""
+        connection, channel = self._connection, self._channel
+        return bool(
+            connection is not None
+            and connection.connected.is_set()
+            and channel is not None
+            and not channel.is_closed
+            and self._consumers
+            and not self._draining
+        )
+
     def writer(self, channel: aiormq.abc.AbstractChannel) -> FrameWriter:
         """The frame writer of the channel a delivery came on (a new one after the robust connection reopened)."""
         writer = self._writer

@@ -8,8 +8,9 @@ line (never also where it is re-raised), so a failure is counted once:
                      SyncFailed (the kubecrawl API); ForgetFailed (the API kept a deleted site);
                      StatusRefreshFailed (the status refresher: CronJob or API read, status patch)
     CrawlWorkerPool  PollFailed (a poll stopped by Kubernetes API trouble), ScaleFailed (the /scale write or the pod
-                     annotations before it; a write lost to a concurrent scale is not a failure). Queue depth reads
-                     have their own counter, kubecrawl_pool_metric_errors_total.
+                     annotations before it; a write lost to a concurrent scale is not a failure), EventFailed (an
+                     Event the operator could not post). Queue depth reads have their own counter,
+                     kubecrawl_pool_metric_errors_total.
     both             InternalError: an unexpected exception (a bug), logged with its traceback.
 """
 
@@ -27,6 +28,7 @@ FORGET_FAILED = "ForgetFailed"
 STATUS_REFRESH_FAILED = "StatusRefreshFailed"
 POLL_FAILED = "PollFailed"
 SCALE_FAILED = "ScaleFailed"
+EVENT_FAILED = "EventFailed"
 INTERNAL_ERROR = "InternalError"
 
 

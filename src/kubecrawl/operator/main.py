@@ -18,7 +18,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.operator import cronjobs
 from kubecrawl.operator.crawlsites import CrawlSites
-from kubecrawl.operator.handlers import crawlsites, pools
+from kubecrawl.operator.handlers import crawlsites, is_deletion, pools
 from kubecrawl.operator.reconcile.naming import GROUP, PLURAL, RESYNC_ANNOTATION, VERSION
 from kubecrawl.operator.reconciling import Reconciler
 from kubecrawl.operator.refreshing import StatusRefresher
@@ -96,8 +96,8 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
     kopf.on.resume(*CRAWLSITES, registry=registry, id="reconcile")(crawlsites.reconcile_site)
     # Status refresh: an index plus one loop, not a kopf timer, which would put a finalizer on every CrawlSite.
     kopf.index(*CRAWLSITES, registry=registry, id="crawlsite_index")(crawlsites.index_site)
-    kopf.on.event(*CRAWLSITES, registry=registry, id="forget", when=crawlsites.is_deletion)(crawlsites.forget_site)
-    # CrawlWorkerPools: one scaling daemon per pool (handlers/pools.py), sharing this registry's start-up.
+    kopf.on.event(*CRAWLSITES, registry=registry, id="forget", when=is_deletion)(crawlsites.forget_site)
+    # CrawlWorkerPools: an index plus one polling task per pool (handlers/pools.py), no finalizer either.
     pools.register(registry, shared, options)
     return registry
 

@@ -13,7 +13,6 @@ import signal
 import socket
 from datetime import timedelta
 
-from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.base import Handler, Publisher
@@ -27,6 +26,7 @@ from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.database import connect_with_backoff, create_engine
 from kubecrawl.store.pages import PageStore
 from kubecrawl.worker.crawling import PagePipeline
+from kubecrawl.worker.probes import WorkerProbes
 from kubecrawl.worker.processing import MetadataPipeline
 from kubecrawl.worker.sweeping import sweep_forever
 
@@ -47,10 +47,7 @@ def queue_handlers(
 async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
     name = settings.pod_name or socket.gethostname()
-    if metrics_port:
-        start_http_server(metrics_port)
     engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
-    await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher(
         rabbit_url,
@@ -59,7 +56,6 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
     )
-    await publisher.start()
     consumer = RabbitConsumer(
         rabbit_url,
         settings.publisher,
@@ -68,6 +64,17 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
     )
+    # /metrics and the probes answer from the start: alive (not ready) while the database and broker back off.
+    probes = WorkerProbes(consumer, publisher, engine)
+    if metrics_port:
+        await probes.start(metrics_port)
+    try:
+        await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
+        await publisher.start()
+    except BaseException:
+        await probes.close()
+        await engine.dispose()
+        raise
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -92,5 +99,6 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     finally:
         await consumer.close()
         await publisher.close()
+        await probes.close()
         await engine.dispose()
         log.info("worker_stopped")

@@ -75,10 +75,6 @@ def index_site(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[tuple[str, st
     return {(meta["namespace"], meta["name"]): snapshot}
 
 
-def is_deletion(event: kopf.RawEvent, **_: Any) -> bool:
-    return event.get("type") == "DELETED"
-
-
 async def forget_site(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """A CrawlSite is gone (``is_deletion``): drop its spec from the API. Best effort: no finalizer holds the
     deletion; crawl history stays in the API; the CronJob goes through garbage collection, not through us."""

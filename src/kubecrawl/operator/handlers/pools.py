@@ -1,10 +1,10 @@
-"""CrawlWorkerPool handlers: one kopf daemon per pool, polling every ``pollSeconds`` through
+"""CrawlWorkerPool handlers: a kopf index of the pools and one :class:`~kubecrawl.operator.pools.supervising.
+PoolSupervisor` that polls each of them every ``pollSeconds`` through
 :class:`~kubecrawl.operator.pools.scaler.PoolScaler`.
 
-:func:`register` adds them to the operator's registry (called from ``main.create_registry``). kopf starts a daemon
-when it first sees a pool (also after an operator restart) and stops it when the pool is deleted; kopf keeps its
-finalizer on the pool meanwhile, so the daemon always ends before the pool is gone. Deleting a pool leaves the
-Deployment's replicas and its pods' annotations as they are.
+:func:`register` adds them to the operator's registry (called from ``main.create_registry``). No handler here needs
+a finalizer (see ``supervising.py`` for why not a kopf daemon), so a pool can be deleted whether or not the
+operator runs. Deleting a pool leaves the Deployment's replicas and its pods' annotations as they are.
 """
 
 from __future__ import annotations
@@ -14,64 +14,42 @@ from typing import Any
 
 import kopf
 
-from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator import failures
 from kubecrawl.operator.pools.scaler import PoolRef, PoolRuntime
+from kubecrawl.operator.pools.supervising import PoolSupervisor, pool_snapshot
 from kubecrawl.operator.pools.workloads import PLURAL
 from kubecrawl.operator.reconcile.naming import GROUP, VERSION
-from kubecrawl.operator.scaling.deciding import Event
 from kubecrawl.operator.settings import OperatorSettings
 
 log = get_logger(__name__)
-
-# A stopping daemon may finish the poll it is in (its requests time out within the networking settings' 30 s);
-# after that it is cancelled, with 5 s more to unwind. The chart's operator.terminationGracePeriodSeconds covers
-# both (tests/e2e/test_helm.py checks it).
-CANCELLATION_BACKOFF_SECONDS = 30.0
-CANCELLATION_TIMEOUT_SECONDS = 5.0
+INDEX = "crawlworkerpool_index"
 
 
-async def scale_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """The daemon: poll at a fixed rate until the pool is deleted or the operator stops."""
-    runtime: PoolRuntime = memo.pool_runtime
-    ref = PoolRef(meta["namespace"], meta["name"])
+def index_pool(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[PoolRef, dict[str, Any]]:
+    """kopf index: every pool's identity, spec and status; kopf drops the entry when the pool is deleted."""
+    snapshot = pool_snapshot(meta["namespace"], meta["name"], meta["uid"], meta.get("generation"), body)
+    return {snapshot["ref"]: snapshot}
 
-    def post(event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
-    scaler = runtime.scaler(ref, status=dict(body.get("status") or {}), post=post)
-    log.info("pool_daemon_started", pool=str(ref))
-    loop = asyncio.get_running_loop()
-    due = loop.time()
-    try:
-        while not stopped:
-            try:
-                # ``body`` is kopf's live view: a spec change applies from the next poll on.
-                await scaler.poll(dict(body.get("spec") or {}), meta.get("generation"))
-            except KubecrawlError as exc:
-                # Kubernetes API trouble (the broker's is handled inside the poll): poll again, state kept.
-                failures.count(failures.POOL, failures.POLL_FAILED)
-                log.warning("pool_poll_failed", pool=str(ref), error=exc.detail, code=exc.code)
-            except Exception:
-                # A bug: loud (with the traceback), but the pool keeps being served.
-                failures.count(failures.POOL, failures.INTERNAL_ERROR)
-                log.exception("pool_poll_crashed", pool=str(ref))
-            # Fixed rate: a slow poll shortens the wait; one that overran starts the next at once, no burst after.
-            due = max(due + scaler.interval, loop.time())
-            await stopped.wait(due - loop.time())
-    finally:
-        scaler.forget()
-        log.info("pool_daemon_stopped", pool=str(ref), reason=str(stopped.reason) if stopped else "cancelled")
+def wake(memo: kopf.Memo, **_: Any) -> None:
+    """Any pool event: kopf runs event handlers after it updated the indexes, so the supervisor sees the change."""
+    supervisor: PoolSupervisor | None = getattr(memo, "pool_supervisor", None)
+    if supervisor is not None:
+        supervisor.wake()
 
 
 def register(registry: kopf.OperatorRegistry, shared: Settings, options: OperatorSettings) -> None:
     """Add the CrawlWorkerPool handlers (and the broker/API clients they share) to ``registry``."""
 
     @kopf.on.startup(registry=registry)
-    async def open_pools(memo: kopf.Memo, **_: Any) -> None:
-        memo.pool_runtime = await PoolRuntime.open(shared, options)
+    async def open_pools(memo: kopf.Memo, **kwargs: Any) -> None:
+        runtime = await PoolRuntime.open(shared, options)
+        memo.pool_runtime = runtime
+        # kopf passes every index to start-up handlers by its id, as a live view. (The pools' Events are posted by
+        # our own client, workloads.py: kopf.event only works inside kopf's per-object handler context.)
+        memo.pool_supervisor = PoolSupervisor(kwargs[INDEX], runtime.scaler)
+        memo.pool_supervision = asyncio.create_task(memo.pool_supervisor.run(), name="pool supervisor")
         log.info(
             "pool_scaling_configured",
             management_api=options.rabbitmq_management_url is not None,
@@ -80,14 +58,9 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
 
     @kopf.on.cleanup(registry=registry)
     async def close_pools(memo: kopf.Memo, **_: Any) -> None:
+        await memo.pool_supervisor.stop()
+        await memo.pool_supervision
         await memo.pool_runtime.close()
 
-    kopf.daemon(
-        GROUP,
-        VERSION,
-        PLURAL,
-        registry=registry,
-        id="scale",
-        cancellation_backoff=CANCELLATION_BACKOFF_SECONDS,
-        cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS,
-    )(scale_pool)
+    kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX)(index_pool)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")(wake)

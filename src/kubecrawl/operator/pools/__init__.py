@@ -5,5 +5,7 @@
                   the pool's status
     scaler.py     one pool's poll: read, decide, annotate, write /scale, report (Events, status, metrics)
 
-``kubecrawl.operator.handlers.pools`` runs one kopf daemon per pool around :class:`~.scaler.PoolScaler`.
+    supervising.py one polling task per pool, started and stopped from a kopf index (no finalizer)
+
+``kubecrawl.operator.handlers.pools`` feeds the index and runs the supervisor.
 """

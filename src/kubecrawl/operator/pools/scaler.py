@@ -1,17 +1,18 @@
 """One CrawlWorkerPool's poll: read the Deployment's /scale and the queue, decide (``scaling.deciding``), annotate
 pod deletion costs before a scale-down, write /scale, then report (Events, status, metrics).
 
-kopf-free: ``handlers/pools.py`` calls :meth:`PoolScaler.poll` every ``pollSeconds`` from a daemon and gives it a
-function that posts Events. The scaler's memory (the stabilisation window, the rate-limit history, the failure
-count) starts from the Deployment's current replicas when the daemon starts, so an operator restart never makes the
-replicas jump: scale-ups still happen at once, scale-downs wait for a full window.
+kopf-free: a pool's task (``supervising.py``) calls :meth:`PoolScaler.poll` every ``pollSeconds``, and
+``handlers/pools.py`` gives it a function that posts Events. The scaler's memory (the stabilisation window, the
+rate-limit history, the failure count) starts from the Deployment's current replicas when the task starts, so an
+operator restart never makes the replicas jump: scale-ups still happen at once, scale-downs wait for a full window.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.operator import cronjobs, failures
 from kubecrawl.operator.cronjobs import KubernetesUnavailable
 from kubecrawl.operator.pools.probing import AmqpDepth, BrokerProbe, ManagementApi, MetricsUnavailable, vhost_of
-from kubecrawl.operator.pools.workloads import Pod, Scale, ScaleConflict, Workloads
+from kubecrawl.operator.pools.workloads import Pod, PoolObject, Scale, ScaleConflict, Workloads
 from kubecrawl.operator.reconcile.status import Outcome, status_patch
 from kubecrawl.operator.scaling.costs import cost_changes, deletion_costs
 from kubecrawl.operator.scaling.deciding import Decision, Event, Observation, ScalerState, decide, initial_state
@@ -33,7 +34,7 @@ from kubecrawl.operator.settings import OperatorSettings
 
 log = get_logger(__name__)
 
-PostEvent = Callable[[Event], None]
+PostEvent = Callable[[Event], Awaitable[None]]
 _WRITE_ATTEMPTS = 3
 
 
@@ -59,7 +60,7 @@ def _previous_activity(status: Mapping[str, Any]) -> Outcome | None:
 
 
 class PoolScaler:
-    """The polls of one CrawlWorkerPool (one instance per kopf daemon)."""
+    """The polls of one CrawlWorkerPool (one instance per pool task)."""
 
     def __init__(
         self,
@@ -90,7 +91,7 @@ class PoolScaler:
         self.interval = DEFAULT_POLL_SECONDS
 
     async def poll(self, raw_spec: Mapping[str, Any], generation: int | None) -> None:
-        """One poll; Kubernetes API failures propagate (the daemon logs them and polls again)."""
+        """One poll; Kubernetes API failures propagate (the task logs them and polls again)."""
         try:
             spec = pool_spec(raw_spec)
         except InvalidPoolSpec as exc:
@@ -119,7 +120,7 @@ class PoolScaler:
             events.append(decision.change_event())
         await self._report(generation, activity, current=current, observation=observation, decision=decision)
         for event in events:
-            self._post(event)
+            await self._post(event)
 
     async def _check_autoscalers(self, spec: PoolSpec) -> list[str]:
         now = self._clock()
@@ -191,7 +192,7 @@ class PoolScaler:
         decision: Decision | None = None,
     ) -> None:
         for event in activity_events(self._activity, activity):
-            self._post(event)
+            await self._post(event)
         self._activity = activity
         labels = (self.ref.namespace, self.ref.name)
         if current is not None:
@@ -267,13 +268,15 @@ class PoolRuntime:
         probe = BrokerProbe(AmqpDepth(amqp_url, timeout=timeout), management)
         return cls(Workloads(api_client), probe, options, api_client.close)
 
-    def scaler(self, ref: PoolRef, *, status: Mapping[str, Any], post: PostEvent) -> PoolScaler:
+    def scaler(self, ref: PoolRef, pool: Mapping[str, Any]) -> PoolScaler:
+        """The scaler of one pool, from its index snapshot (``supervising.pool_snapshot``: uid, status)."""
+        involved = PoolObject(ref.namespace, ref.name, pool["uid"])
         return PoolScaler(
             ref,
             workloads=self.workloads,
             probe=self.probe,
-            post=post,
-            status=status,
+            post=functools.partial(self.workloads.post_event, involved),
+            status=pool["status"],
             conflict_check_seconds=self.options.pool_conflict_check_seconds,
         )
 

@@ -9,21 +9,40 @@ Errors are wrapped here: 404 on reads → ``None``; everything else → :class:`
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from kubecrawl.core.logging import get_logger
+from kubecrawl.operator import failures
 from kubecrawl.operator.cronjobs import KubernetesUnavailable
 from kubecrawl.operator.reconcile.naming import GROUP, VERSION
 from kubecrawl.operator.scaling.conflicts import autoscalers_of
 from kubecrawl.operator.scaling.costs import DELETION_COST_ANNOTATION
+from kubecrawl.operator.scaling.deciding import Event
 
+log = get_logger(__name__)
 PLURAL = "crawlworkerpools"
+KIND = "CrawlWorkerPool"
+EVENT_SOURCE = "kubecrawl-operator"
+_INSTANCE = socket.gethostname()
+_EVENT_MESSAGE_LIMIT = 1024
 _MERGE_PATCH = "application/merge-patch+json"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolObject:
+    """The pool an Event is about."""
+
+    namespace: str
+    name: str
+    uid: str
 
 
 class ScaleConflict(KubernetesUnavailable):
@@ -133,6 +152,35 @@ class Workloads:
         except _TRANSPORT_ERRORS as exc:
             raise _unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
         return autoscalers_of(deployment, hpas.get("items") or [], scaled.get("items") or [])
+
+    async def post_event(self, pool: PoolObject, event: Event) -> None:
+        """A core/v1 Event on the pool (what ``kubectl describe crawlworkerpool`` lists). Best effort: an Event that
+        cannot be posted is logged and counted, never fails the poll."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{pool.name}.", "namespace": pool.namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "namespace": pool.namespace,
+                "name": pool.name,
+                "uid": pool.uid,
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:_EVENT_MESSAGE_LIMIT],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": _INSTANCE,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self._core.create_namespaced_event(pool.namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+        except (ApiException, *_TRANSPORT_ERRORS) as exc:
+            failures.count(failures.POOL, failures.EVENT_FAILED)
+            log.warning("pool_event_failed", pool=f"{pool.namespace}/{pool.name}", reason=event.reason, error=str(exc))
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """Merge-patch the pool's status; False when the pool is gone."""

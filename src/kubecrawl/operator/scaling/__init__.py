@@ -7,6 +7,6 @@
     reporting.py  conditions, status fields and Kubernetes Events derived from decisions
 
 ``kubecrawl.operator.pools`` does the I/O around these (RabbitMQ, the Kubernetes API) and
-``kubecrawl.operator.handlers.pools`` runs one kopf daemon per CrawlWorkerPool. docs/autoscaling.md explains the
+``kubecrawl.operator.handlers.pools`` runs one polling task per CrawlWorkerPool. docs/autoscaling.md explains the
 rules for users.
 """
