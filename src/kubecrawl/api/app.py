@@ -26,7 +26,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.database import connect_with_backoff
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.page_metadata import PageStore
 from kubecrawl.store.sites import SiteStore
 
 log = get_logger(__name__)

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.crawls import CrawlStore
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.page_metadata import PageStore
 from kubecrawl.store.sites import SiteStore
 
 

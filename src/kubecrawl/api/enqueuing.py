@@ -35,7 +35,7 @@ from kubecrawl.broker.tasks import publish_metadata_tasks
 from kubecrawl.core.contracts import MetadataTask
 from kubecrawl.core.errors import KubecrawlError, TransientError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.pages import PageStore, RequestWriter
+from kubecrawl.store.page_metadata import PageStore, RequestWriter
 
 log = get_logger(__name__)
 

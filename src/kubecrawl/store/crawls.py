@@ -26,9 +26,10 @@ from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 from kubecrawl.store.batching import GroupCommit
-from kubecrawl.store.pages import as_utc, dialect_insert, utcnow
+from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import crawl_hosts, crawl_pages, crawls
 
 P = CrawlPageState

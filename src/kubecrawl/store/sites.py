@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kubecrawl.store.pages import as_utc, dialect_insert, utcnow
+from kubecrawl.core.clock import utcnow
+from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import sites
 
 

@@ -29,7 +29,7 @@ from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error, retry_delay
 from kubecrawl.store.database import DATABASE_ERRORS
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.page_metadata import PageStore
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)

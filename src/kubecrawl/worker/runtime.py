@@ -25,7 +25,7 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.database import connect_with_backoff, create_engine
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.page_metadata import PageStore
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.processing import MetadataPipeline
 from kubecrawl.worker.sweeping import sweep_forever

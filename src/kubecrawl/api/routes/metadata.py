@@ -30,7 +30,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_PAGE_STATUSES, PageStatus
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.urls import normalise_url
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.page_metadata import PageStore
 
 router = APIRouter(tags=["metadata"])
 log = get_logger(__name__)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Text, and_, bindparam, case, delete, func, or_, select, update
@@ -36,9 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select
 
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
 from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import page_metadata as pm
 
 # ``status IN (…)`` over a literal list compiles to an "expanding" parameter that SQLAlchemy re-renders into
@@ -50,21 +52,6 @@ _URL = bindparam("page_url", type_=pm.c.url.type)
 _REQUEST_ID = bindparam("request_id", type_=pm.c.last_request_id.type)
 # (url, request_id): one POST /metadata in a batch.
 Request = tuple[str, str]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def dialect_insert(engine: AsyncEngine) -> Any:
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
 @dataclass(frozen=True, slots=True)
