@@ -22,7 +22,9 @@ def site_json(row: Any) -> dict[str, Any]:
     }
 
 
-class SiteStore:
+class SqlSiteStore:
+    """``SiteStore`` (store/contract.py) on PostgreSQL or SQLite."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._insert = dialect_insert(engine)
