@@ -240,6 +240,29 @@ async def test_a_crawl_completes_once_with_its_counters_and_a_gapless_event_sequ
     assert len(await crawls.pages(crawl_id, limit=10, state=FAILED)) == 1
 
 
+async def test_a_crawls_pages_are_listed_in_order_after_an_id_and_filtered_by_state_and_change(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, window = await _crawl(crawls, [f"http://site.test/{i}" for i in range(4)])
+    outcomes = [
+        PageOutcome(DONE, changed=True),
+        PageOutcome(DONE, changed=False),
+        PageOutcome(FAILED, error_code="http_500", error="boom"),
+    ]
+    for ref, outcome in zip(window, outcomes, strict=False):
+        await _fetch(crawls, crawl_id, ref, outcome)
+    listed = await crawls.pages(crawl_id, limit=10)
+    assert [page.url for page in listed] == [ref.url for ref in window]
+    assert [page.url for page in await crawls.pages(crawl_id, limit=2, after_id=listed[0].id)] == [
+        window[1].url,
+        window[2].url,
+    ]
+    assert [page.url for page in await crawls.pages(crawl_id, limit=10, changed=True)] == [window[0].url]
+    assert [page.url for page in await crawls.pages(crawl_id, limit=10, state=FAILED)] == [window[2].url]
+    queued = await crawls.pages(crawl_id, limit=10, state=CrawlPageState.QUEUED)
+    assert [page.url for page in queued] == [window[3].url]
+    assert [page.seq for page in await crawls.outcomes_since(crawl_id, 0, limit=2)] == [1, 2]
+
+
 async def test_a_settled_page_is_not_begun_again_and_a_second_outcome_changes_nothing(stores: Stores) -> None:
     crawls = stores.crawls
     crawl_id, (first, second) = await _crawl(crawls, ["http://site.test/", "http://site.test/2"])

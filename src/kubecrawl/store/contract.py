@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from kubecrawl.core.models import Crawl, CrawlPage, CrawlPageState, CrawlState, FetchedPage, PageMetadataRecord
 
@@ -99,7 +99,7 @@ class FinishResult:
 class HostState:
     """A crawl's view of one host: whether its robots.txt is known yet (``READY``) and what it said."""
 
-    robots_state: str  # PENDING | READY
+    robots_state: Literal["PENDING", "READY"]
     robots_txt: str | None
 
 

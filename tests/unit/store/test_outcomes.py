@@ -10,10 +10,18 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-from kubecrawl.core.models import CrawlCounters, CrawlPageState
-from kubecrawl.store.contract import PageOutcome
+from kubecrawl.core.models import CrawlCounters, CrawlPageState, CrawlState
+from kubecrawl.store.contract import PageOutcome, PageRef
 from kubecrawl.store.finishing import _SETTLE_PAGE
-from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, RESULT_FIELDS, counted, outcome_values
+from kubecrawl.store.outcomes import (
+    COUNTERS,
+    OUTCOME_COLUMNS,
+    RESULT_FIELDS,
+    SettledBatch,
+    counted,
+    outcome_values,
+    shared_out,
+)
 from kubecrawl.store.schema import crawl_pages, crawls
 
 
@@ -91,3 +99,35 @@ def test_a_long_error_is_stored_cut_and_links_only_for_a_done_page() -> None:
     assert failed["outlinks"] is None
     done = outcome_values(PageOutcome(CrawlPageState.DONE, new_links=["http://a.test/"]))
     assert done["outlinks"] == ["http://a.test/"]
+
+
+def _batch(settled: list[int], publish: int, *, state: CrawlState, previous: CrawlState) -> SettledBatch:
+    refs = [PageRef(100 + i, f"http://a.test/{i}", 1) for i in range(publish)]
+    return SettledBatch(settled=settled, state=state, previous_state=previous, to_publish=refs)
+
+
+def test_a_batch_is_shared_out_one_result_per_settled_page_and_none_for_duplicates() -> None:
+    items = [(1, PageOutcome(CrawlPageState.DONE)), (2, PageOutcome(CrawlPageState.DONE))]
+    items.append((1, PageOutcome(CrawlPageState.FAILED)))  # a second outcome for page 1: not settled
+    results = shared_out(_batch([1, 2], 3, state=CrawlState.RUNNING, previous=CrawlState.RUNNING), items)
+    first, second, duplicate = results
+    assert first is not None
+    assert second is not None
+    assert duplicate is None
+    # the refill goes round the settled pages, so their callers publish in parallel
+    assert [ref.page_id for ref in first.to_publish] == [100, 102]
+    assert [ref.page_id for ref in second.to_publish] == [101]
+    assert not first.completed_now
+    assert not second.completed_now
+
+
+def test_exactly_one_caller_reports_the_completion_and_only_when_the_batch_completed_the_crawl() -> None:
+    items = [(1, PageOutcome(CrawlPageState.DONE)), (2, PageOutcome(CrawlPageState.DONE))]
+    completed = shared_out(_batch([1, 2], 0, state=CrawlState.COMPLETED, previous=CrawlState.RUNNING), items)
+    assert [result is not None and result.completed_now for result in completed] == [True, False]
+    already = shared_out(_batch([1, 2], 0, state=CrawlState.COMPLETED, previous=CrawlState.COMPLETED), items)
+    assert not any(result is not None and result.completed_now for result in already)
+
+
+def test_nothing_settled_gives_every_caller_none() -> None:
+    assert shared_out(None, [(1, PageOutcome(CrawlPageState.DONE))] * 2) == [None, None]
