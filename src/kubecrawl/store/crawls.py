@@ -11,15 +11,16 @@ lock: ``store/dialects.py``):
   holds cluster-wide.
 - Completion exactly once, exactly-once results: ``finish_page`` settles outcomes under the same lock, only for
   pages still FETCHING (``store/finishing.py``: PostgreSQL's function or the in-process steps).
-Both per-page steps are group-committed per crawl (``store/batching.py``). Host politeness is
-``store/hosts.py``; what an outcome stores and counts is ``store/outcomes.py``.
+Both per-page steps are group-committed per crawl (``store/batching.py``); a batch of starts is
+``store/starting.py``. Host politeness is ``store/hosts.py``; what an outcome stores and counts is
+``store/outcomes.py``.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
@@ -34,7 +35,8 @@ from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.hosts import SqlHostStore
 from kubecrawl.store.outcomes import COUNTERS, ERROR_CHARS, shared_out
-from kubecrawl.store.schema import crawl_hosts, crawl_pages, crawls
+from kubecrawl.store.schema import crawl_pages, crawls
+from kubecrawl.store.starting import PageStarts
 
 P = CrawlPageState
 _ACTIVE = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
@@ -66,49 +68,6 @@ def page_model(row: Any) -> CrawlPage:
 # The per-page statements, built once: building a Core statement per call (operators, clause objects, cache
 # key) cost more CPU than SQLite spent executing it. Values arrive as bind parameters.
 _LOCK_CRAWL = select(crawls).where(crawls.c.id == bindparam("p_crawl_id")).with_for_update()
-_BEGIN_PAGES = (
-    update(crawl_pages)
-    .where(
-        crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)),
-        # The pages are found by primary key; the crawl is only checked. Written as ``crawl_id || ''`` so that no
-        # index on crawl_id applies: with statistics from before the crawl (a first crawl), PostgreSQL took
-        # ``crawl_id = $1`` for a few rows and walked all of the crawl's pages for each batch (auto_explain).
-        crawl_pages.c.crawl_id.concat("") == bindparam("p_crawl_id"),
-        crawl_pages.c.state.in_((P.QUEUED.value, P.FETCHING.value)),
-    )
-    .values(state=P.FETCHING.value, attempts=crawl_pages.c.attempts + 1, updated_at=bindparam("p_now"))
-    .returning(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth, crawl_pages.c.attempts)
-)
-_MARK_RUNNING = (
-    update(crawls)
-    .where(crawls.c.id == bindparam("p_crawl_id"), crawls.c.state == CrawlState.QUEUED.value)
-    .values(state=CrawlState.RUNNING.value, started_at=bindparam("p_now"))
-)
-# The crawl's state, its previous crawl, and whether any of its hosts is held (Retry-After, Crawl-delay): one
-# read per batch; which hosts and until when is read only when some are (rarely). The spec (``config``) cannot
-# change during a crawl and is read once per process (the frontier's memo).
-_CRAWL_FOR_PAGES = select(
-    crawls.c.state,
-    crawls.c.previous_crawl_id,
-    select(func.count())
-    .where(crawl_hosts.c.crawl_id == crawls.c.id, crawl_hosts.c.next_fetch_at > bindparam("p_now"))
-    .scalar_subquery()
-    .label("held_hosts"),
-).where(crawls.c.id == bindparam("p_crawl_id"))
-_PREVIOUS_PAGES = select(
-    crawl_pages.c.url,
-    crawl_pages.c.content_hash,
-    crawl_pages.c.etag,
-    crawl_pages.c.last_modified,
-    crawl_pages.c.outlinks,
-).where(
-    crawl_pages.c.crawl_id == bindparam("p_previous_id"),
-    crawl_pages.c.url.in_(bindparam("p_urls", expanding=True)),
-    crawl_pages.c.state == P.DONE.value,
-)
-_HELD_HOSTS = select(crawl_hosts.c.host, crawl_hosts.c.next_fetch_at).where(
-    crawl_hosts.c.crawl_id == bindparam("p_crawl_id"), crawl_hosts.c.next_fetch_at > bindparam("p_now")
-)
 
 
 class SqlCrawlStore:
@@ -122,8 +81,9 @@ class SqlCrawlStore:
         self._frontier = Frontier(engine)
         self._finisher = batch_finisher(engine, self._tx, self._frontier)
         self._hosts = SqlHostStore(engine, self._tx)
+        self._starts = PageStarts(self._tx, self._frontier)
         # Group commit per crawl for the two per-page transactions (store/batching.py).
-        self._beginning = GroupCommit[str, int, PageStart | None](self._begin_batch)
+        self._beginning = GroupCommit[str, int, PageStart | None](self._starts.start)
         self._finishing = GroupCommit[str, tuple[int, PageOutcome], FinishResult | None](self._finish_batch)
 
     @property
@@ -336,66 +296,10 @@ class SqlCrawlStore:
     async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
         """Mark the page FETCHING (one more attempt) and return what fetching it needs; ``None`` if settled.
 
-        Group commit per crawl, like ``finish_page``. Two deliveries of one page in the same batch: the second
-        gets ``None`` (the first is fetching it). The batch's statements need no transaction around them: the
-        pages are FETCHING once their update commits, and what is read after it (the crawl's state, the previous
-        crawl's validators, paused hosts) may change at any moment anyway.
+        Group commit per crawl, like ``finish_page``; a batch is started by ``store/starting.py``. Two deliveries
+        of one page in the same batch: the second gets ``None`` (the first is fetching it).
         """
         return await self._beginning.submit(crawl_id, page_id)
-
-    async def _begin_batch(self, crawl_id: str, page_ids: Sequence[int]) -> list[PageStart | None]:
-        now = utcnow()
-        async with self._tx.single() as conn:
-            ids = sorted(set(page_ids))
-            pages = {
-                row.id: row
-                for row in await conn.execute(_BEGIN_PAGES, {"p_ids": ids, "p_crawl_id": crawl_id, "p_now": now})
-            }
-            if not pages:
-                return [None] * len(page_ids)
-            crawl = (await conn.execute(_CRAWL_FOR_PAGES, {"p_crawl_id": crawl_id, "p_now": now})).one()
-            state = CrawlState(crawl.state)
-            if state is CrawlState.QUEUED:  # its first pages: the crawl starts running
-                await conn.execute(_MARK_RUNNING, {"p_crawl_id": crawl_id, "p_now": now})
-                state = CrawlState.RUNNING
-            config = await self._frontier.config(conn, crawl_id)
-            previous: dict[str, dict[str, Any]] = {}
-            if crawl.previous_crawl_id is not None:
-                rows = await conn.execute(
-                    _PREVIOUS_PAGES,
-                    {"p_previous_id": crawl.previous_crawl_id, "p_urls": [page.url for page in pages.values()]},
-                )
-                previous = {
-                    row.url: {
-                        "content_hash": row.content_hash,
-                        "etag": row.etag,
-                        "last_modified": row.last_modified,
-                        "outlinks": row.outlinks or [],
-                    }
-                    for row in rows
-                }
-            held_until: dict[str, datetime] = {}
-            if crawl.held_hosts:
-                held = await conn.execute(_HELD_HOSTS, {"p_crawl_id": crawl_id, "p_now": now})
-                held_until = {row.host: until for row in held if (until := as_utc(row.next_fetch_at)) is not None}
-        results: list[PageStart | None] = []
-        for page_id in page_ids:
-            page = pages.pop(page_id, None)
-            results.append(
-                None
-                if page is None
-                else PageStart(
-                    page.url,
-                    page.depth,
-                    page.attempts,
-                    state,
-                    config,
-                    crawl.previous_crawl_id is not None,
-                    previous.get(page.url),
-                    held_until,
-                )
-            )
-        return results
 
     async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
         """A transient failure: the page waits for its retry inside the window (QUEUED)."""
