@@ -10,7 +10,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-from kubecrawl.core.models import CrawlCounters, CrawlPageState, CrawlState
+from kubecrawl.core.models import CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 from kubecrawl.store.contract import PageOutcome, PageRef
 from kubecrawl.store.finishing import _SETTLE_PAGE
 from kubecrawl.store.outcomes import (
@@ -131,3 +131,9 @@ def test_exactly_one_caller_reports_the_completion_and_only_when_the_batch_compl
 
 def test_nothing_settled_gives_every_caller_none() -> None:
     assert shared_out(None, [(1, PageOutcome(CrawlPageState.DONE))] * 2) == [None, None]
+
+
+def test_what_the_api_shows_of_a_crawl_page_is_the_page_itself_and_its_stored_outcome() -> None:
+    page_itself = {"id", "url", "depth", "attempts", "seq", "fetched_at"}
+    assert set(CrawlPage.model_fields) - page_itself <= {"state", *RESULT_FIELDS}
+    assert set(CrawlPage.model_fields) <= set(crawl_pages.c.keys())
