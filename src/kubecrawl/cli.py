@@ -102,8 +102,6 @@ def standalone(
     from kubecrawl.api.app import create_app
     from kubecrawl.embedded import embedded_runtime, sqlite_url
     from kubecrawl.scheduling import Scheduler, load_sites
-    from kubecrawl.store.crawls import CrawlStore
-    from kubecrawl.store.sites import SiteStore
 
     settings = _settings("standalone", database_url=sqlite_url(db))
     site_files = load_sites(sites) if sites is not None else []
@@ -112,7 +110,7 @@ def standalone(
         async with embedded_runtime(settings) as runtime:
             fastapi_app = create_app(settings, publisher=runtime.broker, engine=runtime.engine, manage_lifecycle=False)
             config = uvicorn.Config(fastapi_app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-            scheduler = Scheduler(SiteStore(runtime.engine), CrawlStore(runtime.engine), runtime.broker)
+            scheduler = Scheduler(runtime.stores.sites, runtime.stores.crawls, runtime.broker)
             await scheduler.register(site_files)
             schedules = asyncio.create_task(scheduler.run(site_files))
             log.info("standalone_listening", url=f"http://{host}:{port}", database=str(db), sites=len(site_files))

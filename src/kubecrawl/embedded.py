@@ -23,10 +23,10 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url, url_host
 from kubecrawl.fetch.fetching import Fetcher
-from kubecrawl.store.crawls import CrawlStore
+from kubecrawl.store.contract import Stores
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
-from kubecrawl.store.sites import SiteStore
+from kubecrawl.store.opening import sql_stores
 from kubecrawl.triggers import start_crawl
 from kubecrawl.worker.runtime import queue_handlers
 
@@ -41,6 +41,7 @@ _PROGRESS_SECONDS = 0.2
 class Embedded:
     settings: Settings
     engine: AsyncEngine
+    stores: Stores
     broker: MemoryBroker
 
 
@@ -54,6 +55,7 @@ async def embedded_runtime(settings: Settings) -> AsyncIterator[Embedded]:
     url = settings.database_url.get_secret_value()
     await upgrade_async(url)
     engine = create_engine(url)
+    stores = sql_stores(engine)
     broker = MemoryBroker(
         max_lengths={
             METADATA_QUEUE: settings.metadata_queue_max_length,
@@ -64,8 +66,8 @@ async def embedded_runtime(settings: Settings) -> AsyncIterator[Embedded]:
     await broker.start()
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            await broker.start_consuming(queue_handlers(settings, engine, fetcher, broker))
-            yield Embedded(settings=settings, engine=engine, broker=broker)
+            await broker.start_consuming(queue_handlers(settings, stores, fetcher, broker))
+            yield Embedded(settings=settings, engine=engine, stores=stores, broker=broker)
     finally:
         await broker.close()
         await engine.dispose()
@@ -83,7 +85,7 @@ async def crawl_once(
     """Crawl one site in-process (``kubecrawl crawl URL``) and return the finished crawl."""
     normalise_url(spec.url)
     async with embedded_runtime(settings) as runtime:
-        sites, crawls = SiteStore(runtime.engine), CrawlStore(runtime.engine)
+        sites, crawls = runtime.stores.sites, runtime.stores.crawls
         name = cli_site_name(spec.url)
         await sites.put(CLI_NAMESPACE, name, spec.model_dump(mode="json", by_alias=True))
         crawl, _ = await start_crawl(

@@ -23,8 +23,7 @@ from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_CRAWL_STATES
 from kubecrawl.core.sites import CrawlSiteSpec, schedule_key
-from kubecrawl.store.crawls import CrawlStore
-from kubecrawl.store.sites import SiteStore
+from kubecrawl.store.contract import CrawlStore, SiteStore
 from kubecrawl.triggers import start_crawl
 
 log = get_logger(__name__)

@@ -14,8 +14,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import Crawl
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url
-from kubecrawl.store.crawls import CrawlStore
-from kubecrawl.store.sites import SiteStore
+from kubecrawl.store.contract import CrawlStore, SiteStore
 
 log = get_logger(__name__)
 
@@ -56,7 +55,7 @@ async def start_crawl(
             )
         log.info("crawl_trigger_duplicate", crawl_id=crawl.id, idempotency_key=idempotency_key)
         # Only a crawl whose first publish failed has an empty window: retrying the trigger resumes it.
-        to_publish = await crawls.kick(crawl.id)
+        to_publish = await crawls.reopen_window(crawl.id)
     await publish_pages(publisher, crawl.id, to_publish, release=crawls.release)
     if created:
         log.info("crawl_enqueued", crawl_id=crawl.id, site=crawl.site, trigger=trigger)

@@ -164,7 +164,7 @@ async def test_unexpected_error_answers_500_with_a_code_and_logs_the_traceback(
     assert "RuntimeError: store bug https://example.com/bug" in logged
 
 
-# --- POST /metadata under concurrency: group commit (store/pages.py, store/database.py) -------------------------
+# --- POST /metadata under concurrency: group commit (store/page_metadata.py, store/database.py) -----------------
 
 
 async def _rows(api: ApiHandle) -> dict[str, tuple[str, str]]:

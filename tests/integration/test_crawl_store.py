@@ -23,7 +23,8 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.embedded import sqlite_url
 from kubecrawl.fetch.fetching import Fetcher
-from kubecrawl.store.crawls import CrawlStore, PageOutcome
+from kubecrawl.store.contract import CrawlStore, PageOutcome
+from kubecrawl.store.crawls import SqlCrawlStore
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
 from kubecrawl.store.schema import crawl_pages
@@ -81,7 +82,7 @@ async def _one_page_crawl(store: CrawlStore, name: str, url: str = "http://site.
 
 
 async def test_completion_is_detected_exactly_once_when_the_last_pages_finish_together(engine: AsyncEngine) -> None:
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     config = CrawlSiteSpec.model_validate({"url": "http://site.test/", "politeness": {"maxConcurrency": 8}}).model_dump(
         mode="json", by_alias=True
     )
@@ -106,7 +107,7 @@ async def test_completion_is_detected_exactly_once_when_the_last_pages_finish_to
 
 
 async def test_a_duplicate_outcome_for_a_settled_page_changes_nothing(engine: AsyncEngine) -> None:
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     config = CrawlSiteSpec(url="http://site.test/").model_dump(mode="json", by_alias=True)
     crawl, _, window = await store.create(
         "default", "dup", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
@@ -129,7 +130,7 @@ async def test_two_workers_finishing_batches_at_once_complete_the_crawl_exactly_
     lock still lets exactly one batch see the window empty."""
     engines = [create_engine(settings.database_url.get_secret_value(), pool_size=10) for _ in range(2)]
     try:
-        stores = [CrawlStore(engine) for engine in engines]
+        stores = [SqlCrawlStore(engine) for engine in engines]
         config = CrawlSiteSpec.model_validate(
             {"url": "http://site.test/", "politeness": {"maxConcurrency": 16}}
         ).model_dump(mode="json", by_alias=True)
@@ -160,7 +161,7 @@ async def test_two_workers_finishing_batches_at_once_complete_the_crawl_exactly_
 
 
 async def test_outcomes_in_one_batch_grow_the_frontier_once_and_refill_the_window_for_all(engine: AsyncEngine) -> None:
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     config = CrawlSiteSpec.model_validate(
         {"url": "http://site.test/", "politeness": {"maxConcurrency": 4}, "scope": {"maxPages": 10}}
     ).model_dump(mode="json", by_alias=True)
@@ -185,7 +186,7 @@ async def test_outcomes_in_one_batch_grow_the_frontier_once_and_refill_the_windo
 
 
 async def test_two_outcomes_for_one_page_in_one_batch_settle_it_once(engine: AsyncEngine) -> None:
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     config = CrawlSiteSpec(url="http://site.test/").model_dump(mode="json", by_alias=True)
     crawl, _, (ref,) = await store.create(
         "default", "dup-batch", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]
@@ -211,7 +212,7 @@ async def test_a_redelivered_settled_page_republishes_the_window_its_lost_publis
 ) -> None:
     """A worker that died after committing an outcome and before publishing the refill: the redelivered message
     finds its page settled, and publishes the QUEUED pages again instead of leaving them to the 15-minute sweep."""
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     crawl_id, seed = await _one_page_crawl(store, "lost-refill")
     await store.begin_page(crawl_id, seed.page_id)
     links = ["http://site.test/a", "http://site.test/b"]
@@ -227,7 +228,7 @@ async def test_a_redelivered_settled_page_republishes_the_window_its_lost_publis
 async def test_a_batch_writes_each_outcome_and_moves_every_counter(engine: AsyncEngine) -> None:
     """Every column an outcome writes, the SSE sequence (one per settled outcome, in arrival order, matching the
     crawl's version) and each counter: the same on both databases."""
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     config = CrawlSiteSpec.model_validate(
         {"url": "http://site.test/", "politeness": {"maxConcurrency": 5}, "scope": {"maxPages": 6}}
     ).model_dump(mode="json", by_alias=True)
@@ -304,7 +305,7 @@ def _sample(name: str, labels: dict[str, str] | None = None) -> float:
 async def test_a_page_past_its_attempts_is_failed_dead_lettered_and_counted(
     engine: AsyncEngine, settings: Settings
 ) -> None:
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     crawl_id, seed = await _one_page_crawl(store, "attempts")
     for _ in range(settings.retry.max_attempts):  # deliveries that died mid-page (worker crashes)
         assert await store.begin_page(crawl_id, seed.page_id) is not None
@@ -320,7 +321,7 @@ async def test_a_page_past_its_attempts_is_failed_dead_lettered_and_counted(
 
 async def test_a_crawl_page_fetch_is_timed_even_when_it_fails(engine: AsyncEngine, settings: Settings) -> None:
     """The fetch-duration histogram covers crawl pages as well as metadata requests (a refused connection here)."""
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     _, seed = await _one_page_crawl(store, "timed", f"http://127.0.0.1:{free_port()}/")  # nothing listens
     fetches_before = _sample("kubecrawl_fetch_duration_seconds_count")
     handled = await _handle_page(store, settings, seed)
@@ -337,7 +338,7 @@ async def test_a_crawl_page_whose_database_is_unreachable_is_retried_as_database
     before = _sample("kubecrawl_worker_retries_total", retries)
     try:
         task = PageTask(crawl_id="c1", page_id=1, url="http://site.test/", depth=0)
-        handled = await _handle_page(CrawlStore(unreachable), settings, task)
+        handled = await _handle_page(SqlCrawlStore(unreachable), settings, task)
     finally:
         await unreachable.dispose()
     assert handled.delivery.settled  # acked once its retry was published
@@ -347,7 +348,7 @@ async def test_a_crawl_page_whose_database_is_unreachable_is_retried_as_database
 async def test_the_sweep_resumes_a_crawl_whose_window_publish_failed(engine: AsyncEngine) -> None:
     """A crawl started without an idempotency key whose first publish failed (its window given back): no message
     and no retry of its trigger will ever move it, so the sweep reopens its window."""
-    store = CrawlStore(engine)
+    store = SqlCrawlStore(engine)
     config = CrawlSiteSpec.model_validate({"url": "http://site.test/", "politeness": {"maxConcurrency": 2}}).model_dump(
         mode="json", by_alias=True
     )
@@ -376,7 +377,7 @@ async def test_the_refill_reads_the_pending_index_under_a_first_crawls_stale_sta
     never by walking every page of the crawl (auto_explain showed that at 1-3 ms per batch on 2,000 pages)."""
     engine = create_engine(settings.database_url.get_secret_value())
     try:
-        store = CrawlStore(engine)
+        store = SqlCrawlStore(engine)
         config = CrawlSiteSpec(url="http://site.test/").model_dump(mode="json", by_alias=True)
         crawl, _, _ = await store.create(
             "default", "stale", trigger="manual", idempotency_key=None, config=config, seeds=["http://site.test/"]

@@ -15,8 +15,6 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.embedded import embedded_runtime, sqlite_url
 from kubecrawl.scheduling import Scheduler, SiteFile, load_sites
-from kubecrawl.store.crawls import CrawlStore
-from kubecrawl.store.sites import SiteStore
 from tests.support.polling import eventually
 from tests.support.sites import Site
 
@@ -92,7 +90,7 @@ async def test_scheduler_fires_at_the_scheduled_minute_once_per_minute_and_forbi
     spec = CrawlSiteSpec(url=site.url("/"), schedule="* * * * *")
     files = [SiteFile("default", "cron", spec)]
     async with embedded_runtime(embedded_settings(tmp_path)) as runtime:
-        sites, crawls = SiteStore(runtime.engine), CrawlStore(runtime.engine)
+        sites, crawls = runtime.stores.sites, runtime.stores.crawls
         scheduler = Scheduler(sites, crawls, runtime.broker)
         await scheduler.register(files)
         start = datetime(2026, 11, 26, 10, 0, 30, tzinfo=UTC)

@@ -24,10 +24,8 @@ from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.crawls import CrawlStore
 from kubecrawl.store.database import connect_with_backoff
-from kubecrawl.store.pages import PageStore
-from kubecrawl.store.sites import SiteStore
+from kubecrawl.store.opening import sql_stores
 
 log = get_logger(__name__)
 
@@ -78,10 +76,11 @@ def create_app(
     app.state.settings = settings
     app.state.publisher = publisher
     app.state.engine = engine
-    app.state.pages = PageStore(engine)
-    app.state.enqueuer = MetadataEnqueuer(app.state.pages, publisher)
-    app.state.sites = SiteStore(engine)
-    app.state.crawls = CrawlStore(engine)
+    stores = sql_stores(engine)
+    app.state.pages = stores.pages
+    app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)
+    app.state.sites = stores.sites
+    app.state.crawls = stores.crawls
     errors.install(app)
     app.add_middleware(ObservingMiddleware)
     metadata.add_post_route(app)  # first: the hot route is matched before anything else

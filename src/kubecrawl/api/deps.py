@@ -13,9 +13,7 @@ from fastapi import Depends, Request
 
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.crawls import CrawlStore
-from kubecrawl.store.pages import PageStore
-from kubecrawl.store.sites import SiteStore
+from kubecrawl.store.contract import CrawlStore, PageMetadataStore, SiteStore
 
 
 async def get_settings(request: Request) -> Settings:
@@ -28,8 +26,8 @@ async def get_publisher(request: Request) -> Publisher:
     return publisher
 
 
-async def get_pages(request: Request) -> PageStore:
-    pages: PageStore = request.app.state.pages
+async def get_pages(request: Request) -> PageMetadataStore:
+    pages: PageMetadataStore = request.app.state.pages
     return pages
 
 
@@ -40,7 +38,7 @@ async def get_request_id(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
-PagesDep = Annotated[PageStore, Depends(get_pages)]
+PagesDep = Annotated[PageMetadataStore, Depends(get_pages)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 

@@ -35,7 +35,7 @@ from kubecrawl.broker.tasks import publish_metadata_tasks
 from kubecrawl.core.contracts import MetadataTask
 from kubecrawl.core.errors import KubecrawlError, TransientError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.pages import PageStore, RequestWriter
+from kubecrawl.store.contract import PageMetadataStore, RequestWriter
 
 log = get_logger(__name__)
 
@@ -50,7 +50,7 @@ class _Waiting:
 class MetadataEnqueuer:
     """Records and publishes ``POST /metadata`` requests in batches; see the module docstring."""
 
-    def __init__(self, pages: PageStore, publisher: Publisher, *, max_batch: int = 500) -> None:
+    def __init__(self, pages: PageMetadataStore, publisher: Publisher, *, max_batch: int = 500) -> None:
         self._pages = pages
         self._publisher = publisher
         # Bounds one statement's arrays and one write to the broker; under load a batch holds tens of requests.

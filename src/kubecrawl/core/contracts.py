@@ -6,18 +6,16 @@ Every message carries ``schema_version``; a consumer refuses (dead-letters) vers
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubecrawl.core.clock import utcnow
+
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class MetadataTask(BaseModel):

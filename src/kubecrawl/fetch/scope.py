@@ -3,7 +3,7 @@
 A link is in scope when it is http(s), normalises cleanly (fragment stripped, default port and dot-segments
 removed), sits on the seed's host (or an allowed host; with ``sameHost: false`` any host), matches an
 ``include`` regex when any is given, and matches no ``exclude`` regex. Depth and maxPages are enforced by
-the frontier (``store/crawls.py``), which knows how many pages the crawl already holds.
+the frontier (``store/frontier.py``), which knows how many pages the crawl already holds.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from kubecrawl.core.errors import TransientError
@@ -190,7 +190,3 @@ def _cronjob_event(before: dict[str, Any] | None, after: dict[str, Any], spec: d
     suspended = (after.get("spec") or {}).get("suspend")
     detail = "suspended" if suspended else f"schedule {spec['schedule']!r}"
     return Event("Normal", "CronJobUpdated", f"updated CronJob {name} ({detail})")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

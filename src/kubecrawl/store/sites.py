@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kubecrawl.store.pages import as_utc, dialect_insert, utcnow
+from kubecrawl.core.clock import utcnow
+from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import sites
 
 
@@ -21,7 +22,9 @@ def site_json(row: Any) -> dict[str, Any]:
     }
 
 
-class SiteStore:
+class SqlSiteStore:
+    """``SiteStore`` (store/contract.py) on PostgreSQL or SQLite."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._insert = dialect_insert(engine)

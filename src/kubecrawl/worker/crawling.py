@@ -34,7 +34,7 @@ from kubecrawl.fetch.policy import response_error, retry_delay
 from kubecrawl.fetch.robots import Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import parse_sitemap
-from kubecrawl.store.crawls import CrawlStore, PageOutcome, PageStart
+from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
 from kubecrawl.store.database import DATABASE_ERRORS
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
@@ -178,7 +178,7 @@ class PagePipeline:
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
                 pause = min(error.retry_after, _MAX_HOST_PAUSE_SECONDS)
-                await self._crawls.pause_host(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=pause))
+                await self._crawls.hosts.pause(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=pause))
             raise error
         meta = extract_metadata(result.body, content_type=result.content_type, base_url=result.final_url)
         noindex, nofollow = robots_directives(meta.robots, response_headers.get("x-robots-tag"))
@@ -209,7 +209,7 @@ class PagePipeline:
         """Wait for the host's next free slot: the spacing (delaySeconds, Crawl-delay) and any Retry-After pause."""
         spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
         if spacing > 0:  # requests to the host are spaced: reserve this one's turn, cluster-wide
-            wait = await self._crawls.reserve_slot(crawl_id, host, spacing)
+            wait = await self._crawls.hosts.reserve_slot(crawl_id, host, spacing)
         elif (held := start.held_until.get(host)) is not None:  # no spacing, but a Retry-After pause
             wait = (held - datetime.now(UTC)).total_seconds()
         else:
@@ -221,7 +221,7 @@ class PagePipeline:
         key = (crawl_id, host)
         if key in self._robots:
             return self._robots[key]
-        claimed, row = await self._crawls.host(crawl_id, host)
+        claimed, row = await self._crawls.hosts.claim_robots(crawl_id, host)
         if claimed:
             text: str | None = None
             delay: float | None = None
@@ -234,12 +234,12 @@ class PagePipeline:
                     text = ""
                 robots = Robots(text)
                 delay = robots.crawl_delay(spec.fetch.user_agent or self._fetch.user_agent)
-            await self._crawls.set_robots(crawl_id, host, text, delay)
+            await self._crawls.hosts.set_robots(crawl_id, host, text, delay)
         else:
             deadline = asyncio.get_running_loop().time() + _ROBOTS_WAIT_SECONDS
             while row.robots_state != "READY" and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(_ROBOTS_POLL_SECONDS)
-                _, row = await self._crawls.host(crawl_id, host)
+                _, row = await self._crawls.hosts.claim_robots(crawl_id, host)
             text = row.robots_txt
         robots_ = Robots(text) if spec.politeness.respect_robots_txt and text is not None else None
         self._robots[key] = robots_

@@ -28,8 +28,8 @@ from kubecrawl.core.settings import RetrySettings
 from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error, retry_delay
+from kubecrawl.store.contract import PageMetadataStore
 from kubecrawl.store.database import DATABASE_ERRORS
-from kubecrawl.store.pages import PageStore
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
@@ -63,7 +63,9 @@ def fetched_page(result: FetchResult) -> FetchedPage:
 
 
 class MetadataPipeline:
-    def __init__(self, *, pages: PageStore, fetcher: Fetcher, publisher: Publisher, retry: RetrySettings) -> None:
+    def __init__(
+        self, *, pages: PageMetadataStore, fetcher: Fetcher, publisher: Publisher, retry: RetrySettings
+    ) -> None:
         self._pages = pages
         self._fetcher = fetcher
         self._publisher = publisher

@@ -13,8 +13,6 @@ import signal
 import socket
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from kubecrawl.broker.base import Handler, Publisher
 from kubecrawl.broker.consuming import RabbitConsumer
 from kubecrawl.broker.publishing import RabbitPublisher
@@ -22,9 +20,9 @@ from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
-from kubecrawl.store.crawls import CrawlStore
+from kubecrawl.store.contract import Stores
 from kubecrawl.store.database import connect_with_backoff, create_engine
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.opening import sql_stores
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.probes import WorkerProbes
 from kubecrawl.worker.processing import MetadataPipeline
@@ -33,13 +31,11 @@ from kubecrawl.worker.sweeping import sweep_forever
 log = get_logger(__name__)
 
 
-def queue_handlers(
-    settings: Settings, engine: AsyncEngine, fetcher: Fetcher, publisher: Publisher
-) -> dict[str, Handler]:
+def queue_handlers(settings: Settings, stores: Stores, fetcher: Fetcher, publisher: Publisher) -> dict[str, Handler]:
     """The pipeline for each work queue: the same for `kubecrawl worker` and the embedded default."""
-    metadata = MetadataPipeline(pages=PageStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry)
+    metadata = MetadataPipeline(pages=stores.pages, fetcher=fetcher, publisher=publisher, retry=settings.retry)
     pages = PagePipeline(
-        crawls=CrawlStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry, fetch=settings.fetch
+        crawls=stores.crawls, fetcher=fetcher, publisher=publisher, retry=settings.retry, fetch=settings.fetch
     )
     return {METADATA_QUEUE: metadata.handle, PAGES_QUEUE: pages.handle}
 
@@ -48,6 +44,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
     name = settings.pod_name or socket.gethostname()
     engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
+    stores = sql_stores(engine)
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher(
         rabbit_url,
@@ -82,10 +79,10 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
             loop.add_signal_handler(sig, stop.set)
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            await consumer.start(queue_handlers(settings, engine, fetcher, publisher))
+            await consumer.start(queue_handlers(settings, stores, fetcher, publisher))
             sweeper = asyncio.create_task(
                 sweep_forever(
-                    CrawlStore(engine),
+                    stores.crawls,
                     publisher,
                     lost_after=timedelta(seconds=settings.lost_page_seconds),
                     interval_seconds=settings.sweep_interval_seconds,

@@ -19,7 +19,7 @@ from datetime import timedelta
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.crawls import CrawlStore, PageRef
+from kubecrawl.store.contract import CrawlStore, PageRef
 
 log = get_logger(__name__)
 
@@ -35,7 +35,7 @@ async def sweep_once(crawls: CrawlStore, publisher: Publisher, *, lost_after: ti
         log.warning("lost_pages_republished", crawl_id=crawl_id, pages=len(refs))
     published = len(lost)
     for crawl_id in await crawls.stalled():
-        refs = await crawls.kick(crawl_id)
+        refs = await crawls.reopen_window(crawl_id)
         await publish_pages(publisher, crawl_id, refs, release=crawls.release)
         if refs:
             log.warning("stalled_crawl_resumed", crawl_id=crawl_id, pages=len(refs))

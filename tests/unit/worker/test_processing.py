@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from kubecrawl.core.contracts import MetadataTask
 from kubecrawl.core.errors import FetchTransient, PublisherNotReady
 from kubecrawl.core.settings import RetrySettings
-from kubecrawl.store.pages import AttemptStart
+from kubecrawl.store.contract import AttemptStart
 from kubecrawl.worker import settling
 from kubecrawl.worker.processing import MetadataPipeline
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from kubecrawl.api.deps import CrawlsDep
 from kubecrawl.core.errors import NotFound, PermanentError
 from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl, CrawlPageState
-from kubecrawl.store.crawls import CrawlStore
+from kubecrawl.store.contract import CrawlStore
 
 router = APIRouter(tags=["crawls"])
 # Progress must reach clients within 1 s of a page outcome; polling twice a second leaves room for the write.

@@ -30,7 +30,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_PAGE_STATUSES, PageStatus
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.urls import normalise_url
-from kubecrawl.store.pages import PageStore
+from kubecrawl.store.contract import PageMetadataStore
 
 router = APIRouter(tags=["metadata"])
 log = get_logger(__name__)
@@ -81,7 +81,7 @@ async def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _publish(pages: PageStore, publisher: Publisher, url: str, request_id: str) -> None:
+async def _publish(pages: PageMetadataStore, publisher: Publisher, url: str, request_id: str) -> None:
     """Publish, and if that fails undo the store's record of it so nothing waits on a lost message."""
     try:
         await publish_task(publisher, MetadataTask(url=url, request_id=request_id))

@@ -14,11 +14,12 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kubecrawl.core import metrics
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.operator import cronjobs, failures
@@ -36,10 +37,6 @@ log = get_logger(__name__)
 
 PostEvent = Callable[[Event], Awaitable[None]]
 _WRITE_ATTEMPTS = 3
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +69,7 @@ class PoolScaler:
         status: Mapping[str, Any],
         conflict_check_seconds: float,
         clock: Callable[[], float] = time.monotonic,
-        wallclock: Callable[[], datetime] = _utcnow,
+        wallclock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.ref = ref
         self._workloads = workloads

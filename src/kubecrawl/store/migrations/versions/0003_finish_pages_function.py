@@ -6,8 +6,10 @@ only when the worker's busy event loop came back to it: about 8 ms per batch, 70
 and 90 % with two, so a crawl could not go faster however many workers it had (bench/crawl_vs_scrapy.py). As one
 function call in its own transaction the lock is held for the server-side work only.
 
-The function does what ``CrawlStore._finish_batch_python`` (SQLite) does; tests/integration/test_crawl_store.py
-runs the same cases on both.
+The function does what ``FinishInProcess`` (store/finishing.py, SQLite) does statement by statement;
+tests/integration/test_crawl_store.py runs the same cases on both, and tests/unit/store/test_outcomes.py checks
+that the columns it writes are the ones ``PageOutcome`` stores (store/outcomes.py). This text is history: a
+change of behaviour is a new migration, never an edit of this one.
 
 Revision ID: 0003
 Revises: 0002
@@ -26,7 +28,7 @@ depends_on = None
 # p_outcomes: a JSON array, one object per delivered outcome in arrival order: the crawl_pages columns an outcome
 # writes (id, state, http_status, …, outlinks), "counted", the crawl counters it moves ({"fetched": 1, …}), and
 # "new_links", the links to add to the frontier: its in-scope links less those the worker already knows to be in
-# the frontier (``_CrawlMemo``), so that the 25 links of a typical page cost no index probe each.
+# the frontier (``CrawlMemo``, store/frontier.py), so that the 25 links of a typical page cost no index probe each.
 # Only the first outcome of a page still FETCHING is settled. Returns NULL when the crawl does not exist, else
 # {"state", "previous_state", "settled": [page ids], "publish": [[id, url, depth], …]}.
 FINISH_PAGES = r"""

@@ -12,7 +12,7 @@ single statement is atomic on its own, so single-statement operations run in aut
 BEGIN/COMMIT around it. Operations of several statements keep a transaction. Together that took the API's
 write from about 1.9 to 0.85 ms of CPU, 64 requests in flight (bench/publish.py's load).
 
-``POST /metadata`` records its requests in batches (``api/enqueuing.py`` gathers them): a ``RequestWriter``
+``POST /metadata`` records its requests in batches (``api/enqueuing.py`` gathers them): a ``SqlRequestWriter``
 writes each batch with ONE statement, ``INSERT … SELECT … FROM unnest($1, $2) ON CONFLICT (url) DO UPDATE``,
 sent straight to asyncpg on a pooled connection the writer holds while batches keep coming: one prepared
 statement for any batch size, no SQLAlchemy statement execution or pool checkout per batch (each cost about
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Text, and_, bindparam, case, delete, func, or_, select, update
@@ -36,9 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select
 
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
+from kubecrawl.store.contract import AttemptStart, Request
 from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import page_metadata as pm
 
 # ``status IN (…)`` over a literal list compiles to an "expanding" parameter that SQLAlchemy re-renders into
@@ -48,29 +51,6 @@ _IS_FINAL = or_(pm.c.status == PageStatus.COMPLETED.value, pm.c.status == PageSt
 _NOW = bindparam("now", type_=pm.c.updated_at.type)
 _URL = bindparam("page_url", type_=pm.c.url.type)
 _REQUEST_ID = bindparam("request_id", type_=pm.c.last_request_id.type)
-# (url, request_id): one POST /metadata in a batch.
-Request = tuple[str, str]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def dialect_insert(engine: AsyncEngine) -> Any:
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptStart:
-    attempts: int
-    already_done: bool
 
 
 def _status_unless_final(status: PageStatus) -> ColumnElement[Any]:
@@ -202,7 +182,7 @@ ON CONFLICT (url) DO UPDATE SET
 """
 
 
-class RequestWriter:
+class SqlRequestWriter:
     """Records batches of explicit requests (``POST /metadata``) on one pooled connection, until ``close``.
 
     ``record`` returns once its batch is committed. A failed batch raises ``StoreUnavailable`` and discards the
@@ -252,7 +232,9 @@ def _record(row: Any) -> PageMetadataRecord:
     return PageMetadataRecord.model_validate(data)
 
 
-class PageStore:
+class SqlPageMetadataStore:
+    """``PageMetadataStore`` (store/contract.py) on PostgreSQL or SQLite."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         # Shares the engine's pool; each checkout runs without a transaction (see the module docstring).
@@ -292,16 +274,16 @@ class PageStore:
         async with self._autocommit.connect() as conn:
             return (await conn.execute(stmt, params)).first() is not None
 
-    async def request_writer(self) -> RequestWriter:
-        """A ``RequestWriter`` holding a pooled connection; ``StoreUnavailable`` if none can be had."""
+    async def request_writer(self) -> SqlRequestWriter:
+        """A ``SqlRequestWriter`` holding a pooled connection; ``StoreUnavailable`` if none can be had."""
         conn: AsyncConnection | None = None
         try:
             if self._postgres:
                 conn = await self._autocommit.connect()
                 driver = (await conn.get_raw_connection()).driver_connection
-                return RequestWriter(conn, driver, self._sql)
+                return SqlRequestWriter(conn, driver, self._sql)
             conn = await self._engine.connect()
-            return RequestWriter(conn, None, self._sql)
+            return SqlRequestWriter(conn, None, self._sql)
         except DATABASE_ERRORS as exc:
             if conn is not None:
                 await conn.close()

@@ -1,0 +1,368 @@
+"""The store contract (store/contract.py), proved on every backend through the contract alone.
+
+Each test takes ``stores`` and runs once per backend of tests/support/stores.py (PostgreSQL, SQLite; a MongoDB
+backend joins by adding its entry there). Nothing here touches SQL: a backend passes by keeping the promises
+written on the Protocols, whatever its database's way of keeping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubecrawl.core.clock import utcnow
+from kubecrawl.core.models import CrawlPageState, CrawlState, FetchedPage, PageStatus
+from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.store.contract import CrawlStore, PageOutcome, PageRef, Stores
+from tests.support.stores import BACKENDS, Backend, Place
+
+DONE, FAILED = CrawlPageState.DONE, CrawlPageState.FAILED
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Backend, Place]:
+    backend = BACKENDS[request.param]
+    return backend, Place({name: request.getfixturevalue(name) for name in backend.fixtures}, tmp_path)
+
+
+@pytest.fixture
+async def stores(place: tuple[Backend, Place]) -> AsyncIterator[Stores]:
+    backend, where = place
+    async with backend.open(where) as opened:
+        yield opened
+
+
+def _config(*, max_pages: int = 100, max_concurrency: int = 4) -> dict[str, Any]:
+    spec = {
+        "url": "http://site.test/",
+        "scope": {"maxPages": max_pages},
+        "politeness": {"maxConcurrency": max_concurrency, "respectRobotsTxt": False},
+    }
+    return CrawlSiteSpec.model_validate(spec).model_dump(mode="json", by_alias=True)
+
+
+async def _crawl(
+    crawls: CrawlStore, seeds: Sequence[str] = ("http://site.test/",), *, name: str = "site", **config: int
+) -> tuple[str, list[PageRef]]:
+    crawl, created, refs = await crawls.create(
+        "default", name, trigger="manual", idempotency_key=None, config=_config(**config), seeds=seeds
+    )
+    assert created
+    return crawl.id, refs
+
+
+async def _fetch(crawls: CrawlStore, crawl_id: str, ref: PageRef, outcome: PageOutcome) -> list[PageRef]:
+    """One page through a worker's two steps; the pages its outcome let into the window."""
+    assert await crawls.begin_page(crawl_id, ref.page_id) is not None
+    result = await crawls.finish_page(crawl_id, ref.page_id, outcome)
+    assert result is not None
+    return result.to_publish
+
+
+def _fetched(title: str) -> FetchedPage:
+    return FetchedPage(
+        http_status=200, final_url="http://a.test/", redirects=[], response_headers=[], cookies=[], title=title
+    )
+
+
+# -- page metadata ------------------------------------------------------------------------------------------
+
+
+async def test_a_miss_is_enqueued_by_exactly_one_of_many_concurrent_callers(stores: Stores) -> None:
+    inserted = await asyncio.gather(*(stores.pages.enqueue_if_missing("http://a.test/", f"r{i}") for i in range(8)))
+    assert sorted(inserted) == [False] * 7 + [True]
+    record = await stores.pages.get("http://a.test/")
+    assert record is not None
+    assert record.status is PageStatus.QUEUED
+
+
+async def test_a_stored_result_stays_readable_through_a_refresh_and_a_failed_retry(stores: Stores) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    assert (await pages.begin_attempt(url, "r1")).attempts == 1
+    await pages.complete(url, "r1", _fetched("first"))
+    stale_before, stuck_before = utcnow() + timedelta(hours=1), utcnow() - timedelta(hours=1)
+    refreshed = await asyncio.gather(
+        *(
+            pages.request_refresh(url, f"r{i}", stale_before=stale_before, stuck_before=stuck_before)
+            for i in range(2, 6)
+        )
+    )
+    assert sorted(refreshed) == [False, False, False, True]
+    await pages.fail(url, "r2", code="timeout", detail="timed out", permanent=False)
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.title, record.last_error_code) == (PageStatus.COMPLETED, "first", "timeout")
+
+
+async def test_a_redelivered_message_whose_result_is_written_is_already_done(stores: Stores) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(url, "r1")
+    await pages.complete(url, "r1", _fetched("t"))
+    assert (await pages.begin_attempt(url, "r1")).already_done
+
+
+async def test_a_permanent_failure_is_a_readable_result(stores: Stores) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(url, "r1")
+    await pages.fail(url, "r1", code="http_404", detail="not found", permanent=True, http_status=404)
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.http_status, record.fetched_at is not None) == (
+        PageStatus.FAILED_PERMANENT,
+        404,
+        True,
+    )
+
+
+async def test_a_failed_publish_is_released_unless_a_later_request_holds_the_record(stores: Stores) -> None:
+    pages = stores.pages
+    await pages.enqueue_if_missing("http://a.test/", "r1")
+    await pages.release_request("http://a.test/", "r1")
+    assert await pages.get("http://a.test/") is None
+    await pages.enqueue_if_missing("http://b.test/", "r1")
+    writer = await pages.request_writer()
+    try:
+        await writer.record([("http://b.test/", "r2")])
+    finally:
+        await writer.close()
+    await pages.release_requests([("http://b.test/", "r1")])
+    record = await pages.get("http://b.test/")
+    assert record is not None
+    assert record.last_request_id == "r2"
+
+
+async def test_a_request_batch_queues_each_url_for_its_last_request(stores: Stores) -> None:
+    writer = await stores.pages.request_writer()
+    try:
+        await writer.record([("http://a.test/", "r1"), ("http://b.test/", "r2"), ("http://a.test/", "r3")])
+    finally:
+        await writer.close()
+    assert writer.closed
+    a, b = await stores.pages.get("http://a.test/"), await stores.pages.get("http://b.test/")
+    assert a is not None
+    assert b is not None
+    assert (a.status, a.last_request_id, b.last_request_id) == (PageStatus.QUEUED, "r3", "r2")
+
+
+# -- sites ----------------------------------------------------------------------------------------------------
+
+
+async def test_a_site_is_created_replaced_listed_and_deleted(stores: Stores) -> None:
+    sites = stores.sites
+    assert (await sites.put("ns", "b", {"url": "http://b.test/"}))[1]
+    assert (await sites.put("ns", "a", {"url": "http://a.test/"}))[1]
+    replaced, created = await sites.put("ns", "a", {"url": "http://a2.test/"})
+    assert not created
+    assert replaced["spec"] == {"url": "http://a2.test/"}
+    assert [(s["name"], s["spec"]["url"]) for s in await sites.list()] == [
+        ("a", "http://a2.test/"),
+        ("b", "http://b.test/"),
+    ]
+    assert await sites.delete("ns", "a")
+    assert not await sites.delete("ns", "a")
+    assert await sites.get("ns", "a") is None
+
+
+# -- crawls ---------------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_triggers_with_one_idempotency_key_create_one_crawl(stores: Stores) -> None:
+    key = f"k-{uuid.uuid4().hex}"
+    results = await asyncio.gather(
+        *(
+            stores.crawls.create(
+                "default", "site", trigger="cron", idempotency_key=key, config=_config(), seeds=["http://site.test/"]
+            )
+            for _ in range(5)
+        )
+    )
+    assert sorted(created for _, created, _ in results) == [False] * 4 + [True]
+    assert len({crawl.id for crawl, _, _ in results}) == 1
+    assert sorted(len(refs) for _, _, refs in results) == [0] * 4 + [1]
+
+
+async def test_the_window_holds_at_most_max_concurrency_pages_in_flight(stores: Stores) -> None:
+    crawls = stores.crawls
+    seeds = [f"http://site.test/{i}" for i in range(5)]
+    crawl_id, window = await _crawl(crawls, seeds, max_concurrency=2)
+    assert [ref.url for ref in window] == seeds[:2]
+    links = [f"http://site.test/new/{i}" for i in range(3)]
+    refilled = await _fetch(crawls, crawl_id, window[0], PageOutcome(DONE, new_links=links))
+    assert len(refilled) == 1  # one page left the window, one came in: the shallowest PENDING
+    assert refilled[0].url == seeds[2]
+    crawl = await crawls.get(crawl_id)
+    assert crawl is not None
+    assert (crawl.in_flight, crawl.counters.discovered, crawl.counters.queued) == (2, 8, 3)
+
+
+async def test_max_pages_caps_the_frontier(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls, max_pages=3)
+    links = [f"http://site.test/{i}" for i in range(10)]
+    await _fetch(crawls, crawl_id, seed, PageOutcome(DONE, new_links=links))
+    assert await crawls.count_pages(crawl_id) == 3
+
+
+async def test_a_crawl_completes_once_with_its_counters_and_a_gapless_event_sequence(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls)
+    window = await _fetch(
+        crawls, crawl_id, seed, PageOutcome(DONE, new_links=["http://site.test/a", "http://site.test/b"])
+    )
+    outcomes = [PageOutcome(DONE, changed=True), PageOutcome(FAILED, error_code="http_500", error="boom")]
+    results = await asyncio.gather(
+        *(crawls.begin_page(crawl_id, ref.page_id) for ref in window),
+    )
+    assert all(start is not None for start in results)
+    finished = await asyncio.gather(
+        *(crawls.finish_page(crawl_id, ref.page_id, outcome) for ref, outcome in zip(window, outcomes, strict=True))
+    )
+    assert [result is not None and result.completed_now for result in finished].count(True) == 1
+    crawl = await crawls.get(crawl_id)
+    assert crawl is not None
+    assert crawl.state is CrawlState.COMPLETED
+    assert crawl.finished_at is not None
+    counters = crawl.counters
+    assert (counters.discovered, counters.fetched, counters.failed, counters.changed) == (3, 2, 1, 1)
+    assert (crawl.in_flight, crawl.version) == (0, 3)
+    settled = await crawls.outcomes_since(crawl_id, 0)
+    assert [page.seq for page in settled] == [1, 2, 3]
+    assert [page.seq for page in await crawls.outcomes_since(crawl_id, 2)] == [3]
+    assert len(await crawls.pages(crawl_id, limit=10, state=FAILED)) == 1
+
+
+async def test_a_crawls_pages_are_listed_in_order_after_an_id_and_filtered_by_state_and_change(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, window = await _crawl(crawls, [f"http://site.test/{i}" for i in range(4)])
+    outcomes = [
+        PageOutcome(DONE, changed=True),
+        PageOutcome(DONE, changed=False),
+        PageOutcome(FAILED, error_code="http_500", error="boom"),
+    ]
+    for ref, outcome in zip(window, outcomes, strict=False):
+        await _fetch(crawls, crawl_id, ref, outcome)
+    listed = await crawls.pages(crawl_id, limit=10)
+    assert [page.url for page in listed] == [ref.url for ref in window]
+    assert [page.url for page in await crawls.pages(crawl_id, limit=2, after_id=listed[0].id)] == [
+        window[1].url,
+        window[2].url,
+    ]
+    assert [page.url for page in await crawls.pages(crawl_id, limit=10, changed=True)] == [window[0].url]
+    assert [page.url for page in await crawls.pages(crawl_id, limit=10, state=FAILED)] == [window[2].url]
+    queued = await crawls.pages(crawl_id, limit=10, state=CrawlPageState.QUEUED)
+    assert [page.url for page in queued] == [window[3].url]
+    assert [page.seq for page in await crawls.outcomes_since(crawl_id, 0, limit=2)] == [1, 2]
+
+
+async def test_a_settled_page_is_not_begun_again_and_a_second_outcome_changes_nothing(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, (first, second) = await _crawl(crawls, ["http://site.test/", "http://site.test/2"])
+    await _fetch(crawls, crawl_id, first, PageOutcome(DONE, title="kept"))
+    assert await crawls.begin_page(crawl_id, first.page_id) is None
+    assert await crawls.finish_page(crawl_id, first.page_id, PageOutcome(FAILED, error="late")) is None
+    (page,) = await crawls.pages(crawl_id, limit=1)
+    assert (page.state, page.title) == (DONE, "kept")
+    crawl = await crawls.get(crawl_id)
+    assert crawl is not None
+    assert (crawl.counters.fetched, crawl.counters.failed, crawl.version, crawl.in_flight) == (1, 0, 1, 1)
+    del second
+
+
+async def test_a_retried_page_waits_in_the_window_and_counts_its_attempts(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls)
+    await crawls.begin_page(crawl_id, seed.page_id)
+    await crawls.retry_page(seed.page_id, code="timeout", error="timed out")
+    assert [ref.page_id for ref in await crawls.queued_pages(crawl_id)] == [seed.page_id]
+    start = await crawls.begin_page(crawl_id, seed.page_id)
+    assert start is not None
+    assert (start.attempts, start.crawl_state) == (2, CrawlState.RUNNING)
+
+
+async def test_a_released_window_stalls_the_crawl_until_it_is_reopened(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, window = await _crawl(crawls, ["http://site.test/", "http://site.test/2"])
+    await crawls.release(crawl_id, window)
+    assert crawl_id in await crawls.stalled()
+    assert await crawls.queued_pages(crawl_id) == []
+    reopened = await crawls.reopen_window(crawl_id)
+    assert reopened == window
+    assert await crawls.reopen_window(crawl_id) == []  # something is in flight again
+    assert crawl_id not in await crawls.stalled()
+
+
+async def test_a_lost_page_is_handed_out_once_and_not_again_until_it_is_untouched_that_long(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, window = await _crawl(crawls, [f"http://site.test/{i}" for i in range(3)])
+    swept = await crawls.requeue_lost(timedelta(0))
+    assert sorted(ref.page_id for _, ref in swept) == sorted(ref.page_id for ref in window)
+    assert {crawl for crawl, _ in swept} == {crawl_id}
+    # Handing a page out touches it: other sweepers leave it alone for ``older_than``.
+    later = await asyncio.gather(crawls.requeue_lost(timedelta(hours=1)), crawls.requeue_lost(timedelta(hours=1)))
+    assert all(found == [] for found in later)
+
+
+async def test_cancel_ends_an_active_crawl_and_leaves_a_finished_one(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, _ = await _crawl(crawls)
+    cancelled = await crawls.cancel(crawl_id)
+    assert cancelled is not None
+    assert cancelled.state is CrawlState.CANCELLED
+    again = await crawls.cancel(crawl_id)
+    assert again is not None
+    assert (again.state, again.version) == (CrawlState.CANCELLED, cancelled.version)
+    assert await crawls.cancel(str(uuid.uuid4())) is None
+    assert await crawls.get(str(uuid.uuid4())) is None
+
+
+async def test_a_sites_crawls_are_listed_newest_first_and_a_later_crawl_sees_the_previous_one(stores: Stores) -> None:
+    crawls = stores.crawls
+    first_id, (seed,) = await _crawl(crawls)
+    await _fetch(crawls, first_id, seed, PageOutcome(DONE, content_hash="h1", etag='"e1"'))
+    second_id, (again,) = await _crawl(crawls)
+    assert [crawl.id for crawl in await crawls.list_for_site("default", "site", limit=5)] == [second_id, first_id]
+    start = await crawls.begin_page(second_id, again.page_id)
+    assert start is not None
+    assert start.has_previous_crawl
+    assert start.previous is not None
+    assert (start.previous["content_hash"], start.previous["etag"]) == ("h1", '"e1"')
+
+
+# -- hosts ----------------------------------------------------------------------------------------------------
+
+
+async def test_one_caller_claims_a_hosts_robots_txt_and_the_others_read_it_when_ready(stores: Stores) -> None:
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    claims = await asyncio.gather(*(hosts.claim_robots(crawl_id, "site.test") for _ in range(4)))
+    assert sorted(claimed for claimed, _ in claims) == [False, False, False, True]
+    assert all(state.robots_state == "PENDING" for _, state in claims)
+    await hosts.set_robots(crawl_id, "site.test", "User-agent: *\nDisallow: /x", 2.0)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test")
+    assert (claimed, state.robots_state, state.robots_txt) == (False, "READY", "User-agent: *\nDisallow: /x")
+
+
+async def test_request_slots_are_reserved_spacing_apart_and_a_pause_holds_the_host(stores: Stores) -> None:
+    crawl_id, (seed,) = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    await hosts.claim_robots(crawl_id, "site.test")
+    waits = [await hosts.reserve_slot(crawl_id, "site.test", 10.0) for _ in range(3)]
+    # Each reservation is 10 s after the previous one; the waits are measured from each call's own "now".
+    assert waits[0] == 0.0
+    assert 9.0 < waits[1] <= 10.0
+    assert 19.0 < waits[2] <= 20.0
+    until = utcnow() + timedelta(seconds=100)
+    await hosts.pause(crawl_id, "site.test", until)
+    await hosts.pause(crawl_id, "site.test", until - timedelta(seconds=50))  # never shortens a pause
+    start = await stores.crawls.begin_page(crawl_id, seed.page_id)
+    assert start is not None
+    assert start.held_until == {"site.test": until}
