@@ -335,7 +335,7 @@ def test_helm_upgrade_rolls_the_pods(release: Release) -> None:
         "upgrade", RELEASE, str(CHART), "-f", str(release.values_file),
         "--set", "api.podAnnotations.rollout=second", "--wait", "--timeout", "5m",
     )  # fmt: skip
-    after = release.pods("api")
+    after = [pod for pod in release.pods("api") if not pod["metadata"].get("deletionTimestamp")]
     assert {pod["metadata"]["name"] for pod in after}.isdisjoint(before)
     assert all(ready(pod) for pod in after)
 
@@ -479,6 +479,9 @@ def test_helm_uninstall_leaves_nothing(release: Release) -> None:
     # Nothing of the release stays, not even Terminating: the CrawlWorkerPool carries no finalizer that a stopped
     # operator could no longer remove, and the Pods are gone (--wait). The user's own CrawlSite stays, as do the
     # CRDs, the database and the queues.
-    wait_for(lambda: not release_objects(release), timeout=60, what="no object of the release left")
+    try:
+        wait_for(lambda: not release_objects(release), timeout=60, what="no object of the release left")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {release_objects(release)}") from exc
     assert release.kube.run("get", "crawlworkerpools", "-n", release.namespace, "-o", "name").stdout.split() == []
     assert release.kube.run("get", "crawlsites", "-n", release.namespace, "-o", "name").stdout.split()
