@@ -19,9 +19,8 @@ import yaml
 from croniter import croniter
 
 from kubecrawl.broker.base import Publisher
-from kubecrawl.core.errors import KubecrawlError
+from kubecrawl.core.errors import Conflict, KubecrawlError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.models import FINAL_CRAWL_STATES
 from kubecrawl.core.sites import CrawlSiteSpec, schedule_key
 from kubecrawl.store.contract import CrawlStore, SiteStore
 from kubecrawl.triggers import start_crawl
@@ -90,13 +89,7 @@ class Scheduler:
             await asyncio.sleep(min(max(wait, 0.05), _MAX_SLEEP_SECONDS))
 
     async def fire(self, site: SiteFile, moment: datetime) -> None:
-        latest = await self._crawls.list_for_site(site.namespace, site.name, limit=1)
-        active = [c for c in latest if c.state not in FINAL_CRAWL_STATES]
-        if active and site.spec.overlap_policy == "Forbid":
-            log.info("schedule_skipped_overlap", site=f"{site.namespace}/{site.name}", crawl_id=active[0].id)
-            return
-        if active and site.spec.overlap_policy == "Replace":
-            await self._crawls.cancel(active[0].id)
+        """One scheduled run; ``start_crawl`` applies the overlap policy (a Forbid skip is logged there)."""
         try:
             await start_crawl(
                 self._sites,
@@ -107,5 +100,8 @@ class Scheduler:
                 trigger="schedule",
                 idempotency_key=schedule_key(site.namespace, site.name, moment),
             )
+        except Conflict as exc:
+            if exc.code != "crawl_overlap":
+                log.warning("schedule_trigger_failed", site=f"{site.namespace}/{site.name}", code=exc.code)
         except KubecrawlError as exc:
             log.warning("schedule_trigger_failed", site=f"{site.namespace}/{site.name}", code=exc.code)

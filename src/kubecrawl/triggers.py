@@ -3,6 +3,13 @@ embedded scheduler, so every trigger follows the same idempotency rules.
 
 Scheduled keys are ``site:{ns}/{name}:cron:{scheduled time ISO-8601 UTC}``: two triggers for one scheduled
 minute (CronJob retries, two schedulers) create one crawl.
+
+``overlapPolicy`` is enforced here, for scheduled triggers (``trigger="schedule"``), whichever scheduler sent them
+(the embedded one, or a CronJob's ``kubecrawl trigger``): the CronJob's ``concurrencyPolicy`` only covers its
+seconds-long trigger Job, never the crawl it starts. With a crawl of the site still active, Forbid refuses the run
+(``Conflict``, ``crawl_overlap``: the trigger treats it as a skipped run, not a failure), Replace cancels the
+active crawls first, Allow starts another. A retry of the same scheduled minute finds its own crawl, as before.
+Manual triggers are never refused, like ``kubectl create job --from=cronjob/…``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core.errors import Conflict, NotFound
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.models import Crawl
+from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url
 from kubecrawl.store.contract import CrawlStore, SiteStore
@@ -37,6 +44,8 @@ async def start_crawl(
     if site is None:
         raise NotFound(f"site {namespace}/{name} not found", code="site_not_found")
     spec = CrawlSiteSpec.model_validate(site["spec"])
+    if trigger == "schedule" and spec.overlap_policy != "Allow":
+        await _settle_overlap(crawls, namespace, name, spec, idempotency_key)
     crawl, created, to_publish = await crawls.create(
         namespace,
         name,
@@ -60,3 +69,27 @@ async def start_crawl(
     if created:
         log.info("crawl_enqueued", crawl_id=crawl.id, site=crawl.site, trigger=trigger)
     return crawl, created
+
+
+# Crawls of one site looked at for overlap: more than one is active only after a switch from Allow.
+_OVERLAP_LOOKBACK = 20
+
+
+async def _settle_overlap(
+    crawls: CrawlStore, namespace: str, name: str, spec: CrawlSiteSpec, idempotency_key: str | None
+) -> None:
+    """Forbid: refuse while another crawl of the site is active; Replace: cancel the active ones."""
+    recent = await crawls.list_for_site(namespace, name, limit=_OVERLAP_LOOKBACK)
+    active = [c for c in recent if c.state not in FINAL_CRAWL_STATES and c.idempotency_key != idempotency_key]
+    if not active:
+        return
+    if spec.overlap_policy == "Forbid":
+        log.info("schedule_skipped_overlap", site=f"{namespace}/{name}", crawl_id=active[0].id)
+        raise Conflict(
+            f"crawl {active[0].id} of site {namespace}/{name} is still {active[0].state}; "
+            "overlapPolicy Forbid skips this scheduled run",
+            code="crawl_overlap",
+        )
+    for crawl in active:
+        await crawls.cancel(crawl.id)
+        log.info("crawl_replaced", site=f"{namespace}/{name}", crawl_id=crawl.id, idempotency_key=idempotency_key)

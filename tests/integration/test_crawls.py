@@ -234,6 +234,48 @@ async def test_a_key_held_by_another_sites_crawl_answers_409_and_creates_and_enq
     assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
 
 
+def scheduled(name: str, minute: int) -> dict[str, str]:
+    return {"trigger": "schedule", "idempotency_key": f"site:default/{name}:cron:2026-11-26T10:{minute:02d}:00+00:00"}
+
+
+async def test_overlap_policy_forbid_refuses_a_scheduled_run_while_the_last_crawl_is_active(
+    api: ApiHandle, site: Site
+) -> None:
+    site.html("/")
+    await put_site(api.client, "forbid", {"url": site.url("/"), "schedule": "* * * * *", "overlapPolicy": "Forbid"})
+    first = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 1))
+    assert first.status_code == 202  # no worker runs: it stays active
+    refused = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 2))
+    assert (refused.status_code, refused.json()["code"]) == (409, "crawl_overlap")
+    assert first.json()["id"] in refused.json()["detail"]
+    retried = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 1))
+    assert (retried.status_code, retried.json()["id"]) == (200, first.json()["id"])  # its own minute: idempotent
+    manual = await api.client.post("/sites/default/forbid/crawls", json={"trigger": "manual"})
+    assert manual.status_code == 202  # a person's trigger is never refused
+    items = (await api.client.get("/sites/default/forbid/crawls")).json()["items"]
+    assert len(items) == 2
+
+
+async def test_overlap_policy_replace_cancels_the_active_crawl_and_allow_runs_both(api: ApiHandle, site: Site) -> None:
+    site.html("/")
+    await put_site(api.client, "replace", {"url": site.url("/"), "schedule": "* * * * *", "overlapPolicy": "Replace"})
+    old = (await api.client.post("/sites/default/replace/crawls", json=scheduled("replace", 1))).json()
+    new = await api.client.post("/sites/default/replace/crawls", json=scheduled("replace", 2))
+    assert new.status_code == 202
+    states = {c["id"]: c["state"] for c in (await api.client.get("/sites/default/replace/crawls")).json()["items"]}
+    assert states[old["id"]] == "CANCELLED"
+    assert states[new.json()["id"]] != "CANCELLED"
+
+    await put_site(api.client, "allow", {"url": site.url("/"), "schedule": "* * * * *", "overlapPolicy": "Allow"})
+    for minute in (1, 2):
+        assert (
+            await api.client.post("/sites/default/allow/crawls", json=scheduled("allow", minute))
+        ).status_code == 202
+    items = (await api.client.get("/sites/default/allow/crawls")).json()["items"]
+    assert [c["state"] for c in items].count("CANCELLED") == 0
+    assert len(items) == 2
+
+
 async def queued_messages(rabbit: RabbitServer, vhost: str, queue: str) -> int:
     connection = await aio_pika.connect(rabbit.url(vhost))
     async with connection:

@@ -14,7 +14,7 @@ from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.sites import schedule_key
 from kubecrawl.operator.reconcile import naming
-from kubecrawl.operator.syncing import SiteApi
+from kubecrawl.operator.syncing import ApiRejected, SiteApi
 
 log = get_logger(__name__)
 
@@ -59,6 +59,13 @@ async def run_trigger(api: SiteApi, request: TriggerRequest) -> int:
         crawl, created = await api.trigger_crawl(
             request.namespace, request.name, trigger=request.trigger, idempotency_key=request.idempotency_key
         )
+    except ApiRejected as exc:
+        if exc.code != "crawl_overlap":
+            log.error("crawl_trigger_failed", site=site, code=exc.code, error=exc.detail, key=request.idempotency_key)  # noqa: TRY400
+            return 1
+        # overlapPolicy Forbid and the previous crawl still runs: this run is skipped, which is not a failure.
+        log.info("crawl_trigger_skipped", site=site, reason=exc.detail, key=request.idempotency_key)
+        return 0
     except KubecrawlError as exc:
         # An expected failure with its reason; a traceback would add nothing.
         log.error("crawl_trigger_failed", site=site, code=exc.code, error=exc.detail, key=request.idempotency_key)  # noqa: TRY400

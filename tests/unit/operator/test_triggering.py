@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from kubecrawl.operator.syncing import ApiRejected, ApiUnavailable, SiteApi
-from kubecrawl.operator.triggering import parse_site, trigger_request
+from kubecrawl.operator.triggering import parse_site, run_trigger, trigger_request
 
 MINUTE = datetime(2025, 6, 1, 8, 15, tzinfo=UTC)
 JOB = f"docs-{int(MINUTE.timestamp()) // 60}"
@@ -100,3 +100,11 @@ async def test_a_duplicate_trigger_is_reported_as_not_created() -> None:
     _, created = await api.trigger_crawl("ns", "s", trigger="schedule", idempotency_key="k")
     await api.aclose()
     assert created is False
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [("crawl_overlap", 0), ("idempotency_key_conflict", 1)])
+async def test_a_scheduled_run_skipped_by_overlap_policy_is_not_a_failed_job(code: str, exit_code: int) -> None:
+    # The CronJob's Job must not fail (and be retried, and alert) because overlapPolicy Forbid skipped its run.
+    api = _api(httpx.MockTransport(lambda _: httpx.Response(409, json={"code": code, "detail": "still RUNNING"})))
+    request = trigger_request("ns/docs", job_name=JOB, job_uid="u", cronjob="docs")
+    assert await run_trigger(api, request) == exit_code
