@@ -31,7 +31,7 @@ from kubecrawl.core.urls import url_host
 from kubecrawl.fetch.extracting import extract_metadata, robots_directives
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.fetch.policy import response_error, retry_delay
-from kubecrawl.fetch.robots import Robots, robots_text_for, robots_url
+from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import parse_sitemap
 from kubecrawl.store.crawls import CrawlStore, PageOutcome, PageStart
@@ -229,9 +229,9 @@ class PagePipeline:
                 try:
                     response = await self._fetcher.fetch(robots_url(url))
                     text = robots_text_for(response.status_code, response.body)
-                except TransientError as exc:
-                    log.info("robots_unavailable", host=host, code=exc.code)
-                    text = ""
+                except TransientError as exc:  # unreachable: a complete disallow (RFC 9309 section 2.3.1.4)
+                    log.info("robots_unreachable", host=host, code=exc.code)
+                    text = DISALLOW_ALL
                 robots = Robots(text)
                 delay = robots.crawl_delay(spec.fetch.user_agent or self._fetch.user_agent)
             await self._crawls.set_robots(crawl_id, host, text, delay)
