@@ -188,13 +188,26 @@ async def test_sitemap_and_gzipped_sitemap_index_seed_the_crawl(api: ApiHandle, 
     site.pages["/sitemap_index.xml.gz"] = Page(
         gzip.compress(index.encode()), headers={"Content-Type": "application/gzip"}
     )
-    urlset = "".join(f"<url><loc>{site.url(p)}</loc></url>" for p in ("/orphan-1", "/orphan-2"))
-    site.pages["/sitemap-pages.xml"] = Page(f"<urlset>{urlset}</urlset>", headers={"Content-Type": "application/xml"})
+    # the image and video extensions name media, not pages: never crawled although on the same host
+    media = (
+        f"<image:image><image:loc>{site.url('/photo.jpg')}</image:loc></image:image><video:video>"
+        f"<video:content_loc>{site.url('/video.mp4')}</video:content_loc>"
+        f"<video:player_loc>{site.url('/player')}</video:player_loc></video:video>"
+    )
+    urlset = "".join(f"<url><loc>{site.url(p)}</loc>{media}</url>" for p in ("/orphan-1", "/orphan-2"))
+    site.pages["/sitemap-pages.xml"] = Page(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
+        ' xmlns:image="http://www.google.com/schemas/sitemap-image/1.1"'
+        f' xmlns:video="http://www.google.com/schemas/sitemap-video/1.1">{urlset}</urlset>',
+        headers={"Content-Type": "application/xml"},
+    )
     site.html("/")
     site.html("/orphan-1")
     site.html("/orphan-2")
+    site.html("/player")
     _, pages = await crawl_site(api.client, "sitemap", {"url": site.url("/"), "scope": {"sitemap": True}})
     assert paths(site, pages) == {"/", "/orphan-1", "/orphan-2"}
+    assert site.hits["/photo.jpg"] == site.hits["/video.mp4"] == site.hits["/player"] == 0
 
 
 async def test_concurrent_duplicate_triggers_create_one_crawl_and_enqueue_once(

@@ -33,7 +33,7 @@ from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.fetch.policy import response_error, retry_delay
 from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
-from kubecrawl.fetch.sitemaps import parse_sitemap
+from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap
 from kubecrawl.store.crawls import CrawlStore, PageOutcome, PageStart
 from kubecrawl.store.database import DATABASE_ERRORS
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
@@ -255,13 +255,16 @@ class PagePipeline:
                 continue
             seen.add(sitemap_url)
             try:
-                result = await self._fetcher.fetch(sitemap_url)
+                # a sitemap may be as large as the protocol allows, whatever the cap on page bodies
+                result = await self._fetcher.fetch(sitemap_url, max_body_bytes=MAX_SITEMAP_BYTES)
             except (TransientError, PermanentError) as exc:
                 log.info("sitemap_unavailable", sitemap=sitemap_url, code=exc.code)
                 continue
             if result.status_code != 200:
                 continue
             parsed = parse_sitemap(result.body)
+            if parsed.truncated:
+                log.info("sitemap_truncated", sitemap=sitemap_url, urls=len(parsed.pages) + len(parsed.sitemaps))
             pages.extend(parsed.pages)
             queue.extend(parsed.sitemaps)
         return scope.filter(pages)
