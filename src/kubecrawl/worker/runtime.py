@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 
 from prometheus_client import start_http_server
@@ -21,6 +22,7 @@ from kubecrawl.broker.consuming import RabbitConsumer
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.logging import get_logger
+from kubecrawl.core.models import PageReport
 from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.crawls import CrawlStore
@@ -34,12 +36,22 @@ log = get_logger(__name__)
 
 
 def queue_handlers(
-    settings: Settings, engine: AsyncEngine, fetcher: Fetcher, publisher: Publisher
+    settings: Settings,
+    engine: AsyncEngine,
+    fetcher: Fetcher,
+    publisher: Publisher,
+    *,
+    on_page: Callable[[PageReport], None] | None = None,
 ) -> dict[str, Handler]:
     """The pipeline for each work queue: the same for `kubecrawl worker` and the embedded default."""
     metadata = MetadataPipeline(pages=PageStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry)
     pages = PagePipeline(
-        crawls=CrawlStore(engine), fetcher=fetcher, publisher=publisher, retry=settings.retry, fetch=settings.fetch
+        crawls=CrawlStore(engine),
+        fetcher=fetcher,
+        publisher=publisher,
+        retry=settings.retry,
+        fetch=settings.fetch,
+        on_page=on_page,
     )
     return {METADATA_QUEUE: metadata.handle, PAGES_QUEUE: pages.handle}
 
