@@ -167,6 +167,35 @@ async def test_robots_disallow_is_honoured_and_counted(api: ApiHandle, site: Sit
     assert site.hits["/robots.txt"] == 1
 
 
+async def test_wildcard_robots_rules_hold_end_to_end(api: ApiHandle, site: Site, worker: None) -> None:
+    # RFC 9309: '*' and '$' (urllib.robotparser let both through)
+    site.pages["/robots.txt"] = Page(
+        "User-agent: *\nDisallow: /*?sessionid=\nDisallow: /*.pdf$\n", headers={"Content-Type": "text/plain"}
+    )
+    site.html("/", body=links("/cart?sessionid=1", "/manual.pdf", "/manual.pdf?page=2"))
+    site.html("/cart")
+    site.html("/manual.pdf")
+    done, pages = await crawl_site(api.client, "wildcards", {"url": site.url("/")})
+    assert done["counters"]["skipped_robots"] == 2
+    assert paths(site, pages, "SKIPPED") == {"/cart?sessionid=1", "/manual.pdf"}
+    assert site.hits["/cart"] == 0
+    assert site.hits["/manual.pdf"] == 1  # only the one with a query string: '$' anchors the end
+
+
+async def test_an_unreachable_robots_txt_disallows_the_whole_host(api: ApiHandle, site: Site, worker: None) -> None:
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # the connection drops before any response: robots.txt is unreachable
+        return web.Response()
+
+    site.handlers["/robots.txt"] = hang_up
+    site.html("/", body=links("/a"))
+    done, pages = await crawl_site(api.client, "unreachable-robots", {"url": site.url("/")})
+    assert done["counters"]["skipped_robots"] == 1  # RFC 9309 section 2.3.1.4: a complete disallow
+    assert paths(site, pages, "SKIPPED") == {"/"}
+    assert site.hits["/"] == 0
+
+
 async def test_robots_crawl_delay_spaces_requests_to_the_host(api: ApiHandle, site: Site, worker: None) -> None:
     site.pages["/robots.txt"] = Page("User-agent: *\nCrawl-delay: 1\n", headers={"Content-Type": "text/plain"})
     site.html("/", body=links("/1", "/2", "/3"))
