@@ -429,10 +429,11 @@ def _print_stats(
     """The stats as Scrapy prints them at the end, then why each failed page failed (the first few)."""
     from rich.table import Table
 
-    table = Table(title=f"crawl {crawl.id} {crawl.state.value}: {summary['finish_reason']}", show_header=False)
+    table = Table(title=f"crawl {crawl.state.value}: {summary['finish_reason']}", show_header=False)
     table.add_column("stat")
     table.add_column("value", justify="right")
     counters = crawl.counters
+    table.add_row("crawl", crawl.id)
     table.add_row("pages fetched", str(counters.fetched))
     table.add_row("changed / unchanged", f"{counters.changed} / {counters.unchanged}")
     for code, count in summary["status_codes"].items():
