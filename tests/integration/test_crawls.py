@@ -196,6 +196,16 @@ async def test_an_unreachable_robots_txt_disallows_the_whole_host(api: ApiHandle
     assert site.hits["/"] == 0
 
 
+async def test_a_robots_txt_redirect_loop_counts_as_no_robots_txt(api: ApiHandle, site: Site, worker: None) -> None:
+    # RFC 9309 section 2.3.1.2: past five redirects a crawler may take robots.txt as unavailable (allow all)
+    site.pages["/robots.txt"] = Page("", status=302, headers={"Location": "/robots.txt"})
+    site.html("/", body=links("/a"))
+    site.html("/a")
+    done, pages = await crawl_site(api.client, "robots-loop", {"url": site.url("/")})
+    assert done["counters"]["fetched"] == 2
+    assert paths(site, pages) == {"/", "/a"}
+
+
 async def test_robots_crawl_delay_spaces_requests_to_the_host(api: ApiHandle, site: Site, worker: None) -> None:
     site.pages["/robots.txt"] = Page("User-agent: *\nCrawl-delay: 1\n", headers={"Content-Type": "text/plain"})
     site.html("/", body=links("/1", "/2", "/3"))

@@ -24,7 +24,7 @@ from kubecrawl.broker.base import Delivery, Publisher
 from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core import metrics
 from kubecrawl.core.contracts import PageTask
-from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
+from kubecrawl.core.errors import FetchPermanent, KubecrawlError, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_CRAWL_STATES, CrawlPageState, PageReport
 from kubecrawl.core.settings import FetchSettings, RetrySettings
@@ -289,6 +289,9 @@ class PagePipeline:
                 except TransientError as exc:  # unreachable: a complete disallow (RFC 9309 section 2.3.1.4)
                     log.info("robots_unreachable", host=host, code=exc.code)
                     text = DISALLOW_ALL
+                except FetchPermanent as exc:  # a redirect loop, garbage: unavailable (RFC 9309 section 2.3.1.2)
+                    log.info("robots_unavailable", host=host, code=exc.code)
+                    text = ""
                 robots = Robots(text)
                 delay = robots.crawl_delay(spec.fetch.user_agent or self._fetch.user_agent)
             await self._crawls.set_robots(crawl_id, host, text, delay)
