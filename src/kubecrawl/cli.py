@@ -84,46 +84,41 @@ def _database_cause(exc: BaseException) -> str:
     return str(detail) if detail else f"{type(exc).__name__}: {exc}"
 
 
+def _expected(exc: Exception, *, os_errors: ExitCode | None) -> tuple[ExitCode, str, str] | None:
+    """The exit code, cause and what to do for a failure a user can fix; ``None`` for a bug."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, StoreUnavailable | SQLAlchemyError) or (
+        os_errors is ExitCode.DATABASE and isinstance(exc, OSError)
+    ):
+        cause = f"cannot use the database: {_database_cause(exc)}"
+        return (
+            ExitCode.DATABASE,
+            cause,
+            "check KUBECRAWL_DATABASE_URL (or --db) and that the database is up and reachable",
+        )
+    if isinstance(exc, ConnectionLost | PublisherNotReady):
+        cause = f"cannot reach RabbitMQ: {exc.detail}"
+        return ExitCode.BROKER, cause, "check KUBECRAWL_RABBITMQ_URL and that the broker is up and reachable"
+    if isinstance(exc, InvalidUrl):
+        return ExitCode.USAGE, f"{exc.code}: {exc.detail}", "give an http(s) URL"
+    if isinstance(exc, BlockedTarget):
+        todo = "to crawl a private address set KUBECRAWL_ALLOWED_PRIVATE_NETWORKS (or KUBECRAWL_ALLOW_PRIVATE_TARGETS)"
+        return ExitCode.USAGE, f"{exc.code}: {exc.detail}", todo
+    return None
+
+
 @contextlib.contextmanager
 def _expected_failures(*, json_logs: bool, os_errors: ExitCode | None = None) -> Iterator[None]:
     """Turn the failures a user can fix into ``_fail``; ``os_errors`` names the service an ``OSError`` came from
     (a refused connection to the database during ``migrate``). Anything else is a bug: its traceback stays."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         yield
-    except (StoreUnavailable, SQLAlchemyError) as exc:
-        _fail(
-            ExitCode.DATABASE,
-            f"cannot use the database: {_database_cause(exc)}",
-            "check KUBECRAWL_DATABASE_URL (or --db) and that the database is up and reachable",
-            json_logs=json_logs,
-        )
-    except (ConnectionLost, PublisherNotReady) as exc:
-        _fail(
-            ExitCode.BROKER,
-            f"cannot reach RabbitMQ: {exc.detail}",
-            "check KUBECRAWL_RABBITMQ_URL and that the broker is up and reachable",
-            json_logs=json_logs,
-        )
-    except InvalidUrl as exc:
-        _fail(ExitCode.USAGE, f"{exc.code}: {exc.detail}", "give an http(s) URL", json_logs=json_logs)
-    except BlockedTarget as exc:
-        _fail(
-            ExitCode.USAGE,
-            f"{exc.code}: {exc.detail}",
-            "to crawl a private address set KUBECRAWL_ALLOWED_PRIVATE_NETWORKS (or KUBECRAWL_ALLOW_PRIVATE_TARGETS)",
-            json_logs=json_logs,
-        )
-    except OSError as exc:
-        if os_errors is not ExitCode.DATABASE:
+    except Exception as exc:
+        failure = _expected(exc, os_errors=os_errors)
+        if failure is None:
             raise
-        _fail(
-            ExitCode.DATABASE,
-            f"cannot reach the database: {exc}",
-            "check KUBECRAWL_DATABASE_URL and that the database is up and reachable",
-            json_logs=json_logs,
-        )
+        _fail(*failure, json_logs=json_logs)
 
 
 def _settings(service: str, **overrides: object) -> Settings:

@@ -204,7 +204,7 @@ async def test_migrate_against_an_unreachable_database_ends_with_one_json_event_
     assert run.code == 3
     events = json_lines(run.err)
     assert events[-1]["event"] == "command_failed"
-    assert "cannot reach the database" in str(events[-1]["error"])
+    assert "cannot use the database: ConnectionRefusedError" in str(events[-1]["error"])
     assert "KUBECRAWL_DATABASE_URL" in str(events[-1]["hint"])
 
 
