@@ -84,6 +84,19 @@ async def test_crawl_prints_stats_and_writes_every_page_to_jsonl(site: Site, tmp
     assert run.err == ""
 
 
+async def test_a_second_crawl_writes_which_pages_changed(site: Site, tmp_path: Path) -> None:
+    small_site(site)
+    db = str(tmp_path / "k.db")
+    assert (await kubecrawl("crawl", site.url("/"), "--db", db, env=OPEN)).code == 0
+    site.html("/a", title="A, edited")
+    run = await kubecrawl("crawl", site.url("/"), "-o", str(tmp_path / "second.jsonl"), "--db", db, env=OPEN)
+    assert run.code == 0, run.err
+    pages = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
+    changed = {page["url"]: page["changed"] for page in pages if page["state"] == "DONE"}
+    assert changed == {site.url("/"): False, site.url("/a"): True}
+    assert "1 / 1" in run.out  # changed / unchanged
+
+
 @pytest.mark.parametrize(("name", "extra"), [("pages.csv", []), ("pages.json", []), ("pages.out", ["--format", "csv"])])
 async def test_the_page_file_format_follows_the_suffix_or_format(
     site: Site, tmp_path: Path, name: str, extra: list[str]

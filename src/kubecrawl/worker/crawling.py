@@ -53,14 +53,14 @@ _SITES_CACHED = 64
 
 
 @dataclass(frozen=True, slots=True)
-class _Fetched:
+class Fetched:
     """What a page's fetch gave, beyond its outcome: for the page report."""
 
     result: FetchResult
     meta: PageMeta | None  # None for 304 Not Modified: no body was read
 
 
-def page_report(start: PageStart, outcome: PageOutcome, fetched: _Fetched | None) -> PageReport:
+def page_report(start: PageStart, outcome: PageOutcome, fetched: Fetched | None) -> PageReport:
     """A settled page as ``kubecrawl crawl -o`` writes it."""
     report = PageReport(
         url=start.url,
@@ -189,7 +189,7 @@ class PagePipeline:
 
     async def _crawl_page(
         self, task: PageTask, start: PageStart, spec: CrawlSiteSpec, scope: Scope
-    ) -> tuple[PageOutcome, _Fetched | None]:
+    ) -> tuple[PageOutcome, Fetched | None]:
         host = url_host(start.url)
         user_agent = spec.fetch.user_agent or self._fetch.user_agent
         robots = await self._robots_for(task.crawl_id, host, start.url, spec)
@@ -229,7 +229,7 @@ class PagePipeline:
                 last_modified=previous.get("last_modified"),
                 new_links=links,
             )
-            return outcome, _Fetched(result, None)
+            return outcome, Fetched(result, None)
         error = response_error(result.status_code, response_headers)
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
@@ -258,7 +258,7 @@ class PagePipeline:
             links=len(meta.links),
             new_links=links,
         )
-        return outcome, _Fetched(result, meta)
+        return outcome, Fetched(result, meta)
 
     async def _wait_turn(
         self, crawl_id: str, host: str, start: PageStart, spec: CrawlSiteSpec, robots: Robots | None, user_agent: str
@@ -351,7 +351,7 @@ class PagePipeline:
         metrics.CRAWL_PAGES.labels(state="FAILED").inc()
         return "dead_lettered"
 
-    def _report(self, start: PageStart, outcome: PageOutcome, fetched: _Fetched | None) -> None:
+    def _report(self, start: PageStart, outcome: PageOutcome, fetched: Fetched | None) -> None:
         if self._on_page is not None:
             self._on_page(page_report(start, outcome, fetched))
 
