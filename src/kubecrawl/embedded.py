@@ -18,7 +18,7 @@ from kubecrawl.broker.memory import MemoryBroker
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl
+from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl, PageReport
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url, url_host
@@ -50,8 +50,12 @@ def sqlite_url(path: Path) -> str:
 
 
 @contextlib.asynccontextmanager
-async def embedded_runtime(settings: Settings) -> AsyncIterator[Embedded]:
-    """Migrate the SQLite file, start the in-process broker and the metadata workers; stop them on exit."""
+async def embedded_runtime(
+    settings: Settings, *, on_page: Callable[[PageReport], None] | None = None
+) -> AsyncIterator[Embedded]:
+    """Migrate the SQLite file, start the in-process broker and the workers; stop them on exit.
+
+    ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``)."""
     url = settings.database_url.get_secret_value()
     await upgrade_async(url)
     engine = create_engine(url)
@@ -66,7 +70,7 @@ async def embedded_runtime(settings: Settings) -> AsyncIterator[Embedded]:
     await broker.start()
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            await broker.start_consuming(queue_handlers(settings, stores, fetcher, broker))
+            await broker.start_consuming(queue_handlers(settings, stores, fetcher, broker, on_page=on_page))
             yield Embedded(settings=settings, engine=engine, stores=stores, broker=broker)
     finally:
         await broker.close()
@@ -80,11 +84,15 @@ def cli_site_name(url: str) -> str:
 
 
 async def crawl_once(
-    settings: Settings, spec: CrawlSiteSpec, *, on_progress: Callable[[Crawl], None] | None = None
+    settings: Settings,
+    spec: CrawlSiteSpec,
+    *,
+    on_progress: Callable[[Crawl], None] | None = None,
+    on_page: Callable[[PageReport], None] | None = None,
 ) -> Crawl:
     """Crawl one site in-process (``kubecrawl crawl URL``) and return the finished crawl."""
     normalise_url(spec.url)
-    async with embedded_runtime(settings) as runtime:
+    async with embedded_runtime(settings, on_page=on_page) as runtime:
         sites, crawls = runtime.stores.sites, runtime.stores.crawls
         name = cli_site_name(spec.url)
         await sites.put(CLI_NAMESPACE, name, spec.model_dump(mode="json", by_alias=True))

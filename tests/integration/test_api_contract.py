@@ -47,6 +47,7 @@ async def test_post_metadata_answers_202_queued_with_request_id_and_publishes_pe
         ({"url": "javascript:alert(1)"}, "unsupported_scheme"),
         ({"url": "http://"}, "invalid_url"),
         ({"url": "http://exa mple.com/"}, "invalid_url"),
+        ({"url": "http://xn--zz.example/"}, "invalid_url"),  # a Punycode label UTS 46 refuses
         ({"url": 42}, "invalid_url"),
     ],
 )

@@ -167,6 +167,45 @@ async def test_robots_disallow_is_honoured_and_counted(api: ApiHandle, site: Sit
     assert site.hits["/robots.txt"] == 1
 
 
+async def test_wildcard_robots_rules_hold_end_to_end(api: ApiHandle, site: Site, worker: None) -> None:
+    # RFC 9309: '*' and '$' (urllib.robotparser let both through)
+    site.pages["/robots.txt"] = Page(
+        "User-agent: *\nDisallow: /*?sessionid=\nDisallow: /*.pdf$\n", headers={"Content-Type": "text/plain"}
+    )
+    site.html("/", body=links("/cart?sessionid=1", "/manual.pdf", "/manual.pdf?page=2"))
+    site.html("/cart")
+    site.html("/manual.pdf")
+    done, pages = await crawl_site(api.client, "wildcards", {"url": site.url("/")})
+    assert done["counters"]["skipped_robots"] == 2
+    assert paths(site, pages, "SKIPPED") == {"/cart?sessionid=1", "/manual.pdf"}
+    assert site.hits["/cart"] == 0
+    assert site.hits["/manual.pdf"] == 1  # only the one with a query string: '$' anchors the end
+
+
+async def test_an_unreachable_robots_txt_disallows_the_whole_host(api: ApiHandle, site: Site, worker: None) -> None:
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # the connection drops before any response: robots.txt is unreachable
+        return web.Response()
+
+    site.handlers["/robots.txt"] = hang_up
+    site.html("/", body=links("/a"))
+    done, pages = await crawl_site(api.client, "unreachable-robots", {"url": site.url("/")})
+    assert done["counters"]["skipped_robots"] == 1  # RFC 9309 section 2.3.1.4: a complete disallow
+    assert paths(site, pages, "SKIPPED") == {"/"}
+    assert site.hits["/"] == 0
+
+
+async def test_a_robots_txt_redirect_loop_counts_as_no_robots_txt(api: ApiHandle, site: Site, worker: None) -> None:
+    # RFC 9309 section 2.3.1.2: past five redirects a crawler may take robots.txt as unavailable (allow all)
+    site.pages["/robots.txt"] = Page("", status=302, headers={"Location": "/robots.txt"})
+    site.html("/", body=links("/a"))
+    site.html("/a")
+    done, pages = await crawl_site(api.client, "robots-loop", {"url": site.url("/")})
+    assert done["counters"]["fetched"] == 2
+    assert paths(site, pages) == {"/", "/a"}
+
+
 async def test_robots_crawl_delay_spaces_requests_to_the_host(api: ApiHandle, site: Site, worker: None) -> None:
     site.pages["/robots.txt"] = Page("User-agent: *\nCrawl-delay: 1\n", headers={"Content-Type": "text/plain"})
     site.html("/", body=links("/1", "/2", "/3"))
@@ -188,13 +227,26 @@ async def test_sitemap_and_gzipped_sitemap_index_seed_the_crawl(api: ApiHandle, 
     site.pages["/sitemap_index.xml.gz"] = Page(
         gzip.compress(index.encode()), headers={"Content-Type": "application/gzip"}
     )
-    urlset = "".join(f"<url><loc>{site.url(p)}</loc></url>" for p in ("/orphan-1", "/orphan-2"))
-    site.pages["/sitemap-pages.xml"] = Page(f"<urlset>{urlset}</urlset>", headers={"Content-Type": "application/xml"})
+    # the image and video extensions name media, not pages: never crawled although on the same host
+    media = (
+        f"<image:image><image:loc>{site.url('/photo.jpg')}</image:loc></image:image><video:video>"
+        f"<video:content_loc>{site.url('/video.mp4')}</video:content_loc>"
+        f"<video:player_loc>{site.url('/player')}</video:player_loc></video:video>"
+    )
+    urlset = "".join(f"<url><loc>{site.url(p)}</loc>{media}</url>" for p in ("/orphan-1", "/orphan-2"))
+    site.pages["/sitemap-pages.xml"] = Page(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
+        ' xmlns:image="http://www.google.com/schemas/sitemap-image/1.1"'
+        f' xmlns:video="http://www.google.com/schemas/sitemap-video/1.1">{urlset}</urlset>',
+        headers={"Content-Type": "application/xml"},
+    )
     site.html("/")
     site.html("/orphan-1")
     site.html("/orphan-2")
+    site.html("/player")
     _, pages = await crawl_site(api.client, "sitemap", {"url": site.url("/"), "scope": {"sitemap": True}})
     assert paths(site, pages) == {"/", "/orphan-1", "/orphan-2"}
+    assert site.hits["/photo.jpg"] == site.hits["/video.mp4"] == site.hits["/player"] == 0
 
 
 async def test_concurrent_duplicate_triggers_create_one_crawl_and_enqueue_once(

@@ -146,3 +146,32 @@ class CrawlPage(BaseModel):
     error: str | None = None
     seq: int | None = None
     fetched_at: datetime | None = None
+
+
+class PageReport(BaseModel):
+    """One settled page of a crawl as ``kubecrawl crawl -o`` writes it: what was fetched, found and failed.
+
+    Made by the page pipeline for an in-process observer (the embedded crawl); nothing stores it.
+    """
+
+    url: str
+    depth: int
+    state: CrawlPageState
+    status: int | None = None  # the HTTP status of the final response
+    final_url: str | None = None
+    changed: bool | None = None
+    title: str | None = None
+    description: str | None = None
+    canonical: str | None = None
+    lang: str | None = None
+    opengraph: dict[str, str] = {}
+    twitter: dict[str, str] = {}
+    # response headers, lower-cased names; a repeated header's values joined with ", " (RFC 9110 section 5.3)
+    headers: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    content_type: str | None = None
+    bytes: int = 0
+    attempts: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    fetched_at: datetime | None = None

@@ -14,6 +14,8 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import idna
+
 from kubecrawl.core.errors import BlockedTarget, InvalidUrl
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -66,12 +68,29 @@ def _normalise_host(hostname: str) -> str:
     except ValueError:
         pass
     try:
-        host = host.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url") from exc
+        host = _to_ascii(host)
+    except UnicodeError as exc:  # idna.IDNAError and its kinds
+        raise InvalidUrl(f"invalid host name {hostname!r}: {exc}", code="invalid_url") from exc
     if not host or any(not label or len(label) > 63 for label in host.split(".")):
         raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url")
     return host
+
+
+def _to_ascii(host: str) -> str:
+    """A host name as browsers send it: UTS 46 non-transitional processing, as the WHATWG URL standard does.
+
+    ``faß.de`` is ``xn--fa-hia.de`` (IDNA 2003, Python's ``"idna"`` codec, made it ``fass.de``: another host).
+    ASCII labels other than ``xn--`` ones are kept as they are (WHATWG does not apply the STD3 rules, so
+    ``my_host.example`` is a host); others are mapped and encoded by the ``idna`` package, which refuses what
+    cannot be a host name (disallowed code points, a bad ``xn--`` label, bidi and joiner violations).
+    """
+    if host.isascii() and "xn--" not in host:
+        return host
+    mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+    return ".".join(
+        label if label.isascii() and not label.startswith("xn--") else idna.alabel(label).decode("ascii")
+        for label in mapped.split(".")
+    )
 
 
 # A crawl's links name few hosts (its site and the sites it links to), and parsing an IP literal or

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,18 +24,18 @@ from kubecrawl.broker.base import Delivery, Publisher
 from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core import metrics
 from kubecrawl.core.contracts import PageTask
-from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
+from kubecrawl.core.errors import FetchPermanent, KubecrawlError, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.models import FINAL_CRAWL_STATES, CrawlPageState
+from kubecrawl.core.models import FINAL_CRAWL_STATES, CrawlPageState, PageReport
 from kubecrawl.core.settings import FetchSettings, RetrySettings
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import url_host
-from kubecrawl.fetch.extracting import extract_metadata, robots_directives
-from kubecrawl.fetch.fetching import Fetcher
+from kubecrawl.fetch.extracting import PageMeta, extract_metadata, robots_directives
+from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error, retry_delay
-from kubecrawl.fetch.robots import Robots, robots_text_for, robots_url
+from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
-from kubecrawl.fetch.sitemaps import parse_sitemap
+from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap
 from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
 from kubecrawl.store.database import DATABASE_ERRORS
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
@@ -50,6 +52,51 @@ _MAX_HOST_PAUSE_SECONDS = 600.0
 _SITES_CACHED = 64
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a page's fetch gave, beyond its outcome: for the page report."""
+
+    result: FetchResult
+    meta: PageMeta | None  # None for 304 Not Modified: no body was read
+
+
+def page_report(start: PageStart, outcome: PageOutcome, fetched: Fetched | None) -> PageReport:
+    """A settled page as ``kubecrawl crawl -o`` writes it."""
+    report = PageReport(
+        url=start.url,
+        depth=start.depth,
+        state=outcome.state,
+        status=outcome.http_status,
+        changed=outcome.changed,
+        title=outcome.title,
+        description=outcome.description,
+        canonical=outcome.canonical,
+        attempts=start.attempts,
+        error_code=outcome.error_code,
+        error=outcome.error,
+    )
+    if fetched is None:
+        return report
+    headers: dict[str, str] = {}
+    for name, value in fetched.result.headers:
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    meta = fetched.meta
+    return report.model_copy(
+        update={
+            "final_url": fetched.result.final_url,
+            "headers": headers,
+            "timings": fetched.result.timings,
+            "content_type": fetched.result.content_type,
+            "bytes": fetched.result.body_bytes,
+            "fetched_at": datetime.now(UTC),
+            "lang": meta.language if meta else None,
+            "opengraph": meta.opengraph if meta else {},
+            "twitter": meta.twitter if meta else {},
+        }
+    )
+
+
 class PagePipeline:
     def __init__(
         self,
@@ -59,8 +106,11 @@ class PagePipeline:
         publisher: Publisher,
         retry: RetrySettings,
         fetch: FetchSettings,
+        on_page: Callable[[PageReport], None] | None = None,
     ) -> None:
         self._crawls = crawls
+        # the embedded crawl's observer: every settled page, with what was fetched (kubecrawl crawl -o)
+        self._on_page = on_page
         self._fetcher = fetcher
         self._publisher = publisher
         self._retry = retry
@@ -87,11 +137,12 @@ class PagePipeline:
             return await self._not_fetched(delivery, task, start)
         spec, scope = self._site(task.crawl_id, start.config)
         try:
-            outcome = await self._crawl_page(task, start, spec, scope)
+            outcome, fetched = await self._crawl_page(task, start, spec, scope)
         except KubecrawlError as exc:
             return await self._failed(delivery, task, start, spec, exc)
         await self._finish(task, outcome)
         await delivery.ack()
+        self._report(start, outcome, fetched)
         metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()
         return "completed"
 
@@ -109,7 +160,9 @@ class PagePipeline:
             await delivery.ack()
             return "skipped"
         reason = f"gave up after {start.attempts - 1} attempts (worker crashes or redeliveries)"
-        await self._finish(task, PageOutcome(CrawlPageState.FAILED, error_code="max_attempts_exceeded", error=reason))
+        outcome = PageOutcome(CrawlPageState.FAILED, error_code="max_attempts_exceeded", error=reason)
+        await self._finish(task, outcome)
+        self._report(start, outcome, None)
         await dead_letter(self._publisher, delivery, code="max_attempts_exceeded", reason=reason)
         metrics.CRAWL_PAGES.labels(state="FAILED").inc()
         return "dead_lettered"
@@ -134,12 +187,14 @@ class PagePipeline:
                 del self._sites[next(iter(self._sites))]
         return site
 
-    async def _crawl_page(self, task: PageTask, start: PageStart, spec: CrawlSiteSpec, scope: Scope) -> PageOutcome:
+    async def _crawl_page(
+        self, task: PageTask, start: PageStart, spec: CrawlSiteSpec, scope: Scope
+    ) -> tuple[PageOutcome, Fetched | None]:
         host = url_host(start.url)
         user_agent = spec.fetch.user_agent or self._fetch.user_agent
         robots = await self._robots_for(task.crawl_id, host, start.url, spec)
         if robots is not None and not robots.allowed(user_agent, start.url):
-            return PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed")
+            return PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed"), None
         await self._wait_turn(task.crawl_id, host, start, spec, robots, user_agent)
         headers = {"User-Agent": user_agent}
         previous = start.previous or {}
@@ -165,7 +220,7 @@ class PagePipeline:
             links = scope.filter(previous.get("outlinks") or []) if follow else []
             if start.depth == 0 and spec.scope.sitemap:
                 links.extend(await self._sitemap_links(start.url, robots, scope))
-            return PageOutcome(
+            outcome = PageOutcome(
                 CrawlPageState.DONE,
                 http_status=304,
                 content_hash=previous.get("content_hash"),
@@ -174,6 +229,7 @@ class PagePipeline:
                 last_modified=previous.get("last_modified"),
                 new_links=links,
             )
+            return outcome, Fetched(result, None)
         error = response_error(result.status_code, response_headers)
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
@@ -186,7 +242,7 @@ class PagePipeline:
         links = scope.filter(meta.links) if follow and not nofollow else []
         if start.depth == 0 and spec.scope.sitemap:
             links.extend(await self._sitemap_links(start.url, robots, scope))
-        return PageOutcome(
+        outcome = PageOutcome(
             CrawlPageState.DONE,
             http_status=result.status_code,
             content_hash=content_hash,
@@ -202,6 +258,7 @@ class PagePipeline:
             links=len(meta.links),
             new_links=links,
         )
+        return outcome, Fetched(result, meta)
 
     async def _wait_turn(
         self, crawl_id: str, host: str, start: PageStart, spec: CrawlSiteSpec, robots: Robots | None, user_agent: str
@@ -229,7 +286,10 @@ class PagePipeline:
                 try:
                     response = await self._fetcher.fetch(robots_url(url))
                     text = robots_text_for(response.status_code, response.body)
-                except TransientError as exc:
+                except TransientError as exc:  # unreachable: a complete disallow (RFC 9309 section 2.3.1.4)
+                    log.info("robots_unreachable", host=host, code=exc.code)
+                    text = DISALLOW_ALL
+                except FetchPermanent as exc:  # a redirect loop, garbage: unavailable (RFC 9309 section 2.3.1.2)
                     log.info("robots_unavailable", host=host, code=exc.code)
                     text = ""
                 robots = Robots(text)
@@ -255,13 +315,16 @@ class PagePipeline:
                 continue
             seen.add(sitemap_url)
             try:
-                result = await self._fetcher.fetch(sitemap_url)
+                # a sitemap may be as large as the protocol allows, whatever the cap on page bodies
+                result = await self._fetcher.fetch(sitemap_url, max_body_bytes=MAX_SITEMAP_BYTES)
             except (TransientError, PermanentError) as exc:
                 log.info("sitemap_unavailable", sitemap=sitemap_url, code=exc.code)
                 continue
             if result.status_code != 200:
                 continue
             parsed = parse_sitemap(result.body)
+            if parsed.truncated:
+                log.info("sitemap_truncated", sitemap=sitemap_url, urls=len(parsed.pages) + len(parsed.sitemaps))
             pages.extend(parsed.pages)
             queue.extend(parsed.sitemaps)
         return scope.filter(pages)
@@ -281,12 +344,16 @@ class PagePipeline:
         http_status = None
         if exc.code.startswith("http_") and exc.code[5:].isdigit():
             http_status = int(exc.code[5:])
-        await self._finish(
-            task, PageOutcome(CrawlPageState.FAILED, http_status=http_status, error_code=exc.code, error=reason)
-        )
+        outcome = PageOutcome(CrawlPageState.FAILED, http_status=http_status, error_code=exc.code, error=reason)
+        await self._finish(task, outcome)
+        self._report(start, outcome, None)
         await dead_letter(self._publisher, delivery, code=exc.code, reason=reason)
         metrics.CRAWL_PAGES.labels(state="FAILED").inc()
         return "dead_lettered"
+
+    def _report(self, start: PageStart, outcome: PageOutcome, fetched: Fetched | None) -> None:
+        if self._on_page is not None:
+            self._on_page(page_report(start, outcome, fetched))
 
     async def _finish(self, task: PageTask, outcome: PageOutcome) -> None:
         result = await self._crawls.finish_page(task.crawl_id, task.page_id, outcome)

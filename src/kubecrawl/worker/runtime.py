@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 
 from kubecrawl.broker.base import Handler, Publisher
@@ -18,6 +19,7 @@ from kubecrawl.broker.consuming import RabbitConsumer
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.logging import get_logger
+from kubecrawl.core.models import PageReport
 from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.contract import Stores
@@ -31,11 +33,23 @@ from kubecrawl.worker.sweeping import sweep_forever
 log = get_logger(__name__)
 
 
-def queue_handlers(settings: Settings, stores: Stores, fetcher: Fetcher, publisher: Publisher) -> dict[str, Handler]:
+def queue_handlers(
+    settings: Settings,
+    stores: Stores,
+    fetcher: Fetcher,
+    publisher: Publisher,
+    *,
+    on_page: Callable[[PageReport], None] | None = None,
+) -> dict[str, Handler]:
     """The pipeline for each work queue: the same for `kubecrawl worker` and the embedded default."""
     metadata = MetadataPipeline(pages=stores.pages, fetcher=fetcher, publisher=publisher, retry=settings.retry)
     pages = PagePipeline(
-        crawls=stores.crawls, fetcher=fetcher, publisher=publisher, retry=settings.retry, fetch=settings.fetch
+        crawls=stores.crawls,
+        fetcher=fetcher,
+        publisher=publisher,
+        retry=settings.retry,
+        fetch=settings.fetch,
+        on_page=on_page,
     )
     return {METADATA_QUEUE: metadata.handle, PAGES_QUEUE: pages.handle}
 

@@ -30,6 +30,44 @@ def test_normalise_url_gives_the_canonical_form(raw: str, expected: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("host", "ascii_host"),
+    [
+        # UTS 46 non-transitional, as browsers (WHATWG URL) encode hosts; IDNA 2003 made the first two other hosts
+        ("faß.de", "xn--fa-hia.de"),
+        ("ß.example", "xn--zca.example"),
+        ("Bücher.Example", "xn--bcher-kva.example"),
+        ("日本.jp", "xn--wgv71a.jp"),
+        ("café.fr", "xn--caf-dma.fr"),
+        ("ＥＸＡＭＰＬＥ。com", "example.com"),  # full-width letters and the ideographic full stop are mapped
+        ("ﬀ.example", "ff.example"),
+        ("XN--FA-HIA.de", "xn--fa-hia.de"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("my_host.example", "my_host.example"),  # WHATWG applies no STD3 rules: intranet names with '_' stay
+    ],
+)
+def test_hosts_are_encoded_per_uts46_non_transitional(host: str, ascii_host: str) -> None:
+    assert normalise_url(f"https://{host}/p") == f"https://{ascii_host}/p"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "xn--zz.example",  # not Punycode of anything valid
+        "xn--fa-hia-.de",
+        "b\u200cc.example",  # a zero-width non-joiner outside the context UTS 46 allows it in
+        "\u0300a.example",  # a label may not start with a combining mark
+        "\u0627b.example",  # a right-to-left label may not hold left-to-right letters
+        "a..example",
+    ],
+)
+def test_invalid_international_hosts_are_refused_as_invalid_urls(host: str) -> None:
+    with pytest.raises(InvalidUrl) as info:
+        normalise_url(f"https://{host}/")
+    assert info.value.code == "invalid_url"
+    assert "invalid host name" in info.value.detail
+
+
+@pytest.mark.parametrize(
     ("raw", "code"),
     [
         ("", "empty_url"),
