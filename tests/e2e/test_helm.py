@@ -391,6 +391,8 @@ def test_probes_hit_the_endpoints_on_the_ports_the_processes_listen_on(
     assert port(worker, "metrics") == 9100
     assert worker["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
     assert worker["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
+    # a hung loop cannot drain: a liveness kill does not wait for the pod's drain grace period
+    assert worker["livenessProbe"]["terminationGracePeriodSeconds"] == 10
 
     services = {name: obj for (kind, name), obj in default_objects.items() if kind == "Service"}
     assert services[f"{FULLNAME}-api"]["spec"]["ports"] == [

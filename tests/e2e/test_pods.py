@@ -54,7 +54,7 @@ PROBE_SECONDS = 60.0
 # The pool test: URLs whose pages take SLOW_PAGE_SECONDS each, posted at once.
 BACKLOG_PAGES = 48
 SLOW_PAGE_SECONDS = 2.0
-# Liveness: period 10 s × failureThreshold 3 (timeout 3 s), then the restart.
+# Liveness: period 10 s × failureThreshold 3 (timeout 3 s), then the probe's 10 s grace period, then the restart.
 LIVENESS_SECONDS = 120.0
 # Prometheus: scrape and rule evaluation every 2 s; alerts fire after 6 s instead of their minutes.
 SCRAPE_INTERVAL = "2s"
