@@ -37,6 +37,9 @@ class FetchSettings(BaseModel):
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # Page source beyond this is not stored (and not downloaded): the record is flagged truncated.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # What a CrawlSite's spec.fetch.maxBodyBytes may ask for at most: bodies in flight are prefetch × this (16 ×
+    # 8 MiB = 128 MiB per worker at the defaults), inside the chart's 512Mi worker limit.
+    max_body_bytes_ceiling: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_redirects: int = Field(default=10, ge=0, le=30)
     user_agent: str = "kubecrawl/0.1 (+https://kubecrawl.io/bot)"
     # Connections kept per process; 100 matches aiohttp's default connector limit.
