@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kubecrawl import __version__
 from kubecrawl.api import errors
 from kubecrawl.api.enqueuing import MetadataEnqueuer
+from kubecrawl.api.limiting import BodyLimitMiddleware
 from kubecrawl.api.observing import ObservingMiddleware
 from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
@@ -82,7 +83,11 @@ def create_app(
     app.state.enqueuer = MetadataEnqueuer(app.state.pages, publisher)
     app.state.sites = SiteStore(engine)
     app.state.crawls = CrawlStore(engine)
+    app.state.subscribers = crawls.Subscribers(
+        per_crawl=settings.sse_max_subscribers_per_crawl, total=settings.sse_max_subscribers
+    )
     errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)  # inside the observer
     app.add_middleware(ObservingMiddleware)
     metadata.add_post_route(app)  # first: the hot route is matched before anything else
     app.include_router(metadata.router)

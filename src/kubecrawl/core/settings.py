@@ -28,6 +28,9 @@ class PublisherSettings(BaseModel):
     confirm_timeout_seconds: float = Field(default=10.0, gt=0)
     # Shutdown waits this long for in-flight publishes before closing the channel anyway.
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Dead letters expire after this long (a per-message TTL): kubecrawl.dead holds at most a day of them, so a
+    # flood of failing requests cannot fill the broker's disk. Inspect or replay them within that day.
+    dead_letter_ttl_seconds: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
 
 
 class FetchSettings(BaseModel):
@@ -86,6 +89,15 @@ class Settings(BaseSettings):
     publisher: PublisherSettings = PublisherSettings()
     fetch: FetchSettings = FetchSettings()
     retry: RetrySettings = RetrySettings()
+
+    # API request bodies: a POST /metadata is about 100 bytes, a CrawlSite spec a few KiB; larger bodies are
+    # answered 413 before they are read (api/limiting.py).
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # Open GET /crawls/{id}/events streams per API process (each polls the database twice a second): per crawl
+    # (a dashboard or two and a CLI per crawl is the use) and in total.
+    sse_max_subscribers_per_crawl: int = Field(default=16, ge=1)
+    sse_max_subscribers: int = Field(default=256, ge=1)
 
     api_url: str = "http://127.0.0.1:8000"
     pod_name: str | None = Field(default=None, validation_alias="POD_NAME")

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from kubecrawl.api.routes import crawls as crawl_routes
@@ -53,6 +54,10 @@ class FakeCrawls:
 
 
 class Connected:
+    """The request as the endpoint reads it: connected, on an app with room for subscribers."""
+
+    app = SimpleNamespace(state=SimpleNamespace(subscribers=crawl_routes.Subscribers(per_crawl=16, total=256)))
+
     async def is_disconnected(self) -> bool:
         return False
 
