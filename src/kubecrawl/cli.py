@@ -13,10 +13,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 import uvicorn
 
+from kubecrawl import keys
 from kubecrawl.core.logging import configure_logging, get_logger
 from kubecrawl.core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(keys.app, name="keys")
 log = get_logger("kubecrawl.cli")
 T = TypeVar("T")
 
@@ -38,6 +40,17 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve(app_: object, host: str, port: int) -> None:
@@ -97,6 +110,9 @@ def standalone(
         Path | None,
         typer.Option(help="folder of CrawlSite YAML files to schedule in-process", exists=True, file_okay=False),
     ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="listen on a non-loopback address without authentication")
+    ] = False,
 ) -> None:
     """Run API + worker + scheduler in one process with SQLite and an in-process broker: no servers needed."""
     from kubecrawl.api.app import create_app
@@ -106,6 +122,14 @@ def standalone(
     from kubecrawl.store.sites import SiteStore
 
     settings = _settings("standalone", database_url=sqlite_url(db))
+    if settings.auth == "none" and not _loopback(host):
+        if not insecure_no_auth:
+            raise typer.BadParameter(
+                f"{host} is reachable from other machines and the API has no authentication: set "
+                "KUBECRAWL_AUTH=api_keys (keys from `kubecrawl keys create`) or pass --insecure-no-auth",
+                param_hint="--host",
+            )
+        log.warning("standalone_listening_without_auth", host=host)
     site_files = load_sites(sites) if sites is not None else []
 
     async def main() -> None:
@@ -259,7 +283,8 @@ def trigger(
         request = trigger_request(site, job_name=job_name, cronjob=cronjob, job_uid=job_uid)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--site") from exc
-    api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS, api_key=api_key)
     raise typer.Exit(_run(run_trigger(api, request)))
 
 

@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     sse_max_subscribers_per_crawl: int = Field(default=16, ge=1)
     sse_max_subscribers: int = Field(default=256, ge=1)
 
+    # API authentication (docs/security.md): "api_keys" makes every route but /health/* (and /metrics, unless
+    # metrics_require_auth) need a key made with `kubecrawl keys create`. "none" is for the embedded default on
+    # loopback and for installations that keep the API unreachable to anyone else.
+    auth: Literal["none", "api_keys"] = "none"
+    metrics_require_auth: bool = False
+    # Verified keys are remembered this long: a revoked key stops working within it.
+    auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    # The key the operator and `kubecrawl trigger` send (an admin-scope key) when the API requires one.
+    api_key: SecretStr | None = None
+
     api_url: str = "http://127.0.0.1:8000"
     pod_name: str | None = Field(default=None, validation_alias="POD_NAME")
 

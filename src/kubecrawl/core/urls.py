@@ -103,7 +103,8 @@ def _normalise_host(hostname: str) -> str:
         raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url") from exc
     if not host or any(not label or len(label) > 63 for label in host.split(".")):
         raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url")
-    return host
+    # IDNA maps full-width digits and dots to ASCII ("０x7f.1" is "0x7f.1"): judge the mapped host as well.
+    return ipv4_number_host(host) or host
 
 
 _IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")

@@ -54,6 +54,7 @@ def test_normalise_url_gives_the_canonical_form(raw: str, expected: str) -> None
         ("http://08/", "invalid_url"),
         ("http://example.0x/", "invalid_url"),
         ("http://4294967296/", "invalid_url"),
+        ("http://０x7f.1/", "invalid_url"),  # a full-width label before a numeric one
     ],
 )
 def test_normalise_url_refuses_bad_input_with_a_code(raw: str, code: str) -> None:
@@ -147,6 +148,7 @@ def test_a_url_of_exactly_the_limit_is_accepted() -> None:
         ("http://127.0.0.1./", "http://127.0.0.1/"),
         ("http://4294967295/", "http://255.255.255.255/"),
         ("http://1.2.3.com/", "http://1.2.3.com/"),  # a name: its last label is not a number
+        ("http://１２７．０．０．１/", "http://127.0.0.1/"),  # full-width, mapped by IDNA
     ],
 )
 def test_every_ipv4_spelling_is_rewritten_as_its_dotted_quad(raw: str, expected: str) -> None:

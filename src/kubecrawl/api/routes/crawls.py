@@ -45,16 +45,18 @@ def _counter(value: str, *, what: str, code: str) -> int:
     return int(value)
 
 
-async def _crawl(crawls: CrawlStore, crawl_id: str) -> Crawl:
+async def _crawl(crawls: CrawlStore, crawl_id: str, request: Request | None = None) -> Crawl:
+    """The crawl, or 404; also 404 to a key limited to namespaces the crawl's site is not in (api/auth.py)."""
     crawl = await crawls.get(crawl_id)
-    if crawl is None:
+    identity = request.scope.get("state", {}).get("identity") if request is not None else None
+    if crawl is None or (identity is not None and not identity.may_see(crawl.site.partition("/")[0])):
         raise NotFound(f"crawl {crawl_id} not found", code="crawl_not_found")
     return crawl
 
 
 @router.get("/crawls/{crawl_id}")
-async def get_crawl(crawl_id: CrawlId, crawls: CrawlsDep) -> JSONResponse:
-    return JSONResponse((await _crawl(crawls, crawl_id)).model_dump(mode="json"))
+async def get_crawl(crawl_id: CrawlId, crawls: CrawlsDep, request: Request) -> JSONResponse:
+    return JSONResponse((await _crawl(crawls, crawl_id, request)).model_dump(mode="json"))
 
 
 @router.get("/crawls/{crawl_id}/pages")
@@ -65,8 +67,10 @@ async def crawl_pages(
     cursor: Annotated[str | None, Query(description="from the previous page's next_cursor")] = None,
     state: Annotated[CrawlPageState | None, Query()] = None,
     changed: Annotated[bool | None, Query()] = None,
+    *,
+    request: Request,
 ) -> dict[str, Any]:
-    await _crawl(crawls, crawl_id)
+    await _crawl(crawls, crawl_id, request)
     after = _counter(cursor, what="cursor", code="invalid_cursor") if cursor else 0
     items = await crawls.pages(crawl_id, limit=limit, after_id=after, state=state, changed=changed)
     next_cursor = str(items[-1].id) if len(items) == limit else None
@@ -74,7 +78,8 @@ async def crawl_pages(
 
 
 @router.post("/crawls/{crawl_id}/cancel")
-async def cancel_crawl(crawl_id: CrawlId, crawls: CrawlsDep) -> JSONResponse:
+async def cancel_crawl(crawl_id: CrawlId, crawls: CrawlsDep, request: Request) -> JSONResponse:
+    await _crawl(crawls, crawl_id, request)
     crawl = await crawls.cancel(crawl_id)
     if crawl is None:
         raise NotFound(f"crawl {crawl_id} not found", code="crawl_not_found")
@@ -131,7 +136,7 @@ async def crawl_events(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     start = _counter(last_event_id, what="Last-Event-ID", code="invalid_last_event_id") if last_event_id else -1
-    crawl = await _crawl(crawls, crawl_id)
+    crawl = await _crawl(crawls, crawl_id, request)
     subscribers: Subscribers = request.app.state.subscribers
     hold = subscribers.hold(crawl_id)
 
