@@ -21,6 +21,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from kubecrawl import keys
 from kubecrawl.core.errors import BlockedTarget, ConnectionLost, InvalidUrl, PublisherNotReady, StoreUnavailable
 from kubecrawl.core.logging import configure_logging, get_logger
 from kubecrawl.core.settings import Settings
@@ -51,6 +52,7 @@ Exit codes: 0 done; 1 the crawl or trigger failed; 2 a bad option, setting or UR
 """
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP, rich_markup_mode=None)
+app.add_typer(keys.app, name="keys")
 log = get_logger("kubecrawl.cli")
 T = TypeVar("T")
 
@@ -160,6 +162,17 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(app_: object, host: str, port: int) -> None:
     # log_config=None keeps our structlog bridge in charge of uvicorn's loggers.
     uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False, lifespan="on")  # type: ignore[arg-type]
@@ -226,6 +239,9 @@ def standalone(
         Path | None,
         typer.Option(help="folder of CrawlSite YAML files to schedule in-process", exists=True, file_okay=False),
     ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="listen on a non-loopback address without authentication")
+    ] = False,
 ) -> None:
     """Run the whole product on this machine.
 
@@ -236,6 +252,14 @@ def standalone(
 
     _check_db_path(db)
     settings = _settings("standalone", database_url=sqlite_url(db))
+    if settings.auth == "none" and not _loopback(host):
+        if not insecure_no_auth:
+            raise typer.BadParameter(
+                f"{host} is reachable from other machines and the API has no authentication: set "
+                "KUBECRAWL_AUTH=api_keys (keys from `kubecrawl keys create`) or pass --insecure-no-auth",
+                param_hint="--host",
+            )
+        log.warning("standalone_listening_without_auth", host=host)
     site_files = load_sites(sites) if sites is not None else []
 
     async def main() -> None:
@@ -506,7 +530,8 @@ def trigger(
         request = trigger_request(site, job_name=job_name, cronjob=cronjob, job_uid=job_uid)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--site") from exc
-    api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS, api_key=api_key)
     raise typer.Exit(_run(run_trigger(api, request)))
 
 

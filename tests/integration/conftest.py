@@ -22,6 +22,7 @@ from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.settings import PublisherSettings, RetrySettings, Settings
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade
+from tests.support.guarded import allowed_site, guarded_settings, guarded_worker  # noqa: F401 - fixtures
 from tests.support.servers import PostgresServer, RabbitServer, wait_for
 from tests.support.sites import Site
 

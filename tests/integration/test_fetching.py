@@ -12,7 +12,7 @@ import asyncio
 import gzip
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +26,11 @@ from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error
 from tests.integration.conftest import ApiHandle
 from tests.integration.test_worker import dead_letters
+from tests.support.guarded import GUARDED, INTRANET, OPEN, final_record
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer, free_port
 from tests.support.sites import Page, Site
 
-OPEN = TargetPolicy(allow_private=True)
-GUARDED = TargetPolicy()
-ALLOWED_HOST = "127.0.0.2"  # a second loopback address; Linux routes all of 127.0.0.0/8 to lo
-INTRANET = TargetPolicy(allowed_networks=(ipaddress.ip_network(f"{ALLOWED_HOST}/32"),))
 # Generous: the machine has two cores shared with other test runs; no test waits this long when it passes.
 SETTINGS = FetchSettings(timeout_seconds=30)
 MiB = 1024 * 1024
@@ -42,15 +39,6 @@ MiB = 1024 * 1024
 async def fetch(url: str, *, policy: TargetPolicy = OPEN, settings: FetchSettings = SETTINGS) -> FetchResult:
     async with Fetcher(settings, policy) as fetcher:
         return await fetcher.fetch(url)
-
-
-@pytest.fixture
-async def allowed_site() -> AsyncIterator[Site]:
-    """A site on 127.0.0.2, the one private address ``INTRANET`` lets a fetch reach."""
-    s = Site(host=ALLOWED_HOST)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def _resolves_to_loopback_only(name: str) -> bool:
@@ -147,39 +135,6 @@ async def test_guard_refuses_a_redirect_from_an_allowed_host_to_a_name_resolving
     assert site.hits.total() == 0
 
 
-@pytest.fixture
-def guarded_settings(settings: Settings) -> Settings:
-    """The session's settings with the guard back on, 127.0.0.2 opened as an intranet range."""
-    return settings.model_copy(
-        update={"allow_private_targets": False, "allowed_private_networks": list(INTRANET.allowed_networks)}
-    )
-
-
-@pytest.fixture
-async def guarded_worker(guarded_settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
-    """An in-process worker (the code of `kubecrawl worker`) with the guard on."""
-    from kubecrawl.worker.runtime import run_worker
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(guarded_settings, stop=stop))
-    yield task
-    stop.set()
-    await asyncio.wait_for(task, 30)
-
-
-async def final_record(api: ApiHandle, url: str, worker: asyncio.Task[None]) -> dict[str, Any]:
-    """Poll GET /metadata until the record is final; a worker that died is reported at once, not as a timeout."""
-
-    async def final() -> dict[str, Any] | None:
-        if worker.done():
-            worker.result()  # re-raises the worker's own error
-            raise AssertionError("the worker stopped before the record was final")
-        response = await api.client.get("/metadata", params={"url": url, "include_source": "false"})
-        return response.json() if response.status_code == 200 else None
-
-    return await eventually(final, timeout=60, what=f"final record for {url}")
-
-
 async def test_worker_fails_permanently_and_dead_letters_a_redirect_to_a_private_address(
     api: ApiHandle,
     site: Site,
@@ -195,7 +150,7 @@ async def test_worker_fails_permanently_and_dead_letters_a_redirect_to_a_private
     url = allowed_site.url("/go")
     assert (await api.client.post("/metadata", json={"url": url})).status_code == 202
 
-    record = await final_record(api, url, guarded_worker)
+    record = await final_record(api.client, url, guarded_worker)
     assert record["status"] == "FAILED_PERMANENT"
     assert record["last_error_code"] == "blocked_target"
     assert record["attempts"] == 1
@@ -219,7 +174,7 @@ async def test_worker_fails_permanently_on_a_host_name_resolving_to_loopback(
     url = f"http://{loopback_name}:{site.port}/"
     assert (await api.client.post("/metadata", json={"url": url})).status_code == 202
 
-    record = await final_record(api, url, guarded_worker)
+    record = await final_record(api.client, url, guarded_worker)
     assert record["status"] == "FAILED_PERMANENT"
     assert record["last_error_code"] == "blocked_target"
     assert site.hits.total() == 0

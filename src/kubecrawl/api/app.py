@@ -18,13 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
 from kubecrawl.api import errors
+from kubecrawl.api.auth import AuthMiddleware
 from kubecrawl.api.enqueuing import MetadataEnqueuer
+from kubecrawl.api.limiting import BodyLimitMiddleware
 from kubecrawl.api.observing import ObservingMiddleware
 from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.database import connect_with_backoff
+from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.opening import sql_stores
 
 log = get_logger(__name__)
@@ -56,7 +59,9 @@ def create_app(
         # out of the collector's sight it is no longer scanned by every full collection. Those scans of the
         # start-up heap were about a fifth of the API's CPU per POST /metadata under load (bench/publish.py).
         gc.freeze()
-        log.info("api_started", version=__version__)
+        log.info("api_started", version=__version__, auth=settings.auth)
+        if settings.auth == "none":
+            log.warning("api_auth_disabled", hint="anyone who reaches the API controls every site and crawl")
         try:
             yield
         finally:
@@ -81,7 +86,18 @@ def create_app(
     app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)
     app.state.sites = stores.sites
     app.state.crawls = stores.crawls
+    app.state.subscribers = crawls.Subscribers(
+        per_crawl=settings.sse_max_subscribers_per_crawl, total=settings.sse_max_subscribers
+    )
     errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)  # inside the observer
+    if settings.auth == "api_keys":  # outside the body limit: strangers are answered before any body is read
+        app.add_middleware(
+            AuthMiddleware,
+            keys=KeyStore(engine),
+            cache_seconds=settings.auth_cache_seconds,
+            metrics_public=not settings.metrics_require_auth,
+        )
     app.add_middleware(ObservingMiddleware)
     metadata.add_post_route(app)  # first: the hot route is matched before anything else
     app.include_router(metadata.router)

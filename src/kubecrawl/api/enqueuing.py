@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_metadata_tasks
 from kubecrawl.core.contracts import MetadataTask
-from kubecrawl.core.errors import KubecrawlError, TransientError
+from kubecrawl.core.errors import InvalidValue, KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.store.contract import PageMetadataStore, RequestWriter
 
@@ -83,14 +83,18 @@ class MetadataEnqueuer:
                     if not batch:
                         continue
                     try:
-                        if writer is None or writer.closed:
-                            writer = await self._pages.request_writer()
-                        await writer.record([(waiting.url, waiting.request_id) for waiting in batch])
+                        writer = await self._record(writer, batch)
                     except asyncio.CancelledError:
                         _cancel(batch)
                         raise
+                    except InvalidValue:
+                        # One request's value (a NUL byte, say) fails the whole statement: the others must not
+                        # pay for it. Each is recorded alone, and only the guilty one answers 400.
+                        writer, batch = await self._record_alone(batch)
                     except Exception as exc:  # every failure goes to the batch's requests, none is lost
                         _fail(batch, exc, stage="recording")
+                        continue
+                    if not batch:
                         continue
                     task = asyncio.get_running_loop().create_task(self._publish(batch))
                     self._publishing.add(task)
@@ -102,6 +106,28 @@ class MetadataEnqueuer:
             # No await between this check and the end of the task: a request arriving later starts a new one.
             if not self._waiting:
                 return
+
+    async def _record(self, writer: RequestWriter | None, batch: list[_Waiting]) -> RequestWriter:
+        if writer is None or writer.closed:
+            writer = await self._pages.request_writer()
+        await writer.record([(waiting.url, waiting.request_id) for waiting in batch])
+        return writer
+
+    async def _record_alone(self, batch: list[_Waiting]) -> tuple[RequestWriter | None, list[_Waiting]]:
+        """Record each request of a refused batch by itself; the requests recorded, to be published."""
+        writer: RequestWriter | None = None
+        recorded: list[_Waiting] = []
+        for waiting in batch:
+            try:
+                writer = await self._record(writer, [waiting])
+            except asyncio.CancelledError:
+                _cancel(batch)
+                raise
+            except Exception as exc:
+                _fail([waiting], exc, stage="recording")
+            else:
+                recorded.append(waiting)
+        return writer, recorded
 
     async def _publish(self, batch: list[_Waiting]) -> None:
         def confirmed(index: int) -> None:  # answered as its own confirm arrives, before the rest of the batch's
@@ -142,7 +168,7 @@ def _cancel(batch: list[_Waiting]) -> None:
 def _fail(batch: list[_Waiting], exc: Exception, *, stage: str) -> None:
     """Fail every request of the batch, each with its own exception (one instance raised in many tasks would
     collect all their tracebacks): a ``KubecrawlError`` keeps its class and code, anything else is a bug (500)."""
-    if isinstance(exc, TransientError):
+    if isinstance(exc, KubecrawlError):
         log.warning("enqueue_batch_failed", stage=stage, requests=len(batch), code=exc.code, error=exc.detail)
     else:
         log.error("enqueue_batch_failed", stage=stage, requests=len(batch), exc_info=exc)

@@ -14,13 +14,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kubecrawl.core.errors import (
+    BodyTooLarge,
     Conflict,
     KubecrawlError,
     NotFound,
     PermanentError,
+    TooManyRequests,
     TransientError,
 )
 from kubecrawl.core.logging import get_logger
+from kubecrawl.store.database import refused_value
 
 log = get_logger(__name__)
 
@@ -29,16 +32,19 @@ def error_body(code: str, detail: str) -> dict[str, str]:
     return {"code": code, "detail": detail}
 
 
+# Most specific first: TooManyRequests is a TransientError, BodyTooLarge and NotFound are PermanentErrors.
+_STATUSES: tuple[tuple[type[KubecrawlError], int], ...] = (
+    (BodyTooLarge, 413),
+    (TooManyRequests, 429),
+    (NotFound, 404),
+    (Conflict, 409),
+    (PermanentError, 400),
+    (TransientError, 503),
+)
+
+
 def status_for(exc: KubecrawlError) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, PermanentError):
-        return 400
-    if isinstance(exc, TransientError):
-        return 503
-    return 500
+    return next((status for kind, status in _STATUSES if isinstance(exc, kind)), 500)
 
 
 def _retry_headers(exc: KubecrawlError) -> dict[str, str]:
@@ -65,13 +71,22 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
 
-async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if refused_value(exc):
+        return await _data_error(request, exc)
     log.warning("database_error", error=repr(exc))
     return JSONResponse(
         error_body("database_unavailable", "the database did not answer"),
         status_code=503,
         headers={"Retry-After": "1"},
     )
+
+
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value of this request (a NUL byte, a number out of range): the request is wrong, the
+    # database is fine. Never 503: a client would retry the same bad value forever.
+    log.info("database_refused_value", error=repr(exc)[:500])
+    return JSONResponse(error_body("invalid_value", "the database refused a value of this request"), status_code=400)
 
 
 def unexpected_error_response() -> JSONResponse:

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Histogram
 from kubecrawl.broker.backoff import backoff_delays
 from kubecrawl.broker.base import PublisherState
 from kubecrawl.broker.consuming import FrameWriter
-from kubecrawl.broker.topology import declare_topology
+from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
 from kubecrawl.core.errors import ConnectionLost, PublisherNotReady, PublishRejected, PublishTimeout, TransientError
 from kubecrawl.core.logging import get_logger
@@ -87,6 +87,8 @@ class Outgoing:
     headers: Mapping[str, Any] | None = None
     # Fields of the message's log lines (request_id, url, crawl_id): never label values of a metric.
     log_context: Mapping[str, Any] | None = None
+    # Per-message TTL in milliseconds, as AMQP's ``expiration`` property (dead letters: PublisherSettings).
+    expiration: str | None = None
 
 
 def _frames(routing_key: str, messages: Sequence[Outgoing], max_body_frame: int) -> list[Any]:
@@ -100,6 +102,7 @@ def _frames(routing_key: str, messages: Sequence[Outgoing], max_body_frame: int)
             headers=dict(message.headers) if message.headers else {},
             message_id=message.message_id,
             priority=0,
+            expiration=message.expiration,
         )
         frames.append(method)
         frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
@@ -176,6 +179,7 @@ class RabbitPublisher:
         self._url = url
         self._settings = settings
         self._queue_args = {"metadata_max_length": metadata_max_length, "pages_max_length": pages_max_length}
+        self._dead_letter_expiration = str(int(settings.dead_letter_ttl_seconds * 1000))
         self._connection_name = connection_name
         self._sleep = sleep
         self._lock = asyncio.Lock()
@@ -325,7 +329,12 @@ class RabbitPublisher:
         headers: Mapping[str, Any] | None = None,
         log_context: Mapping[str, Any] | None = None,
     ) -> None:
-        [outcome] = await self.publish_batch(routing_key, [Outgoing(body, message_id, headers, log_context)])
+        # Dead letters expire: every one has the same TTL, so they leave kubecrawl.dead oldest first and the queue
+        # holds at most that many seconds of them, whatever floods it (the queue's arguments cannot change on a
+        # running broker; docs/security.md).
+        expiration = self._dead_letter_expiration if routing_key == DEAD_LETTER_QUEUE else None
+        outgoing = Outgoing(body, message_id, headers, log_context, expiration)
+        [outcome] = await self.publish_batch(routing_key, [outgoing])
         if outcome is not None:
             raise outcome
 

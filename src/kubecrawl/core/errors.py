@@ -10,12 +10,15 @@ HTTP in ``api/errors.py``, ack/retry/dead-letter in the worker pipeline, kopf er
     │   ├── ConnectionLost        (connection_lost)
     │   ├── PublishTimeout        (publish_timeout)
     │   ├── FetchTransient        (dns_failure, connect_error, timeout, http_5xx, http_408, http_429, ...)
+    │   ├── TooManyRequests       (too_many_subscribers: a bounded resource is full; HTTP 429)
     │   └── StoreUnavailable      (database_unavailable)
     └── PermanentError            never retry: the input itself is wrong
         ├── InvalidUrl            (invalid_url, empty_url, unsupported_scheme)
         ├── BlockedTarget         (blocked_target: private/loopback/link-local/metadata address)
         ├── FetchPermanent        (http_4xx, invalid_response, too_many_redirects, ...)
         ├── InvalidMessage        (invalid_message: poison message on a queue)
+        ├── InvalidValue          (invalid_value: the database refused a value, e.g. a NUL byte)
+        ├── BodyTooLarge          (body_too_large: a request body over the limit; HTTP 413)
         └── NotFound              (site_not_found, crawl_not_found, ...)
 """
 
@@ -70,6 +73,12 @@ class FetchTransient(TransientError):
     code = "fetch_transient"
 
 
+class TooManyRequests(TransientError):
+    """A bounded resource (SSE subscribers, ...) is full: come back later."""
+
+    code = "too_many_requests"
+
+
 class StoreUnavailable(TransientError):
     code = "database_unavailable"
 
@@ -88,6 +97,17 @@ class FetchPermanent(PermanentError):
 
 class InvalidMessage(PermanentError):
     code = "invalid_message"
+
+
+class InvalidValue(PermanentError):
+    """The database refused a value of this request or page (a data or constraint error): the input is wrong,
+    not the database, so it is never ``database_unavailable``."""
+
+    code = "invalid_value"
+
+
+class BodyTooLarge(PermanentError):
+    code = "body_too_large"
 
 
 class NotFound(PermanentError):

@@ -41,6 +41,9 @@ FETCH_DURATION = Histogram(
 )
 FETCH_BYTES = Counter("kubecrawl_fetch_response_bytes", "Response body bytes read by fetches.")
 CRAWL_PAGES = Counter("kubecrawl_crawl_pages", "Crawl pages finished by state.", ["state"])
+CRAWL_LINKS_SKIPPED = Counter(
+    "kubecrawl_crawl_links_skipped", "Links found in pages and not followed because of their form.", ["reason"]
+)
 
 # CrawlWorkerPool scaling (operator). One series per pool: pools are few and named by their owners; a deleted
 # pool's series are removed.

@@ -28,6 +28,9 @@ class PublisherSettings(BaseModel):
     confirm_timeout_seconds: float = Field(default=10.0, gt=0)
     # Shutdown waits this long for in-flight publishes before closing the channel anyway.
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Dead letters expire after this long (a per-message TTL): kubecrawl.dead holds at most a day of them, so a
+    # flood of failing requests cannot fill the broker's disk. Inspect or replay them within that day.
+    dead_letter_ttl_seconds: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
 
 
 class FetchSettings(BaseModel):
@@ -37,6 +40,9 @@ class FetchSettings(BaseModel):
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # Page source beyond this is not stored (and not downloaded): the record is flagged truncated.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # What a CrawlSite's spec.fetch.maxBodyBytes may ask for at most: bodies in flight are prefetch × this (16 ×
+    # 8 MiB = 128 MiB per worker at the defaults), inside the chart's 512Mi worker limit.
+    max_body_bytes_ceiling: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_redirects: int = Field(default=10, ge=0, le=30)
     user_agent: str = "kubecrawl/0.1 (+https://kubecrawl.io/bot)"
     # Connections kept per process; 100 matches aiohttp's default connector limit.
@@ -83,6 +89,25 @@ class Settings(BaseSettings):
     publisher: PublisherSettings = PublisherSettings()
     fetch: FetchSettings = FetchSettings()
     retry: RetrySettings = RetrySettings()
+
+    # API request bodies: a POST /metadata is about 100 bytes, a CrawlSite spec a few KiB; larger bodies are
+    # answered 413 before they are read (api/limiting.py).
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # Open GET /crawls/{id}/events streams per API process (each polls the database twice a second): per crawl
+    # (a dashboard or two and a CLI per crawl is the use) and in total.
+    sse_max_subscribers_per_crawl: int = Field(default=16, ge=1)
+    sse_max_subscribers: int = Field(default=256, ge=1)
+
+    # API authentication (docs/security.md): "api_keys" makes every route but /health/* (and /metrics, unless
+    # metrics_require_auth) need a key made with `kubecrawl keys create`. "none" is for the embedded default on
+    # loopback and for installations that keep the API unreachable to anyone else.
+    auth: Literal["none", "api_keys"] = "none"
+    metrics_require_auth: bool = False
+    # Verified keys are remembered this long: a revoked key stops working within it.
+    auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    # The key the operator and `kubecrawl trigger` send (an admin-scope key) when the API requires one.
+    api_key: SecretStr | None = None
 
     api_url: str = "http://127.0.0.1:8000"
     pod_name: str | None = Field(default=None, validation_alias="POD_NAME")

@@ -1,9 +1,17 @@
 """URL validation, normalisation and the private-network (SSRF) policy.
 
 ``normalise_url`` is the one definition of "the same page": it keys ``page_metadata`` and the crawl frontier.
-``is_blocked_address`` is the one definition of an address a fetch must never reach, and ``TargetPolicy`` the
-one place it is relaxed (``KUBECRAWL_ALLOW_PRIVATE_TARGETS``, ``KUBECRAWL_ALLOWED_PRIVATE_NETWORKS``); the
-fetcher applies the policy to every resolved address of every hop.
+It refuses what no page address needs and what an attacker uses: URLs over ``MAX_URL_BYTES``, control
+characters, userinfo (``user:pass@`` would be stored, logged and sent upstream as Basic auth). Every IPv4
+spelling a resolver or an HTTP library may accept (``2130706433``, ``0x7f.1``, ``017700000001``, ``127.1``,
+``0``) is rewritten to its dotted quad, so the policy judges — and the HTTP library connects to — the address
+the URL really names, whatever that library parses (docs/security.md).
+
+``is_blocked_address`` is the one definition of an address a fetch must never reach: an allow-list (globally
+reachable, not reserved, shared, benchmark or 192.0.0.0/24), with the IPv4 address inside mapped, NAT64 and
+6to4 IPv6 addresses judged instead of its wrapper. ``TargetPolicy`` is the one place it is relaxed
+(``KUBECRAWL_ALLOW_PRIVATE_TARGETS``, ``KUBECRAWL_ALLOWED_PRIVATE_NETWORKS``); the fetcher applies the policy
+to every resolved address and to the peer actually connected, on every hop.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import posixpath
+import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -20,17 +29,35 @@ from kubecrawl.core.errors import BlockedTarget, InvalidUrl
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
-# Browsers and servers cap URLs around 8 KiB; anything longer is not a page address we want to key on.
-MAX_URL_LENGTH = 8192
+# In UTF-8 bytes, as the database's unique indexes hold them: 2,048 is what sitemaps (sitemaps.org) and most CDNs
+# accept, and leaves a normalised URL far inside PostgreSQL's B-tree entry limit (about 2,700 bytes).
+MAX_URL_BYTES = 2048
+# C0 controls, DEL and C1 controls: never part of a URL (WHATWG URL strips or rejects them), and a NUL is refused
+# by PostgreSQL's text type. Space is refused separately (a typed URL with a space is a typo).
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
-# Cloud metadata endpoints that are not covered by the generic private/link-local ranges.
-_METADATA_ADDRESSES = frozenset(
-    {
-        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-        ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
-    }
+# Ranges Python's ``is_global`` may still call global, depending on its version, that a fetch must not reach.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # shared address space (CGNAT), RFC 6598
+        "192.0.0.0/24",  # IETF protocol assignments, RFC 6890 (whole block, the "global" /32s in it included)
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast, RFC 7526
+        "198.18.0.0/15",  # benchmarking, RFC 2544
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "100.100.100.200/32",  # Alibaba Cloud metadata (inside shared space already; named for the record)
+        "64:ff9b:1::/48",  # local-use NAT64, RFC 8215
+        "2001::/23",  # IETF protocol assignments, Teredo (2001::/32) included: tunnels are refused whole
+        "2001:db8::/32",  # documentation
+        "fd00:ec2::254/128",  # AWS metadata over IPv6 (inside fc00::/7 already; named for the record)
+    )
 )
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are the IPv4 target
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _split(url: str) -> tuple[SplitResult, str, int | None]:
@@ -38,10 +65,10 @@ def _split(url: str) -> tuple[SplitResult, str, int | None]:
     if not isinstance(url, str) or not url.strip():
         raise InvalidUrl("url must be a non-empty string", code="empty_url")
     url = url.strip()
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidUrl(f"url longer than {MAX_URL_LENGTH} characters", code="invalid_url")
-    if "\n" in url or "\r" in url or "\t" in url or " " in url:
-        raise InvalidUrl("url contains whitespace", code="invalid_url")
+    if len(url) > MAX_URL_BYTES or len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
+        raise InvalidUrl(f"url longer than {MAX_URL_BYTES} bytes", code="url_too_long")
+    if _CONTROL.search(url):
+        raise InvalidUrl("url contains whitespace or a control character", code="invalid_url")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -50,6 +77,8 @@ def _split(url: str) -> tuple[SplitResult, str, int | None]:
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise InvalidUrl(f"scheme {parts.scheme!r} is not supported; use http or https", code="unsupported_scheme")
+    if "@" in parts.netloc:
+        raise InvalidUrl("url carries a user name or password; kubecrawl never sends credentials", code="url_userinfo")
     hostname = parts.hostname
     if not hostname:
         raise InvalidUrl("url has no host", code="invalid_url")
@@ -67,13 +96,55 @@ def _normalise_host(hostname: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
+    ipv4 = ipv4_number_host(host)
+    if ipv4 is not None:
+        return ipv4
     try:
         host = _to_ascii(host)
     except UnicodeError as exc:  # idna.IDNAError and its kinds
         raise InvalidUrl(f"invalid host name {hostname!r}: {exc}", code="invalid_url") from exc
     if not host or any(not label or len(label) > 63 for label in host.split(".")):
         raise InvalidUrl(f"invalid host name {hostname!r}", code="invalid_url")
-    return host
+    # IDNA maps full-width digits and dots to ASCII ("０x7f.1" is "0x7f.1"): judge the mapped host as well.
+    return ipv4_number_host(host) or host
+
+
+_IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+
+
+def ipv4_number_host(host: str) -> str | None:
+    """The dotted quad a host written as IPv4 numbers means, ``None`` when it is a name; ``InvalidUrl`` if invalid.
+
+    The WHATWG URL parser's IPv4 rules, which ``inet_aton`` (glibc's resolver) and browsers follow: a host whose
+    last label is a number is an IPv4 address of 1 to 4 parts, each decimal, octal (leading ``0``) or hex
+    (``0x``); the last part fills the remaining bytes (``127.1`` is 127.0.0.1, ``2130706433`` too, ``0`` is
+    0.0.0.0). ``ipaddress`` accepts only the dotted-decimal quad, so without this step ``http://0x7f.1/`` would be
+    judged a host name by us and connected to as 127.0.0.1 by the library.
+    """
+    labels = host.rstrip(".").split(".")
+    if not _IPV4_PART.fullmatch(labels[-1]):
+        return None  # a name (its last label is not a number)
+    if len(labels) > 4 or not all(_IPV4_PART.fullmatch(label) for label in labels):
+        raise InvalidUrl(f"host {host!r} looks like an IPv4 address but is not one", code="invalid_url")
+    numbers = [
+        int(label[2:] or "0", 16) if label[:2].lower() == "0x" else _decimal_or_octal(label, host) for label in labels
+    ]
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        raise InvalidUrl(f"host {host!r} is an IPv4 address out of range", code="invalid_url")
+    value = last
+    for index, number in enumerate(head):
+        value += number << (8 * (3 - index))
+    return str(ipaddress.IPv4Address(value))
+
+
+def _decimal_or_octal(label: str, host: str) -> int:
+    if len(label) > 1 and label.startswith("0"):
+        try:
+            return int(label, 8)
+        except ValueError:
+            raise InvalidUrl(f"host {host!r} has an invalid octal IPv4 part {label!r}", code="invalid_url") from None
+    return int(label)
 
 
 def _to_ascii(host: str) -> str:
@@ -98,24 +169,32 @@ def _to_ascii(host: str) -> str:
 _memo_host = functools.lru_cache(maxsize=4096)(_normalise_host)
 
 
-@functools.lru_cache(maxsize=65_536)
+# Memo bounds: only URLs up to _MEMO_URL_LENGTH characters are remembered (a crawl's navigation links, the
+# ones met page after page, are short), at most _MEMO_SIZE of them: at most about 12 MB whatever the pages or
+# the API's callers send. Errors are not cached; they raise again.
+_MEMO_SIZE = 16_384
+_MEMO_URL_LENGTH = 256
+
+
 def normalise_url(url: str) -> str:
     """Return the canonical form of an http(s) URL or raise ``InvalidUrl``.
 
-    Lower-cases scheme and host, IDNA-encodes the host, drops default ports, the fragment and dot-segments,
-    and gives an empty path as ``/``. The query string is kept as sent: reordering it can change the page.
-    Memoised: a crawl meets the same links on page after page (errors are not cached; they raise again).
+    Lower-cases scheme and host, IDNA-encodes the host, writes IPv4 hosts as dotted quads, drops default ports,
+    the fragment and dot-segments, and gives an empty path as ``/``. The query string is kept as sent: reordering
+    it can change the page. Memoised for short URLs: a crawl meets the same links on page after page.
     """
+    if isinstance(url, str) and len(url) <= _MEMO_URL_LENGTH:
+        return _memo_normalise(url)
+    return _normalise_url(url)
+
+
+def _normalise_url(url: str) -> str:
     parts, hostname, port = _split(url)
     scheme = parts.scheme.lower()
     host = _normal_host(hostname)
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
-    username = parts.username if "@" in parts.netloc else None  # urlsplit gives one exactly when there is an '@'
-    if username is not None:
-        userinfo = username + (f":{parts.password}" if parts.password is not None else "")
-        netloc = f"{userinfo}@{netloc}"
     path = parts.path or "/"
     trailing = path.endswith("/")
     path = posixpath.normpath(path)
@@ -125,26 +204,49 @@ def normalise_url(url: str) -> str:
     return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
-@functools.lru_cache(maxsize=65_536)
+_memo_normalise = functools.lru_cache(maxsize=_MEMO_SIZE)(_normalise_url)
+
+
 def url_host(url: str) -> str:
     """The normalised host of a URL (no port). Memoised like ``normalise_url``."""
+    if isinstance(url, str) and len(url) <= _MEMO_URL_LENGTH:
+        return _memo_url_host(url)
+    return _url_host(url)
+
+
+def _url_host(url: str) -> str:
     return _normal_host(_split(url)[1])
 
 
-def is_blocked_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for addresses a fetch must not reach: private, loopback, link-local, metadata, reserved."""
+_memo_url_host = functools.lru_cache(maxsize=_MEMO_SIZE)(_url_host)
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to (mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4
+    ``2002::/16``), ``None`` for any other address. Teredo is not decoded: 2001::/23 is refused whole."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
+def is_blocked_address(address: str | IPAddress) -> bool:
+    """True unless the address is one a fetch may reach: globally reachable, and not multicast, reserved,
+    shared, benchmark, documentation, protocol-assignment or metadata space. IPv6 addresses that carry an IPv4
+    address are judged by that IPv4 address (where the packets end up)."""
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    inner = embedded_ipv4(ip)
+    if inner is not None:
+        return is_blocked_address(inner)
     return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
+        not ip.is_global
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
-        or ip in _METADATA_ADDRESSES
-        or (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT)
+        or any(ip in network for network in _NOT_GLOBAL)
     )
 
 
@@ -162,11 +264,12 @@ class TargetPolicy:
     allow_private: bool = False
     allowed_networks: tuple[IPNetwork, ...] = ()
 
-    def refuses(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    def refuses(self, address: str | IPAddress) -> bool:
         if self.allow_private:
             return False
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-        if any(ip in network for network in self.allowed_networks):
+        inner = embedded_ipv4(ip)
+        if any(ip in network or (inner is not None and inner in network) for network in self.allowed_networks):
             return False
         return is_blocked_address(ip)
 

@@ -5,11 +5,18 @@ nginx with 16 requests in flight, httpx's default transport managed about 450 pa
 2,200 (issue 2). Redirects are followed here, hop by hop, rather than by the client, so that every hop is
 recorded and checked against the private-network policy before anything is sent to it.
 
-Private-network (SSRF) guard, unless ``allow_private``:
-- every hop's URL is validated; an IP-literal host in a blocked range is refused before connecting;
+Private-network (SSRF) guard, unless ``allow_private``; three checks, each enough on its own for what it sees:
+- every hop's URL is normalised (IPv4 numbers written as dotted quads, userinfo refused) and an IP-literal host
+  in a blocked range is refused before connecting;
 - host names are resolved by ``GuardedResolver``, the resolver the connection itself uses, which refuses a
   host if ANY of its addresses is blocked — so a DNS answer cannot change between the check and the connect
-  (DNS rebinding), and a redirect to a private address is refused like a direct request.
+  (DNS rebinding), and a redirect to a private address is refused like a direct request;
+- ``GuardedConnector`` checks the peer address of the socket each request is about to be sent on (new or
+  pooled), so whatever the HTTP library makes of a host (aiohttp before 3.14.1 connected ``http://2130706433/``
+  to 127.0.0.1 without asking the resolver), nothing is sent to an address the policy refuses.
+
+Bodies are decoded here, not by httpx: its gzip decoder inflates each 16 KiB read whole (a 16 KiB bomb is
+16 MiB), while ``_BoundedDecoder`` never produces more than the body cap still allows.
 
 Errors leave as ``kubecrawl.core.errors``: network failures are ``FetchTransient`` (``dns_failure``,
 ``connect_error``, ``connection_error``, ``timeout``), malformed responses are ``FetchPermanent``
@@ -24,6 +31,7 @@ import asyncio
 import re
 import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -32,6 +40,7 @@ from urllib.parse import urljoin
 import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import Connection
 from aiohttp.resolver import DefaultResolver
 from httpx_aiohttp import AiohttpTransport
 
@@ -47,10 +56,10 @@ _DNS_CACHE_SECONDS = 10
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolve with the default resolver, then refuse hosts that have any address the policy refuses."""
+    """Resolve with ``inner`` (the default resolver), then refuse hosts that have any address the policy refuses."""
 
-    def __init__(self, policy: TargetPolicy) -> None:
-        self._inner = DefaultResolver()
+    def __init__(self, policy: TargetPolicy, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner if inner is not None else DefaultResolver()
         self._policy = policy
 
     async def resolve(
@@ -64,6 +73,33 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A connector that refuses to hand out a connection whose peer address the policy refuses.
+
+    Checked on every request, pooled connections included (a dictionary look-up and an address parse): the
+    resolver's check covers names, this one covers whatever reached a socket by another path.
+    """
+
+    def __init__(self, policy: TargetPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._policy = policy
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature, overridden
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        transport = connection.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        if not isinstance(address, str) or self._policy.refuses(address.split("%", 1)[0]):
+            connection.close()  # never reused: the pool would hand it out again
+            raise BlockedTarget(f"{req.url.host} connected to {address}, a private or reserved address")
+        return connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +243,11 @@ def _network_error(exc: Exception) -> KubecrawlError:
 class Fetcher:
     """One per process: a pooled client shared by every concurrent fetch (``async with Fetcher(...)``)."""
 
-    def __init__(self, settings: FetchSettings, policy: TargetPolicy) -> None:
+    def __init__(self, settings: FetchSettings, policy: TargetPolicy, resolver: AbstractResolver | None = None) -> None:
+        """``resolver`` answers DNS questions (default: aiohttp's, ``getaddrinfo``); the guard checks its answers."""
         self._settings = settings
         self._policy = policy
+        self._resolver = resolver
         self._transport: AiohttpTransport | None = None
         self._timeout = httpx.Timeout(settings.timeout_seconds, connect=settings.connect_timeout_seconds).as_dict()
         self._headers = {
@@ -221,12 +259,16 @@ class Fetcher:
         self._default_headers = httpx.Headers(self._headers)
 
     def _session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._settings.max_connections,
-            keepalive_timeout=_KEEPALIVE_SECONDS,
-            ttl_dns_cache=_DNS_CACHE_SECONDS,
-            resolver=None if self._policy.allow_private else GuardedResolver(self._policy),
-        )
+        options: dict[str, Any] = {
+            "limit": self._settings.max_connections,
+            "keepalive_timeout": _KEEPALIVE_SECONDS,
+            "ttl_dns_cache": _DNS_CACHE_SECONDS,
+        }
+        if self._policy.allow_private:
+            connector = aiohttp.TCPConnector(resolver=self._resolver, **options)
+        else:
+            resolver = GuardedResolver(self._policy, self._resolver)
+            connector = GuardedConnector(self._policy, resolver=resolver, **options)
         return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     async def __aenter__(self) -> Self:
@@ -257,7 +299,8 @@ class Fetcher:
         if self._transport is None:
             raise RuntimeError("Fetcher used outside its 'async with' block")
         timeout = timeout_seconds or self._settings.timeout_seconds
-        limit = max_body_bytes or self._settings.max_body_bytes
+        # A crawl's spec.fetch.maxBodyBytes may lower the cap, never raise it past the process's ceiling.
+        limit = min(max_body_bytes or self._settings.max_body_bytes, self._settings.max_body_bytes_ceiling)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
@@ -362,12 +405,58 @@ def _content_length(value: str | None) -> int | None:
     return int(value.strip())
 
 
+class _BoundedDecoder:
+    """Undo ``Content-Encoding`` gzip/deflate layers without ever producing more than ``budget`` bytes.
+
+    Each ``zlib`` step is given ``max_length``, so a compressed chunk that would inflate to gigabytes yields at most
+    what the body cap still allows; the rest stays compressed in ``unconsumed_tail`` and is dropped. Unknown
+    encodings are passed through as sent (httpx does the same). Layers are undone in reverse order (RFC 9110 §8.4).
+    """
+
+    def __init__(self, content_encoding: str | None) -> None:
+        codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+        self._layers = [
+            zlib.decompressobj(_WBITS[coding]) if coding in ("gzip", "x-gzip") else _Deflate()
+            for coding in reversed(codings)
+            if coding in _WBITS or coding == "deflate"
+        ]
+
+    def decode(self, data: bytes, budget: int) -> bytes:
+        for layer in self._layers:
+            if not data:
+                break
+            try:
+                data = layer.decompress(data, budget)
+            except zlib.error as exc:
+                raise FetchPermanent(f"invalid compressed body: {exc}", code="invalid_response") from exc
+        return data
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
+
+
+class _Deflate:
+    """``deflate`` as servers send it: zlib-wrapped (RFC 9110), or raw (old IIS), told apart by the first byte."""
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._inner is None:
+            zlib_wrapped = (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0 if len(data) > 1 else True
+            self._inner = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+        return bytes(self._inner.decompress(data, max_length))
+
+
 async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """Read at most ``limit`` bytes (decoded); the rest is never downloaded."""
+    """Read at most ``limit`` bytes (decoded); the rest is never downloaded, nor inflated."""
+    decoder = _BoundedDecoder(response.headers.get("content-encoding"))
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
+        async for raw in response.aiter_raw():
+            # One byte more than the cap tells "exactly the limit" from "more than the limit" when it is cheap.
+            chunk = decoder.decode(raw, limit - size + 1)
             chunks.append(chunk)
             size += len(chunk)
             if size >= limit:

@@ -2,18 +2,21 @@
 
 A link is in scope when it is http(s), normalises cleanly (fragment stripped, default port and dot-segments
 removed), sits on the seed's host (or an allowed host; with ``sameHost: false`` any host), matches an
-``include`` regex when any is given, and matches no ``exclude`` regex. Depth and maxPages are enforced by
-the frontier (``store/frontier.py``), which knows how many pages the crawl already holds.
+``include`` regex when any is given, and matches no ``exclude`` regex (RE2: linear time, whatever the pattern).
+Links longer than ``core.urls.MAX_URL_BYTES`` are skipped and counted (``kubecrawl_crawl_links_skipped``).
+Depth and maxPages are enforced by the frontier (``store/frontier.py``), which knows how many pages the crawl
+already holds.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from kubecrawl.core import metrics
 from kubecrawl.core.errors import InvalidUrl
-from kubecrawl.core.sites import ScopeSpec
+from kubecrawl.core.sites import ScopeSpec, compile_pattern
 from kubecrawl.core.urls import normalise_url, url_host
 
 # admit() verdicts are memoised per Scope: a site's navigation puts the same links on every page, so a crawl
@@ -29,8 +32,8 @@ _MEMO_URL_LENGTH = 512
 class Scope:
     hosts: frozenset[str]
     any_host: bool
-    include: tuple[re.Pattern[str], ...]
-    exclude: tuple[re.Pattern[str], ...]
+    include: tuple[Any, ...]  # RE2 patterns (core.sites.compile_pattern)
+    exclude: tuple[Any, ...]
     # Not part of the scope's identity; frozen holds for the fields above, the memo only caches their verdicts.
     _verdicts: dict[str, str | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -40,8 +43,8 @@ class Scope:
         return cls(
             hosts=frozenset(hosts),
             any_host=not spec.same_host,
-            include=tuple(re.compile(p) for p in spec.include),
-            exclude=tuple(re.compile(p) for p in spec.exclude),
+            include=tuple(compile_pattern(p) for p in spec.include),
+            exclude=tuple(compile_pattern(p) for p in spec.exclude),
         )
 
     def admit(self, url: str) -> str | None:
@@ -63,7 +66,9 @@ class Scope:
         try:
             normal = normalise_url(url)
             host = url_host(normal)
-        except InvalidUrl:
+        except InvalidUrl as exc:
+            if exc.code == "url_too_long":  # skipped, never failing the page; counted so it is seen
+                metrics.CRAWL_LINKS_SKIPPED.labels(reason=exc.code).inc()
             return None
         if not self.any_host and host not in self.hosts:
             return None

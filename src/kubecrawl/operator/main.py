@@ -68,7 +68,12 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
         memo.reconciler = Reconciler(
             settings=options,
             cronjobs=cronjobs.CronJobs(api_client),
-            api=SiteApi(shared.api_url, timeout=options.api_timeout_seconds, retry_delays=options.api_retry_delays),
+            api=SiteApi(
+                shared.api_url,
+                timeout=options.api_timeout_seconds,
+                retry_delays=options.api_retry_delays,
+                api_key=shared.api_key.get_secret_value() if shared.api_key else None,
+            ),
             trigger_api_url=options.trigger_api_url or shared.api_url,
         )
         # kopf passes every index to start-up handlers by its id, as a live view.

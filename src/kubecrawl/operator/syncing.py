@@ -44,13 +44,15 @@ class SiteApi:
         timeout: float,
         retry_delays: Sequence[float],
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: sent as ``Authorization: Bearer`` when the API requires keys (``KUBECRAWL_API_KEY``)."""
         self._retry_delays = tuple(retry_delays)
+        headers = {"user-agent": f"kubecrawl-operator/{__version__}"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            transport=transport,
-            headers={"user-agent": f"kubecrawl-operator/{__version__}"},
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport, headers=headers
         )
 
     async def aclose(self) -> None:

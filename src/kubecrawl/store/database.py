@@ -8,12 +8,12 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # no stubs; only its two error bases are used here
 from sqlalchemy import event, make_url, text
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kubecrawl.broker.backoff import backoff_delays
-from kubecrawl.core.errors import StoreUnavailable
+from kubecrawl.core.errors import InvalidValue, StoreUnavailable
 from kubecrawl.core.logging import get_logger
 from kubecrawl.store.inline_sqlite import inline_connector
 
@@ -31,6 +31,27 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+
+# SQLSTATE classes that blame the statement's values, not the server: 22 data exception (a NUL byte, a number out
+# of range), 23 integrity constraint violation, 54 program limit exceeded (an index entry too large).
+_VALUE_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
+def refused_value(exc: BaseException) -> bool:
+    """True when the database refused a value of the statement rather than failing: retrying cannot help."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
+        sqlstate = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_VALUE_SQLSTATE_CLASSES):
+            return True
+    return False
+
+
+def store_error(exc: BaseException, doing: str) -> InvalidValue | StoreUnavailable:
+    """The kubecrawl error a database error while ``doing`` something means."""
+    detail = f"{doing} failed: {type(exc).__name__}: {exc}"[:2000]
+    return InvalidValue(detail) if refused_value(exc) else StoreUnavailable(detail)
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -40,7 +40,7 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
 from kubecrawl.store.contract import AttemptStart, Request
-from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.store.database import DATABASE_ERRORS, store_error
 from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import page_metadata as pm
 
@@ -185,8 +185,9 @@ ON CONFLICT (url) DO UPDATE SET
 class SqlRequestWriter:
     """Records batches of explicit requests (``POST /metadata``) on one pooled connection, until ``close``.
 
-    ``record`` returns once its batch is committed. A failed batch raises ``StoreUnavailable`` and discards the
-    connection (it may be the broken part): the writer is closed then, and the caller opens a new one.
+    ``record`` returns once its batch is committed. A failed batch raises ``StoreUnavailable`` (or
+    ``InvalidValue`` when the database refused a value of the batch) and discards the connection (it may be the
+    broken part): the writer is closed then, and the caller opens a new one.
     """
 
     def __init__(self, conn: AsyncConnection, driver: Any | None, statements: _Statements) -> None:
@@ -207,7 +208,7 @@ class SqlRequestWriter:
                     await self._conn.execute(self._sql.record_request, rows)
         except DATABASE_ERRORS as exc:
             await self._discard()
-            raise StoreUnavailable(f"recording {len(latest)} requests failed: {type(exc).__name__}: {exc}") from exc
+            raise store_error(exc, f"recording {len(latest)} requests") from exc
         except BaseException:
             await self._discard()
             raise

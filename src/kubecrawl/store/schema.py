@@ -172,3 +172,16 @@ crawl_hosts = Table(
     Column("crawl_delay", Float),
     Column("next_fetch_at", DateTime(timezone=True)),
 )
+
+# API keys (docs/security.md): only a SHA-256 of each key is stored. Keys are 256 random bits, so a fast hash is
+# enough (no dictionary to try); the table never holds anything that authenticates by itself.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("scopes", Json, nullable=False),
+    Column("namespaces", Json),  # null: every namespace
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)

@@ -37,7 +37,7 @@ from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap
 from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
-from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
@@ -140,7 +140,13 @@ class PagePipeline:
             outcome, fetched = await self._crawl_page(task, start, spec, scope)
         except KubecrawlError as exc:
             return await self._failed(delivery, task, start, spec, exc)
-        await self._finish(task, outcome)
+        try:
+            await self._finish(task, outcome)
+        except DATABASE_ERRORS as exc:
+            if not refused_value(exc):
+                raise  # an outage: handle_guarded puts the message back
+            # A value of this page (a link, a title) the database refuses: the page fails, not the worker.
+            return await self._failed(delivery, task, start, spec, store_error(exc, "storing the page"))
         await delivery.ack()
         self._report(start, outcome, fetched)
         metrics.CRAWL_PAGES.labels(state=outcome.state.value).inc()

@@ -29,7 +29,7 @@ from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error, retry_delay
 from kubecrawl.store.contract import PageMetadataStore
-from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
@@ -116,7 +116,13 @@ class MetadataPipeline:
             return await self._failed(delivery, task, attempts, exc, http_status)
         finally:
             metrics.FETCH_DURATION.observe(time.perf_counter() - started)
-        await self._pages.complete(task.url, task.request_id, page)
+        try:
+            await self._pages.complete(task.url, task.request_id, page)
+        except DATABASE_ERRORS as exc:
+            if not refused_value(exc):
+                raise  # an outage: handle_guarded puts the message back
+            # A value of this page the database refuses: retrying would fail the same way.
+            return await self._failed(delivery, task, attempts, store_error(exc, "storing the page"), http_status)
         await delivery.ack()
         log_.info("page_fetched", http_status=page.http_status, bytes=page.body_bytes, title=page.title)
         return "completed"

@@ -10,7 +10,8 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 from kubecrawl.api.routes import crawls as crawl_routes
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
@@ -53,6 +54,11 @@ class FakeCrawls:
 
 
 class Connected:
+    """The request as the endpoint reads it: connected, on an app with room for subscribers, no identity."""
+
+    app = SimpleNamespace(state=SimpleNamespace(subscribers=crawl_routes.Subscribers(per_crawl=16, total=256)))
+    scope: ClassVar[dict[str, Any]] = {}  # no identity: authentication is off
+
     async def is_disconnected(self) -> bool:
         return False
 

@@ -77,7 +77,22 @@ def test_invalid_international_hosts_are_refused_as_invalid_urls(host: str) -> N
         ("http://exa mple.com", "invalid_url"),
         ("http://example.com:99999/", "invalid_url"),
         ("http://" + "a" * 70 + ".com/", "invalid_url"),
-        ("http://example.com/" + "x" * 9000, "invalid_url"),
+        ("http://example.com/" + "x" * 9000, "url_too_long"),
+        ("http://example.com/" + "x" * 2030, "url_too_long"),
+        ("http://example.com/" + "é" * 1020, "url_too_long"),  # 2,040 characters, 2,059 bytes of UTF-8
+        ("http://example.com/a\x00b", "invalid_url"),
+        ("http://example.com/a\x7fb", "invalid_url"),
+        ("http://example.com/a\x85b", "invalid_url"),
+        ("http://u:p@example.com/", "url_userinfo"),
+        ("http://u@example.com/", "url_userinfo"),
+        ("http://@example.com/", "url_userinfo"),
+        ("http://1.2.3.4.5/", "invalid_url"),
+        ("http://256.1/", "invalid_url"),
+        ("http://1.256.0.0/", "invalid_url"),
+        ("http://08/", "invalid_url"),
+        ("http://example.0x/", "invalid_url"),
+        ("http://4294967296/", "invalid_url"),
+        ("http://０x7f.1/", "invalid_url"),  # a full-width label before a numeric one
     ],
 )
 def test_normalise_url_refuses_bad_input_with_a_code(raw: str, code: str) -> None:
@@ -149,6 +164,100 @@ def test_hosts_too_long_for_the_memo_normalise_the_same() -> None:
         normalise_url(f"http://{host}.{'a' * 64}/")
 
 
-def test_user_info_is_kept_and_an_empty_one_too() -> None:
-    assert normalise_url("http://u:p@Example.com/") == "http://u:p@example.com/"
-    assert normalise_url("http://@example.com/") == "http://@example.com/"
+def test_a_url_of_exactly_the_limit_is_accepted() -> None:
+    url = "http://example.com/" + "x" * (2048 - len("http://example.com/"))
+    assert normalise_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://2130706433/", "http://127.0.0.1/"),
+        ("http://127.1/", "http://127.0.0.1/"),
+        ("http://127.0.1/", "http://127.0.0.1/"),
+        ("http://0/", "http://0.0.0.0/"),
+        ("http://017700000001/", "http://127.0.0.1/"),
+        ("http://0177.0.0.01/", "http://127.0.0.1/"),
+        ("http://0x7f000001/", "http://127.0.0.1/"),
+        ("http://0X7F.0x0.0.0x1/", "http://127.0.0.1/"),
+        ("http://0x7f.1:8080/a", "http://127.0.0.1:8080/a"),
+        ("http://2852039166/", "http://169.254.169.254/"),
+        ("http://0xa9.0xfe.0xa9.0xfe/", "http://169.254.169.254/"),
+        ("http://127.0.0.1./", "http://127.0.0.1/"),
+        ("http://4294967295/", "http://255.255.255.255/"),
+        ("http://1.2.3.com/", "http://1.2.3.com/"),  # a name: its last label is not a number
+        ("http://１２７．０．０．１/", "http://127.0.0.1/"),  # full-width, mapped by IDNA
+    ],
+)
+def test_every_ipv4_spelling_is_rewritten_as_its_dotted_quad(raw: str, expected: str) -> None:
+    assert normalise_url(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/",
+        "http://127.1/",
+        "http://0/",
+        "http://017700000001/",
+        "http://0x7f.1/",
+        "http://2852039166/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[2002:7f00:1::]/",
+        "http://[2002:a9fe:a9fe::1]/",
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
+        "http://[::127.0.0.1]/",  # IPv4-compatible (deprecated)
+        "http://[64:ff9b:1::8.8.8.8]/",
+    ],
+)
+def test_numeric_and_ipv6_embedded_forms_of_private_addresses_are_refused(url: str) -> None:
+    with pytest.raises(BlockedTarget):
+        TargetPolicy().check_literal(url)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "192.0.0.9",  # "globally reachable" per IANA, inside 192.0.0.0/24 all the same
+        "192.0.0.170",
+        "198.18.0.1",
+        "198.19.255.255",
+        "100.64.0.1",
+        "100.100.100.200",
+        "192.0.2.1",
+        "203.0.113.9",
+        "192.88.99.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "2001:db8::1",
+        "100::1",
+    ],
+)
+def test_reserved_shared_benchmark_and_documentation_ranges_are_refused(address: str) -> None:
+    assert is_blocked_address(address)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8"])
+def test_ipv6_wrappers_of_public_ipv4_addresses_are_allowed(address: str) -> None:
+    assert not is_blocked_address(address)
+
+
+def test_an_allowed_network_also_opens_its_addresses_mapped_into_ipv6() -> None:
+    policy = TargetPolicy(allowed_networks=(ipaddress.ip_network("10.20.0.0/16"),))
+    assert not policy.refuses("::ffff:10.20.0.1")
+    assert policy.refuses("::ffff:10.21.0.1")
+
+
+def test_rejected_urls_do_not_grow_the_memo() -> None:
+    from kubecrawl.core import urls
+
+    before = urls._memo_normalise.cache_info().currsize
+    for i in range(200):
+        with pytest.raises(InvalidUrl):
+            normalise_url(f"http://example.com/{i}/" + "x" * 3000)
+        normalise_url(f"http://example.com/{i}/" + "y" * 1000)  # accepted, too long to be remembered
+    assert urls._memo_normalise.cache_info().currsize == before
+    assert urls._memo_normalise.cache_info().maxsize == urls._MEMO_SIZE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.fetch.extracting import PageMeta
 from kubecrawl.fetch.fetching import FetchResult
-from kubecrawl.store.crawls import PageOutcome, PageStart
+from kubecrawl.store.contract import PageOutcome, PageStart
 from kubecrawl.worker.crawling import Fetched, page_report
 
 START = PageStart(

@@ -39,6 +39,8 @@ STUCK_AFTER = timedelta(minutes=15)
 # A GET miss that finds the row of a concurrent miss released (its publish failed) records the miss itself; each
 # round means one more concurrent publish failed, so after a few the broker is refusing and the answer is 503.
 MISS_ROUNDS = 3
+# max_age bound: ten years is "any age"; far larger ones overflow the date arithmetic (issue 12: a 500).
+MAX_AGE_SECONDS = 10 * 366 * 86_400
 
 
 class MetadataRequest(BaseModel):
@@ -146,7 +148,9 @@ async def get_metadata(
     publisher: PublisherDep,
     request_id: RequestIdDep,
     url: Annotated[str | None, Query()] = None,
-    max_age: Annotated[int | None, Query(ge=0, description="seconds; older records are refreshed")] = None,
+    max_age: Annotated[
+        int | None, Query(ge=0, le=MAX_AGE_SECONDS, description="seconds; older records are refreshed")
+    ] = None,
     include_source: Annotated[bool, Query(description="include the stored page source")] = True,
 ) -> JSONResponse:
     url = validated_url(url, settings)
