@@ -16,10 +16,11 @@ import kopf
 
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator import cronjobs
+from kubecrawl.operator import cronjobs, kube
 from kubecrawl.operator.crawlsites import CrawlSites
+from kubecrawl.operator.group import GROUP, VERSION
 from kubecrawl.operator.handlers import crawlsites, is_deletion, pools
-from kubecrawl.operator.reconcile.naming import GROUP, PLURAL, RESYNC_ANNOTATION, VERSION
+from kubecrawl.operator.reconcile.naming import PLURAL, RESYNC_ANNOTATION
 from kubecrawl.operator.reconciling import Reconciler
 from kubecrawl.operator.refreshing import StatusRefresher
 from kubecrawl.operator.settings import OperatorSettings
@@ -63,7 +64,7 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
         # annotation and status patches of one reconciliation) is handled once. kopf's 0.1 s default is added to
         # every reaction; 20 ms still coalesces one burst and keeps apply → CronJob well under a second.
         settings.batching.batch_window = 0.02
-        api_client = await cronjobs.connect()
+        api_client = await kube.connect()
         memo.kube_client = api_client
         memo.reconciler = Reconciler(
             settings=options,
@@ -85,7 +86,7 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
         await memo.reconciler.api.aclose()
         await memo.kube_client.close()
 
-    # kopf logs in exactly as our own kubernetes_asyncio client does (cronjobs.connect): the pod's service account
+    # kopf logs in exactly as our own kubernetes_asyncio client does (kube.connect): the pod's service account
     # in a cluster, else KUBECONFIG. A bare registry has no login handler of its own.
     kopf.on.login(registry=registry)(kopf.login_via_async_client)
     # One reconciliation for every cause: it is idempotent and converges from any starting point. The resync

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from kubecrawl.operator.conditions import Outcome
 from kubecrawl.operator.pools.probing import queue_unacked, unacked_by_connection, vhost_of
-from kubecrawl.operator.reconcile.status import Outcome
 from kubecrawl.operator.scaling.conflicts import autoscalers_of
 from kubecrawl.operator.scaling.costs import BUSY_COST, IDLE_COST, cost_changes, deletion_costs
 from kubecrawl.operator.scaling.deciding import Observation, decide, initial_state

@@ -12,7 +12,7 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
-from kubecrawl.operator.reconcile import status as st
+from kubecrawl.operator.conditions import status_patch
 from kubecrawl.operator.reconcile.cronjobs import SiteRef
 from kubecrawl.operator.reconcile.retrying import handler_retry_delay
 from kubecrawl.operator.reconciling import Reconciler, Result
@@ -29,7 +29,7 @@ def _plain(value: Any) -> dict[str, Any]:
 
 
 def _apply(result: Result, body: kopf.Body, status: dict[str, Any], generation: int | None, patch: kopf.Patch) -> None:
-    patch.status.update(st.status_patch(status, result.status(status, generation, utcnow())))
+    patch.status.update(status_patch(status, result.status(status, generation, utcnow())))
     for event in result.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 

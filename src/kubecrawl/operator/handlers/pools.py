@@ -16,10 +16,10 @@ import kopf
 
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
+from kubecrawl.operator.group import GROUP, VERSION
 from kubecrawl.operator.pools.scaler import PoolRef, PoolRuntime
 from kubecrawl.operator.pools.supervising import PoolSupervisor, pool_snapshot
 from kubecrawl.operator.pools.workloads import PLURAL
-from kubecrawl.operator.reconcile.naming import GROUP, VERSION
 from kubecrawl.operator.settings import OperatorSettings
 
 log = get_logger(__name__)

@@ -22,13 +22,13 @@ from kubecrawl.core import metrics
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator import cronjobs, failures
-from kubecrawl.operator.cronjobs import KubernetesUnavailable
+from kubecrawl.operator import failures, kube
+from kubecrawl.operator.conditions import Event, Outcome, status_patch
+from kubecrawl.operator.kube import KubernetesUnavailable
 from kubecrawl.operator.pools.probing import AmqpDepth, BrokerProbe, ManagementApi, MetricsUnavailable, vhost_of
 from kubecrawl.operator.pools.workloads import Pod, PoolObject, Scale, ScaleConflict, Workloads
-from kubecrawl.operator.reconcile.status import Outcome, status_patch
 from kubecrawl.operator.scaling.costs import cost_changes, deletion_costs
-from kubecrawl.operator.scaling.deciding import Decision, Event, Observation, ScalerState, decide, initial_state
+from kubecrawl.operator.scaling.deciding import Decision, Observation, ScalerState, decide, initial_state
 from kubecrawl.operator.scaling.policy import DEFAULT_POLL_SECONDS, InvalidPoolSpec, PoolSpec, pool_spec
 from kubecrawl.operator.scaling.reporting import ACTIVE, LastScale, active, activity_events, desired_status
 from kubecrawl.operator.settings import OperatorSettings
@@ -251,7 +251,7 @@ class PoolRuntime:
 
     @classmethod
     async def open(cls, shared: Settings, options: OperatorSettings) -> PoolRuntime:
-        api_client = await cronjobs.connect()
+        api_client = await kube.connect()
         amqp_url = shared.rabbitmq_url.get_secret_value()
         timeout = options.pool_broker_timeout_seconds
         management = None

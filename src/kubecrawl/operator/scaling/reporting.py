@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubecrawl.operator.reconcile.status import Outcome, condition, timestamp
-from kubecrawl.operator.scaling.deciding import Decision, Event, Observation
+from kubecrawl.operator.conditions import Event, Outcome, condition, timestamp
+from kubecrawl.operator.scaling.deciding import Decision, Observation
 from kubecrawl.operator.scaling.policy import PoolSpec
 
 ACTIVE = "Active"
