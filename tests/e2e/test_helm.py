@@ -34,7 +34,7 @@ from alembic.script import ScriptDirectory
 from pydantic import BaseModel
 
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator.pools import supervising
+from kubecrawl.operator.pool import supervising
 from kubecrawl.operator.reconcile import naming
 from kubecrawl.operator.settings import OperatorSettings
 from kubecrawl.store.migrating import alembic_config

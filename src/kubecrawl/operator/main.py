@@ -19,7 +19,8 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.operator import cronjobs, kube
 from kubecrawl.operator.crawlsites import CrawlSites
 from kubecrawl.operator.group import GROUP, VERSION
-from kubecrawl.operator.handlers import crawlsites, is_deletion, pools
+from kubecrawl.operator.handlers import crawlsites, is_deletion
+from kubecrawl.operator.pool import handlers as pool_handlers
 from kubecrawl.operator.reconcile.naming import PLURAL, RESYNC_ANNOTATION
 from kubecrawl.operator.reconciling import Reconciler
 from kubecrawl.operator.refreshing import StatusRefresher
@@ -98,8 +99,8 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
     # Status refresh: an index plus one loop, not a kopf timer, which would put a finalizer on every CrawlSite.
     kopf.index(*CRAWLSITES, registry=registry, id="crawlsite_index")(crawlsites.index_site)
     kopf.on.event(*CRAWLSITES, registry=registry, id="forget", when=is_deletion)(crawlsites.forget_site)
-    # CrawlWorkerPools: an index plus one polling task per pool (handlers/pools.py), no finalizer either.
-    pools.register(registry, shared, options)
+    # CrawlWorkerPools: an index plus one polling task per pool (pool/handlers.py), no finalizer either.
+    pool_handlers.register(registry, shared, options)
     return registry
 
 

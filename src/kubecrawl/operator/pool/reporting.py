@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from kubecrawl.operator.conditions import Event, Outcome, condition, timestamp
-from kubecrawl.operator.scaling.deciding import Decision, Observation
-from kubecrawl.operator.scaling.policy import PoolSpec
+from kubecrawl.operator.pool.deciding import Decision, Observation
+from kubecrawl.operator.pool.spec import PoolSpec
 
 ACTIVE = "Active"
 METRICS_AVAILABLE = "MetricsAvailable"

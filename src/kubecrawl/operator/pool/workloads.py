@@ -22,8 +22,8 @@ from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import Event
 from kubecrawl.operator.group import API_VERSION, GROUP, VERSION
 from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, unavailable
-from kubecrawl.operator.scaling.conflicts import autoscalers_of
-from kubecrawl.operator.scaling.costs import DELETION_COST_ANNOTATION
+from kubecrawl.operator.pool.conflicts import autoscalers_of
+from kubecrawl.operator.pool.costs import DELETION_COST_ANNOTATION
 
 log = get_logger(__name__)
 PLURAL = "crawlworkerpools"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from kubecrawl.operator.conditions import Event, Outcome
-from kubecrawl.operator.scaling.policy import PoolSpec
+from kubecrawl.operator.pool.spec import PoolSpec
 
 Direction = Literal["up", "down"]
 # Why a change was made: a bounded set, used as a metric label.
