@@ -1,5 +1,5 @@
-"""The Kubernetes API edge both resources' clients share (``cronjobs``, ``crawlsites``, ``pools.workloads``):
-log-in, one raw call, and the error wrapping. The API group itself is in ``group.py``.
+"""The Kubernetes API edge both resources' clients share (``crawlsite.cronjobs``, ``crawlsite.patching``,
+``pool.workloads``): log-in, one raw call, and the error wrapping. The API group itself is in ``group.py``.
 
 Responses are read as JSON (``_preload_content=False``), never deserialised into kubernetes_asyncio's model
 classes: that round trip (JSON → models → dicts) costs milliseconds of CPU per call, which dominated the
@@ -7,7 +7,7 @@ operator's CPU in bench/operator_apply.py.
 
 Errors: 400/409/422 (the API server refused the object) are the caller's to name (:func:`failure` takes the
 class); everything else (5xx, 429, 401/403 while RBAC is being fixed or a namespace is terminating, connection
-errors) → :class:`KubernetesUnavailable`, retried later. ``pools.workloads`` still goes through
+errors) → :class:`KubernetesUnavailable`, retried later. ``pool.workloads`` still goes through
 kubernetes_asyncio's typed calls, whose errors :func:`unavailable` wraps the same way.
 """
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from kubecrawl.operator.conditions import Outcome, status_patch
-from kubecrawl.operator.reconcile import status as st
-from kubecrawl.operator.reconcile.retrying import MAX_DELAY_SECONDS, handler_retry_delay
-from kubecrawl.operator.reconciling import Result
+from kubecrawl.operator.crawlsite import status as st
+from kubecrawl.operator.crawlsite.handlers import MAX_DELAY_SECONDS, handler_retry_delay
+from kubecrawl.operator.crawlsite.reconciler import Result
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

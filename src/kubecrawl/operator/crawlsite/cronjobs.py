@@ -11,8 +11,8 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from kubecrawl.core.errors import PermanentError
+from kubecrawl.operator.crawlsite.naming import FIELD_MANAGER
 from kubecrawl.operator.kube import APPLY_PATCH, call, failure
-from kubecrawl.operator.reconcile.naming import FIELD_MANAGER
 
 
 class CronJobRejected(PermanentError):

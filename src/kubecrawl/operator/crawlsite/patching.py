@@ -8,9 +8,9 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from kubecrawl.core.errors import PermanentError
+from kubecrawl.operator.crawlsite.naming import PLURAL, RESYNC_ANNOTATION
 from kubecrawl.operator.group import GROUP, VERSION
 from kubecrawl.operator.kube import MERGE_PATCH, call, failure
-from kubecrawl.operator.reconcile.naming import PLURAL, RESYNC_ANNOTATION
 
 
 class CrawlSitePatchRejected(PermanentError):

@@ -20,9 +20,9 @@ from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import timestamp
-from kubecrawl.operator.crawlsites import CrawlSites
-from kubecrawl.operator.reconcile.cronjobs import SiteRef
-from kubecrawl.operator.reconciling import Reconciler
+from kubecrawl.operator.crawlsite.manifest import SiteRef
+from kubecrawl.operator.crawlsite.patching import CrawlSites
+from kubecrawl.operator.crawlsite.reconciler import Reconciler
 
 log = get_logger(__name__)
 
@@ -60,7 +60,7 @@ class StatusRefresher:
             log.debug("status_refresh_round", sites=len(items), seconds=round(time.monotonic() - started, 3))
 
     async def refresh(self, item: dict[str, Any]) -> None:
-        """One CrawlSite, from its index snapshot (``handlers.crawlsites.index_site``)."""
+        """One CrawlSite, from its index snapshot (``handlers.index_site``)."""
         site = SiteRef(item["namespace"], item["name"], item["uid"])
         try:
             changes, drifted = await self._reconciler.refresh(site, item["spec"], item["status"], item["generation"])

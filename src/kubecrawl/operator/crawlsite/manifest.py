@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubecrawl.operator.crawlsite import naming
 from kubecrawl.operator.group import API_VERSION
-from kubecrawl.operator.reconcile import naming
 from kubecrawl.operator.settings import OperatorSettings
 
 # The Job-name label every Job controller (Kubernetes ≥ 1.27) puts on its Pods, read through the downward API.

@@ -16,12 +16,12 @@ from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import Event, Outcome, status_patch
-from kubecrawl.operator.cronjobs import CronJobRejected, CronJobs
-from kubecrawl.operator.reconcile import naming
-from kubecrawl.operator.reconcile import status as st
-from kubecrawl.operator.reconcile.cronjobs import SiteRef, controlled_by, cronjob_manifest
+from kubecrawl.operator.crawlsite import naming
+from kubecrawl.operator.crawlsite import status as st
+from kubecrawl.operator.crawlsite.cronjobs import CronJobRejected, CronJobs
+from kubecrawl.operator.crawlsite.manifest import SiteRef, controlled_by, cronjob_manifest
+from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 from kubecrawl.operator.settings import OperatorSettings
-from kubecrawl.operator.syncing import ApiRejected, SiteApi
 
 log = get_logger(__name__)
 
@@ -165,7 +165,7 @@ class Reconciler:
                 drifted = True
         except (TransientError, ApiRejected) as exc:
             # Caught (and counted) here so the CronJob half's lastScheduleTime is still written; the caller
-            # (refreshing.py) counts only what fails on its side of this call.
+            # (refresher.py) counts only what fails on its side of this call.
             failures.count(failures.CRAWLSITE, failures.STATUS_REFRESH_FAILED)
             log.warning("status_refresh_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)
         return status_patch(current, desired), drifted
