@@ -522,8 +522,13 @@ def trigger(
     """Start one crawl of a site through the API.
 
     What a CrawlSite's CronJob runs. Exits 1 on failure."""
-    from kubecrawl.operator.syncing import SiteApi
-    from kubecrawl.operator.triggering import REQUEST_TIMEOUT_SECONDS, RETRY_DELAYS, run_trigger, trigger_request
+    from kubecrawl.operator.crawlsite.syncing import SiteApi
+    from kubecrawl.operator.crawlsite.triggering import (
+        REQUEST_TIMEOUT_SECONDS,
+        RETRY_DELAYS,
+        run_trigger,
+        trigger_request,
+    )
 
     settings = _settings("trigger")
     try:

@@ -34,8 +34,8 @@ from alembic.script import ScriptDirectory
 from pydantic import BaseModel
 
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator.pools import supervising
-from kubecrawl.operator.reconcile import naming
+from kubecrawl.operator.crawlsite import naming
+from kubecrawl.operator.pool import supervising
 from kubecrawl.operator.settings import OperatorSettings
 from kubecrawl.store.migrating import alembic_config
 from tests.e2e.conftest import Cluster

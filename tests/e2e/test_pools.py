@@ -31,7 +31,7 @@ from aiohttp import web
 
 from kubecrawl.broker.topology import METADATA_QUEUE, declare_topology
 from kubecrawl.core.contracts import MetadataTask
-from kubecrawl.operator.scaling.costs import BUSY_COST, DELETION_COST_ANNOTATION
+from kubecrawl.operator.pool.costs import BUSY_COST, DELETION_COST_ANNOTATION
 from kubecrawl.store.migrating import upgrade
 from tests.e2e.conftest import Cluster
 from tests.e2e.stack import Kube, OperatorProcess, Process, service_env, stop_all

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator.syncing import ApiRejected, SiteApi
+from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.keys import KeyStore
 from tests.integration.conftest import ApiHandle, env_for, running_api

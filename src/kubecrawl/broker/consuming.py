@@ -22,9 +22,9 @@ import aiormq.exceptions
 from pamqp.commands import Basic
 from pamqp.frame import marshal
 
-from kubecrawl.broker.backoff import backoff_delays
 from kubecrawl.broker.base import Handler
 from kubecrawl.broker.topology import declare_topology
+from kubecrawl.core.backoff import retry_with_backoff
 from kubecrawl.core.errors import ConnectionLost
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import PublisherSettings
@@ -185,26 +185,32 @@ class RabbitConsumer:
         return writer
 
     async def _connect(self) -> aio_pika.abc.AbstractConnection:
-        delays = backoff_delays(
-            self._backoff.initial_backoff_seconds,
-            self._backoff.backoff_multiplier,
-            self._backoff.max_backoff_seconds,
-        )
-        for attempt in range(1, self._backoff.max_connection_attempts + 1):
-            delay = next(delays)
+        def attempting(attempt: int, delay: float) -> None:
             log.info("rmq_connect_attempt", attempt=attempt, next_delay_s=delay, role="consumer")
-            try:
-                # Robust: after a broker restart the consumer re-opens its channel, QoS and consumers itself.
-                return await aio_pika.connect_robust(
-                    self._url,
-                    timeout=_CONNECT_TIMEOUT_SECONDS,
-                    client_properties={"connection_name": self._connection_name},
-                )
-            except (aiormq.exceptions.AMQPConnectionError, OSError, TimeoutError) as exc:
-                log.warning("rmq_connect_failed", attempt=attempt, error=repr(exc), role="consumer")
-                if attempt < self._backoff.max_connection_attempts:
-                    await asyncio.sleep(delay)
-        raise ConnectionLost(f"could not connect to RabbitMQ after {self._backoff.max_connection_attempts} attempts")
+
+        def failed(attempt: int, exc: BaseException, _delay: float) -> None:
+            log.warning("rmq_connect_failed", attempt=attempt, error=repr(exc), role="consumer")
+
+        async def connect() -> aio_pika.abc.AbstractRobustConnection:
+            # Robust: after a broker restart the consumer re-opens its channel, QoS and consumers itself.
+            return await aio_pika.connect_robust(
+                self._url,
+                timeout=_CONNECT_TIMEOUT_SECONDS,
+                client_properties={"connection_name": self._connection_name},
+            )
+
+        errors = (aiormq.exceptions.AMQPConnectionError, OSError, TimeoutError)
+        try:
+            connected = await retry_with_backoff(
+                connect, self._backoff.connect_backoff(), retry_on=errors, on_attempt=attempting, on_failure=failed
+            )
+        except errors:
+            connected = None
+        if connected is None:
+            raise ConnectionLost(
+                f"could not connect to RabbitMQ after {self._backoff.max_connection_attempts} attempts"
+            )
+        return connected[0]
 
     async def start(self, handlers: Mapping[str, Handler]) -> None:
         self._connection = await self._connect()

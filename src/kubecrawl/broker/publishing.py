@@ -35,11 +35,11 @@ from pamqp.body import ContentBody  # pamqp: aiormq's AMQP codec
 from pamqp.header import ContentHeader
 from prometheus_client import Counter, Histogram
 
-from kubecrawl.broker.backoff import backoff_delays
 from kubecrawl.broker.base import PublisherState
 from kubecrawl.broker.consuming import FrameWriter
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
+from kubecrawl.core.backoff import retry_with_backoff
 from kubecrawl.core.errors import ConnectionLost, PublisherNotReady, PublishRejected, PublishTimeout, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import PublisherSettings
@@ -212,33 +212,38 @@ class RabbitPublisher:
 
     async def start(self) -> None:
         """Connect with backoff; after ``max_connection_attempts`` failures raise ``ConnectionLost``."""
-        delays = backoff_delays(
-            self._settings.initial_backoff_seconds,
-            self._settings.backoff_multiplier,
-            self._settings.max_backoff_seconds,
-        )
-        for attempt in range(1, self._settings.max_connection_attempts + 1):
-            delay = next(delays)
+
+        async def connect() -> None:
+            async with self._lock:
+                self._set_state(S.CONNECTING)
+                await self._open(failure_state=S.DISCONNECTED)
+
+        def attempting(attempt: int, delay: float) -> None:
             log.info("rmq_connect_attempt", attempt=attempt, next_delay_s=delay)
-            try:
-                async with self._lock:
-                    self._set_state(S.CONNECTING)
-                    await self._open(failure_state=S.DISCONNECTED)
-            except InvalidTransition as exc:
-                if self._state not in (S.CLOSING, S.CLOSED):
-                    raise
-                # close() moved the state on while this start() connected or backed off; _open closed what it
-                # opened.
-                raise ConnectionLost("publisher closed while connecting") from exc
-            except _CONNECT_ERRORS as exc:
-                log.warning("rmq_connect_failed", attempt=attempt, error=repr(exc))
-                if attempt == self._settings.max_connection_attempts:
-                    break
-                await self._sleep(delay)
-            else:
-                log.info("rmq_connected", attempt=attempt)
-                return
-        raise ConnectionLost(f"could not connect to RabbitMQ after {self._settings.max_connection_attempts} attempts")
+
+        def failed(attempt: int, exc: BaseException, _delay: float) -> None:
+            log.warning("rmq_connect_failed", attempt=attempt, error=repr(exc))
+
+        try:
+            connected = await retry_with_backoff(
+                connect,
+                self._settings.connect_backoff(),
+                retry_on=_CONNECT_ERRORS,
+                on_attempt=attempting,
+                on_failure=failed,
+                sleep=self._sleep,
+            )
+        except InvalidTransition as exc:
+            if self._state not in (S.CLOSING, S.CLOSED):
+                raise
+            # close() moved the state on while this start() connected or backed off; _open closed what it opened.
+            raise ConnectionLost("publisher closed while connecting") from exc
+        except _CONNECT_ERRORS:
+            connected = None
+        if connected is None:
+            attempts = self._settings.max_connection_attempts
+            raise ConnectionLost(f"could not connect to RabbitMQ after {attempts} attempts")
+        log.info("rmq_connected", attempt=connected[1])
 
     async def _open(self, *, failure_state: PublisherState) -> None:
         """Walk CONNECTING → READY; on failure close what was opened and move to ``failure_state``."""
@@ -290,35 +295,40 @@ class RabbitPublisher:
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.close()
-        delays = backoff_delays(
-            self._settings.initial_backoff_seconds,
-            self._settings.backoff_multiplier,
-            self._settings.max_backoff_seconds,
-        )
-        attempt = 0
-        while self._state is S.RECONNECTING:
-            attempt += 1
-            delay = next(delays)
+
+        async def reopen() -> bool:
+            """True once READY again; False when the publisher is closing meanwhile (nothing to do)."""
+            async with self._lock:
+                if self._state is not S.RECONNECTING:
+                    return False
+                self._set_state(S.CONNECTING)
+                await self._open(failure_state=S.RECONNECTING)
+                return True
+
+        def attempting(attempt: int, delay: float) -> None:
             log.info("rmq_reconnect_attempt", attempt=attempt, next_delay_s=delay)
-            try:
-                async with self._lock:
-                    if self._state is not S.RECONNECTING:
-                        return
-                    self._set_state(S.CONNECTING)
-                    await self._open(failure_state=S.RECONNECTING)
-            except _CONNECT_ERRORS as exc:
+
+        def failed(attempt: int, exc: BaseException, _delay: float) -> None:
+            if isinstance(exc, _CONNECT_ERRORS):
                 log.warning("rmq_reconnect_failed", attempt=attempt, error=repr(exc))
-                await self._sleep(delay)
-            except Exception as exc:
-                # Anything else too (aiormq's RuntimeError for a connection closed while the channel opens, an
-                # unexpected frame): this task is the only way back to READY, and if it ended the API would stay
-                # unready, while alive, until restarted.
+            else:  # unexpected: with its traceback
                 log.warning("rmq_reconnect_failed", attempt=attempt, error=repr(exc), exc_info=exc)
-                await self._sleep(delay)
-            else:
-                metrics.PUBLISHER_RECONNECTS.inc()
-                log.info("rmq_reconnected", attempt=attempt)
-                return
+
+        reopened = await retry_with_backoff(
+            reopen,
+            # No attempt limit, and anything else is retried too (aiormq's RuntimeError for a connection closed
+            # while the channel opens, an unexpected frame): this task is the only way back to READY, and if it
+            # ended the API would stay unready, while alive, until restarted.
+            dataclasses.replace(self._settings.connect_backoff(), attempts=None),
+            retry_on=Exception,
+            on_attempt=attempting,
+            on_failure=failed,
+            keep_going=lambda: self._state is S.RECONNECTING,
+            sleep=self._sleep,
+        )
+        if reopened is not None and reopened[0]:
+            metrics.PUBLISHER_RECONNECTS.inc()
+            log.info("rmq_reconnected", attempt=reopened[1])
 
     async def publish(
         self,

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubecrawl.core.backoff import DEFAULT_JITTER, Backoff
 from kubecrawl.core.urls import TargetPolicy
 
 
@@ -24,6 +25,20 @@ class PublisherSettings(BaseModel):
     max_backoff_seconds: float = Field(default=30.0, gt=0)
     backoff_multiplier: float = Field(default=2.0, ge=1)
     max_connection_attempts: int = Field(default=10, ge=1)
+    # Each wait is up to this much shorter (never longer), so processes that lost the broker together do not
+    # all reconnect on the same second (core/backoff.py).
+    backoff_jitter: float = Field(default=DEFAULT_JITTER, ge=0, lt=1)
+
+    def connect_backoff(self) -> Backoff:
+        """The schedule of (re)connect attempts to RabbitMQ."""
+        return Backoff(
+            initial=self.initial_backoff_seconds,
+            multiplier=self.backoff_multiplier,
+            maximum=self.max_backoff_seconds,
+            attempts=self.max_connection_attempts,
+            jitter=self.backoff_jitter,
+        )
+
     # A confirm normally arrives in about a millisecond; 10 s means the broker is in trouble (disk alarm, flow).
     confirm_timeout_seconds: float = Field(default=10.0, gt=0)
     # Shutdown waits this long for in-flight publishes before closing the channel anyway.

@@ -3,7 +3,7 @@
 One increment per failed step, counted where the failure is caught and turned into a condition, an Event or a log
 line (never also where it is re-raised), so a failure is counted once:
 
-    CrawlSite        the handler's reconciliation (handlers/crawlsites.py): one per Warning Event it posts —
+    CrawlSite        the handler's reconciliation (crawlsite/handlers.py): one per Warning Event it posts —
                      NameConflict, CronJobRejected, CronJobError (CronJob create/patch/delete), SpecRejected,
                      SyncFailed (the kubecrawl API); ForgetFailed (the API kept a deleted site);
                      StatusRefreshFailed (the status refresher: CronJob or API read, status patch)

@@ -1,13 +1,12 @@
-"""The operator process: kopf handler registration, kopf settings, and ``run`` (``kubecrawl operator``).
+"""The operator process: kopf settings, the registry, and ``run`` (``kubecrawl operator``).
 
-Settings are built by the CLI and passed in; the registry is built here (not at import time) so the timer
-interval comes from those settings and nothing is global.
+Settings are built by the CLI and passed in; the registry is built here (not at import time) so nothing is global.
+Each resource adds its own handlers through its package's ``handlers.register(registry, shared, options)``
+(``crawlsite/``, ``pool/``); this module only sets kopf up and calls them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -16,18 +15,12 @@ import kopf
 
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator import cronjobs
-from kubecrawl.operator.crawlsites import CrawlSites
-from kubecrawl.operator.handlers import crawlsites, is_deletion, pools
-from kubecrawl.operator.reconcile.naming import GROUP, PLURAL, RESYNC_ANNOTATION, VERSION
-from kubecrawl.operator.reconciling import Reconciler
-from kubecrawl.operator.refreshing import StatusRefresher
+from kubecrawl.operator.crawlsite import handlers as crawlsite_handlers
+from kubecrawl.operator.group import GROUP
+from kubecrawl.operator.pool import handlers as pool_handlers
 from kubecrawl.operator.settings import OperatorSettings
-from kubecrawl.operator.syncing import SiteApi
 
 log = get_logger(__name__)
-CRAWLSITES = (GROUP, VERSION, PLURAL)
-RESYNC_FIELD = ("metadata", "annotations", RESYNC_ANNOTATION)
 
 
 def create_registry(shared: Settings, options: OperatorSettings) -> kopf.OperatorRegistry:
@@ -35,7 +28,7 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Handler progress and the last-handled spec live in annotations under our own prefix: the status schema
         # is structural, so kopf's default `status.kopf` would be pruned by the API server.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -63,47 +56,14 @@ def create_registry(shared: Settings, options: OperatorSettings) -> kopf.Operato
         # annotation and status patches of one reconciliation) is handled once. kopf's 0.1 s default is added to
         # every reaction; 20 ms still coalesces one burst and keeps apply → CronJob well under a second.
         settings.batching.batch_window = 0.02
-        api_client = await cronjobs.connect()
-        memo.kube_client = api_client
-        memo.reconciler = Reconciler(
-            settings=options,
-            cronjobs=cronjobs.CronJobs(api_client),
-            api=SiteApi(
-                shared.api_url,
-                timeout=options.api_timeout_seconds,
-                retry_delays=options.api_retry_delays,
-                api_key=shared.api_key.get_secret_value() if shared.api_key else None,
-            ),
-            trigger_api_url=options.trigger_api_url or shared.api_url,
-        )
-        # kopf passes every index to start-up handlers by its id, as a live view.
-        index = kwargs["crawlsite_index"]
-        refresher = StatusRefresher(memo.reconciler, CrawlSites(api_client), index, options.status_interval_seconds)
-        memo.refresher = asyncio.create_task(refresher.run(), name="crawlsite status refresher")
-        log.info("operator_configured", api_url=shared.api_url, status_interval=options.status_interval_seconds)
 
-    @kopf.on.cleanup(registry=registry)
-    async def close(memo: kopf.Memo, **_: Any) -> None:
-        memo.refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await memo.refresher
-        await memo.reconciler.api.aclose()
-        await memo.kube_client.close()
-
-    # kopf logs in exactly as our own kubernetes_asyncio client does (cronjobs.connect): the pod's service account
+    # kopf logs in exactly as our own kubernetes_asyncio client does (kube.connect): the pod's service account
     # in a cluster, else KUBECONFIG. A bare registry has no login handler of its own.
     kopf.on.login(registry=registry)(kopf.login_via_async_client)
-    # One reconciliation for every cause: it is idempotent and converges from any starting point. The resync
-    # annotation is set by the status refresher when it finds drift (refreshing.py).
-    kopf.on.create(*CRAWLSITES, registry=registry, id="reconcile")(crawlsites.reconcile_site)
-    kopf.on.update(*CRAWLSITES, registry=registry, id="reconcile", field="spec")(crawlsites.reconcile_site)
-    kopf.on.update(*CRAWLSITES, registry=registry, id="resync", field=RESYNC_FIELD)(crawlsites.reconcile_site)
-    kopf.on.resume(*CRAWLSITES, registry=registry, id="reconcile")(crawlsites.reconcile_site)
-    # Status refresh: an index plus one loop, not a kopf timer, which would put a finalizer on every CrawlSite.
-    kopf.index(*CRAWLSITES, registry=registry, id="crawlsite_index")(crawlsites.index_site)
-    kopf.on.event(*CRAWLSITES, registry=registry, id="forget", when=is_deletion)(crawlsites.forget_site)
-    # CrawlWorkerPools: an index plus one polling task per pool (handlers/pools.py), no finalizer either.
-    pools.register(registry, shared, options)
+    # Each resource registers its own handlers and start-up/clean-up the same way (its package's handlers.py).
+    # kopf runs start-up handlers in registration order, so the settings above are in place first.
+    crawlsite_handlers.register(registry, shared, options)
+    pool_handlers.register(registry, shared, options)
     return registry
 
 

@@ -45,11 +45,11 @@ class OperatorSettings(BaseSettings):
     # reads (latest crawl, site still there), so 1,000 sites cost about 100 small requests/s at 30 s.
     status_interval_seconds: float = Field(default=30.0, gt=0)
     # Calls to the kubecrawl API: per-request timeout and quick in-call retries (delays between attempts);
-    # after those the kopf handler is retried with a growing delay (see reconcile/retrying.py).
+    # after those the kopf handler is retried with a growing delay (see crawlsite/handlers.py).
     api_timeout_seconds: float = Field(default=10.0, gt=0)
     api_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)
 
-    # CrawlWorkerPool scaling (operator/pools). The RabbitMQ management API, http(s)://[user:password@]host:15672,
+    # CrawlWorkerPool scaling (operator/pool). The RabbitMQ management API, http(s)://[user:password@]host:15672,
     # gives unacked messages per worker (busy pods); without it busy pods are unknown and pools never scale to
     # zero. Credentials default to KUBECRAWL_RABBITMQ_URL's (the user needs the `monitoring` tag). Named like the
     # shared broker setting, since it is the same broker: KUBECRAWL_RABBITMQ_MANAGEMENT_URL.

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from kubecrawl.broker.backoff import backoff_delays
 from kubecrawl.broker.base import PublisherState as S
 from kubecrawl.broker.publishing import TRANSITIONS, InvalidTransition, RabbitPublisher, check_transition
+from kubecrawl.core.backoff import backoff_delays
 from kubecrawl.core.errors import ConnectionLost, PublisherNotReady
 from kubecrawl.core.settings import PublisherSettings
 
@@ -55,10 +55,14 @@ def test_backoff_doubles_from_one_second_and_caps_at_thirty() -> None:
     assert [next(delays) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
 
 
+# The seed's schedule without jitter, so the waits can be compared exactly (core/backoff.py tests the jitter).
+NO_JITTER = PublisherSettings(backoff_jitter=0)
+
+
 def _unreachable(sleep: Callable[[float], Awaitable[None]]) -> RabbitPublisher:
     """A publisher whose broker never answers (nothing listens on port 1), with its backoff sleeps replaced."""
     return RabbitPublisher(
-        "amqp://guest:guest@127.0.0.1:1/", PublisherSettings(), metadata_max_length=10, pages_max_length=10, sleep=sleep
+        "amqp://guest:guest@127.0.0.1:1/", NO_JITTER, metadata_max_length=10, pages_max_length=10, sleep=sleep
     )
 
 
@@ -105,9 +109,7 @@ async def test_reconnect_loop_survives_an_unexpected_error_and_gets_back_to_read
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    publisher = RabbitPublisher(
-        "amqp://x/", PublisherSettings(), metadata_max_length=1, pages_max_length=1, sleep=fake_sleep
-    )
+    publisher = RabbitPublisher("amqp://x/", NO_JITTER, metadata_max_length=1, pages_max_length=1, sleep=fake_sleep)
     opened: list[S] = []
 
     async def flaky_open(*, failure_state: S) -> None:

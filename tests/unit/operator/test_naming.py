@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kubecrawl.operator.reconcile import naming
+from kubecrawl.operator.crawlsite import naming
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from kubecrawl.operator.pools.scaler import PoolRef
-from kubecrawl.operator.pools.supervising import PoolSupervisor, pool_snapshot
+from kubecrawl.operator.pool.scaler import PoolRef
+from kubecrawl.operator.pool.supervising import PoolSupervisor, pool_snapshot
 from tests.support.polling import eventually
 
 A = PoolRef("ns", "a")

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubecrawl.operator.reconcile import status as st
-from kubecrawl.operator.reconcile.retrying import MAX_DELAY_SECONDS, handler_retry_delay
-from kubecrawl.operator.reconciling import Result
+from kubecrawl.operator.conditions import Outcome, status_patch
+from kubecrawl.operator.crawlsite import status as st
+from kubecrawl.operator.crawlsite.handlers import MAX_DELAY_SECONDS, handler_retry_delay
+from kubecrawl.operator.crawlsite.reconciler import Result
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -30,14 +31,14 @@ def test_no_schedule_is_not_scheduled_but_still_ready() -> None:
 
 
 def test_a_failed_sync_makes_the_site_not_ready_with_the_reason() -> None:
-    failed = st.Outcome("False", "SyncFailed", "retrying: connection refused")
+    failed = Outcome("False", "SyncFailed", "retrying: connection refused")
     conditions = by_type(st.conditions([], scheduled=OK, synced=failed, generation=1, now=T0))
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "NotSynced")
     assert "connection refused" in str(conditions["Ready"]["message"])
 
 
 def test_a_rejected_cronjob_makes_the_site_not_ready() -> None:
-    rejected = st.Outcome("False", "CronJobRejected", "unknown time zone Mars/Base")
+    rejected = Outcome("False", "CronJobRejected", "unknown time zone Mars/Base")
     conditions = by_type(st.conditions([], scheduled=rejected, synced=SYNCED, generation=1, now=T0))
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "NotScheduled")
 
@@ -47,7 +48,7 @@ def test_transition_time_moves_only_when_the_status_changes() -> None:
     same = by_type(st.conditions(first, scheduled=OK, synced=SYNCED, generation=2, now=T1))
     assert same["Synced"]["lastTransitionTime"] == "2025-01-01T12:00:00Z"
     assert same["Synced"]["observedGeneration"] == 2
-    failed = st.Outcome("False", "SyncFailed", "down")
+    failed = Outcome("False", "SyncFailed", "down")
     moved = by_type(st.conditions(first, scheduled=OK, synced=failed, generation=2, now=T1))
     assert moved["Synced"]["lastTransitionTime"] == "2025-01-01T12:05:00Z"
     assert moved["Scheduled"]["lastTransitionTime"] == "2025-01-01T12:00:00Z"
@@ -97,11 +98,11 @@ def test_status_patch_sends_only_changes_and_clears_stale_keys() -> None:
         "lastCrawl": {"id": "old", "state": "COMPLETED", "pages": 5, "finishedAt": "2025-01-01T00:00:00Z"},
     }
     new_crawl = {"id": "new", "state": "RUNNING", "pages": 0, "failed": 0, "changed": 0, "startedAt": None}
-    patch = st.status_patch(current, {"observedGeneration": 2, "lastCrawl": {**new_crawl, "finishedAt": None}})
+    patch = status_patch(current, {"observedGeneration": 2, "lastCrawl": {**new_crawl, "finishedAt": None}})
     assert patch == {"lastCrawl": {**new_crawl, "finishedAt": None}}
-    assert st.status_patch(current, {"observedGeneration": 2}) == {}
-    assert st.status_patch({"cronJobName": "docs"}, {"cronJobName": None}) == {"cronJobName": None}
-    assert st.status_patch({}, {"cronJobName": None}) == {}
+    assert status_patch(current, {"observedGeneration": 2}) == {}
+    assert status_patch({"cronJobName": "docs"}, {"cronJobName": None}) == {"cronJobName": None}
+    assert status_patch({}, {"cronJobName": None}) == {}
 
 
 def test_handler_retry_delay_grows_and_is_capped() -> None:
@@ -112,11 +113,11 @@ def test_handler_retry_delay_grows_and_is_capped() -> None:
 
 
 def test_a_failed_cronjob_step_leaves_cronjob_name_and_last_schedule_untouched() -> None:
-    failed = Result(scheduled=st.Outcome("Unknown", "CronJobError", "timeout"), synced=SYNCED)
+    failed = Result(scheduled=Outcome("Unknown", "CronJobError", "timeout"), synced=SYNCED)
     desired = failed.status({}, 3, T0)
     assert set(desired) == {"observedGeneration", "conditions"}
     previous = {"cronJobName": "docs", "lastScheduleTime": "2025-01-01T00:00:00Z", "observedGeneration": 2}
-    assert "cronJobName" not in st.status_patch(previous, desired)
+    assert "cronJobName" not in status_patch(previous, desired)
 
 
 def test_an_applied_cronjob_sets_name_and_last_schedule_and_a_removed_one_clears_them() -> None:
@@ -125,5 +126,5 @@ def test_an_applied_cronjob_sets_name_and_last_schedule_and_a_removed_one_clears
     assert (applied["cronJobName"], applied["lastScheduleTime"]) == ("docs", "2025-01-01T03:00:00Z")
     removed = Result(scheduled=st.no_schedule(), synced=SYNCED, cronjob_settled=True).status({}, 2, T0)
     previous = {"cronJobName": "docs", "lastScheduleTime": "2025-01-01T03:00:00Z"}
-    patch = st.status_patch(previous, removed)
+    patch = status_patch(previous, removed)
     assert (patch["cronJobName"], patch["lastScheduleTime"]) == (None, None)

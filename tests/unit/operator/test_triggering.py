@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from kubecrawl.operator.syncing import ApiRejected, ApiUnavailable, SiteApi
-from kubecrawl.operator.triggering import parse_site, run_trigger, trigger_request
+from kubecrawl.operator.crawlsite.syncing import ApiRejected, ApiUnavailable, SiteApi
+from kubecrawl.operator.crawlsite.triggering import parse_site, run_trigger, trigger_request
 
 MINUTE = datetime(2025, 6, 1, 8, 15, tzinfo=UTC)
 JOB = f"docs-{int(MINUTE.timestamp()) // 60}"

@@ -1,7 +1,7 @@
-"""Reading, applying and deleting CronJobs through the Kubernetes API, as plain dicts (see ``kubeapi``).
+"""Reading, applying and deleting CronJobs through the Kubernetes API, as plain dicts (see ``kube``).
 
 404 on read → ``None``; a CronJob the API server refuses (e.g. an unknown time zone) → :class:`CronJobRejected`;
-the rest → :class:`~kubecrawl.operator.kubeapi.KubernetesUnavailable`.
+the rest → :class:`~kubecrawl.operator.kube.KubernetesUnavailable`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from kubecrawl.core.errors import PermanentError
-from kubecrawl.operator.kubeapi import APPLY_PATCH, KubernetesUnavailable, call, connect, failure
-from kubecrawl.operator.reconcile.naming import FIELD_MANAGER
-
-__all__ = ["CronJobRejected", "CronJobs", "KubernetesUnavailable", "connect"]
+from kubecrawl.operator.crawlsite.naming import FIELD_MANAGER
+from kubecrawl.operator.kube import APPLY_PATCH, call, failure
 
 
 class CronJobRejected(PermanentError):

@@ -1,4 +1,4 @@
-"""The CrawlWorkerPool scaling rules (kubecrawl.operator.scaling.deciding), one behaviour per test, table-driven.
+"""The CrawlWorkerPool scaling rules (kubecrawl.operator.pool.deciding), one behaviour per test, table-driven.
 
 ``simulate`` plays a list of polls through ``decide`` as the scaler does: every decided change is written at once.
 """
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from kubecrawl.operator.scaling.deciding import Decision, Observation, ScalerState, decide, initial_state
-from kubecrawl.operator.scaling.policy import Fallback, PoolSpec, ScaleDown, ScaleUp
+from kubecrawl.operator.pool.deciding import Decision, Observation, ScalerState, decide, initial_state
+from kubecrawl.operator.pool.spec import Fallback, PoolSpec, ScaleDown, ScaleUp
 
 WINDOW = 60.0
 

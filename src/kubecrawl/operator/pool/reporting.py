@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubecrawl.operator.reconcile.status import Outcome, condition, timestamp
-from kubecrawl.operator.scaling.deciding import Decision, Event, Observation
-from kubecrawl.operator.scaling.policy import PoolSpec
+from kubecrawl.operator.conditions import Event, Outcome, condition, timestamp
+from kubecrawl.operator.pool.deciding import Decision, Observation
+from kubecrawl.operator.pool.spec import PoolSpec
 
 ACTIVE = "Active"
 METRICS_AVAILABLE = "MetricsAvailable"

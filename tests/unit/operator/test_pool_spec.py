@@ -1,4 +1,4 @@
-"""A CrawlWorkerPool's spec → PoolSpec (kubecrawl.operator.scaling.policy): defaults, and errors that name the field."""
+"""A CrawlWorkerPool's spec → PoolSpec (kubecrawl.operator.pool.spec): defaults, and errors that name the field."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubecrawl.operator.scaling.policy import Fallback, InvalidPoolSpec, PoolSpec, ScaleDown, ScaleUp, pool_spec
+from kubecrawl.operator.pool.spec import Fallback, InvalidPoolSpec, PoolSpec, ScaleDown, ScaleUp, pool_spec
 from kubecrawl.operator.settings import OperatorSettings
 
 MINIMAL = {"deploymentName": "workers", "queue": "kubecrawl.pages", "targetPerReplica": 10, "maxReplicas": 5}

@@ -1,6 +1,6 @@
-"""CrawlWorkerPool handlers: a kopf index of the pools and one :class:`~kubecrawl.operator.pools.supervising.
+"""CrawlWorkerPool handlers: a kopf index of the pools and one :class:`~kubecrawl.operator.pool.supervising.
 PoolSupervisor` that polls each of them every ``pollSeconds`` through
-:class:`~kubecrawl.operator.pools.scaler.PoolScaler`.
+:class:`~kubecrawl.operator.pool.scaler.PoolScaler`.
 
 :func:`register` adds them to the operator's registry (called from ``main.create_registry``). No handler here needs
 a finalizer (see ``supervising.py`` for why not a kopf daemon), so a pool can be deleted whether or not the
@@ -16,10 +16,10 @@ import kopf
 
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator.pools.scaler import PoolRef, PoolRuntime
-from kubecrawl.operator.pools.supervising import PoolSupervisor, pool_snapshot
-from kubecrawl.operator.pools.workloads import PLURAL
-from kubecrawl.operator.reconcile.naming import GROUP, VERSION
+from kubecrawl.operator.group import GROUP, VERSION
+from kubecrawl.operator.pool.scaler import PoolRef, PoolRuntime
+from kubecrawl.operator.pool.supervising import PoolSupervisor, pool_snapshot
+from kubecrawl.operator.pool.workloads import PLURAL
 from kubecrawl.operator.settings import OperatorSettings
 
 log = get_logger(__name__)

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kubecrawl.operator.pools.probing import queue_unacked, unacked_by_connection, vhost_of
-from kubecrawl.operator.reconcile.status import Outcome
-from kubecrawl.operator.scaling.conflicts import autoscalers_of
-from kubecrawl.operator.scaling.costs import BUSY_COST, IDLE_COST, cost_changes, deletion_costs
-from kubecrawl.operator.scaling.deciding import Observation, decide, initial_state
-from kubecrawl.operator.scaling.policy import PoolSpec
-from kubecrawl.operator.scaling.reporting import LastScale, active, activity_events, desired_status
+from kubecrawl.operator.conditions import Outcome
+from kubecrawl.operator.pool.conflicts import autoscalers_of
+from kubecrawl.operator.pool.costs import BUSY_COST, IDLE_COST, cost_changes, deletion_costs
+from kubecrawl.operator.pool.deciding import Observation, decide, initial_state
+from kubecrawl.operator.pool.probing import queue_unacked, unacked_by_connection, vhost_of
+from kubecrawl.operator.pool.reporting import LastScale, active, activity_events, desired_status
+from kubecrawl.operator.pool.spec import PoolSpec
 
 SPEC = PoolSpec(deployment_name="workers", queue="kubecrawl.pages", target_per_replica=10, max_replicas=5)
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -1,36 +1,21 @@
 """A CrawlSite's status, computed from what the reconciler saw: conditions, lastCrawl, lastScheduleTime.
 
-Conditions follow the Kubernetes convention (``type``/``status``/``reason``/``message``/``lastTransitionTime``/
-``observedGeneration``); ``lastTransitionTime`` moves only when ``status`` changes. Status is written with a JSON
-merge patch, so :func:`status_patch` sends only what changed and ``None`` for what must disappear.
+Its conditions are ``Scheduled``, ``Synced`` and ``Ready``; how a condition and a status patch are built (the
+Kubernetes convention, merge patches of what changed) is shared with CrawlWorkerPools in ``operator.conditions``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
-ConditionStatus = Literal["True", "False", "Unknown"]
+from kubecrawl.operator.conditions import Outcome, condition, timestamp
 
 SCHEDULED = "Scheduled"
 SYNCED = "Synced"
 READY = "Ready"
 
 LAST_CRAWL_KEYS = ("id", "state", "pages", "failed", "changed", "startedAt", "finishedAt")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One condition's value as the reconciler found it."""
-
-    status: ConditionStatus
-    reason: str
-    message: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "True"
 
 
 def scheduled_ok(cronjob: str, schedule: str, time_zone: str | None, *, suspended: bool) -> Outcome:
@@ -54,28 +39,6 @@ def ready(scheduled: Outcome, synced: Outcome) -> Outcome:
     if not scheduled.ok and scheduled.reason != "NoSchedule":
         return Outcome("False", "NotScheduled", scheduled.message)
     return Outcome("True", "Ready", "the site is synced and its schedule is in place")
-
-
-def timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC, second precision: what Kubernetes writes in its own timestamps."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def condition(
-    kind: str, outcome: Outcome, previous: list[dict[str, Any]], *, generation: int | None, now: datetime
-) -> dict[str, Any]:
-    before = next((c for c in previous if c.get("type") == kind), None)
-    moved = before is None or before.get("status") != outcome.status or not before.get("lastTransitionTime")
-    result: dict[str, Any] = {
-        "type": kind,
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "message": outcome.message,
-        "lastTransitionTime": timestamp(now) if moved else before["lastTransitionTime"],  # type: ignore[index]
-    }
-    if generation is not None:
-        result["observedGeneration"] = generation
-    return result
 
 
 def conditions(
@@ -119,15 +82,3 @@ def last_schedule_time(cronjob: dict[str, Any] | None) -> str | None:
     if cronjob is None:
         return None
     return _rfc3339((cronjob.get("status") or {}).get("lastScheduleTime"))
-
-
-def _pruned(value: Any) -> Any:
-    """Drop ``None`` entries: a missing key and a null one mean the same in a status."""
-    if isinstance(value, dict):
-        return {k: _pruned(v) for k, v in value.items() if v is not None}
-    return value
-
-
-def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch taking ``current`` status to ``desired`` (``None`` values mean "absent")."""
-    return {key: value for key, value in desired.items() if _pruned(current.get(key)) != _pruned(value)}

@@ -1,5 +1,5 @@
 """Writes to CrawlSites outside kopf's handlers (the status refresher): merge patches of ``status`` and of the
-resync annotation, as plain dicts (see ``kubeapi``). A CrawlSite deleted meanwhile (404) is not an error."""
+resync annotation, as plain dicts (see ``kube``). A CrawlSite deleted meanwhile (404) is not an error."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from kubecrawl.core.errors import PermanentError
-from kubecrawl.operator.kubeapi import MERGE_PATCH, call, failure
-from kubecrawl.operator.reconcile.naming import GROUP, PLURAL, RESYNC_ANNOTATION, VERSION
+from kubecrawl.operator.crawlsite.naming import PLURAL, RESYNC_ANNOTATION
+from kubecrawl.operator.group import GROUP, VERSION
+from kubecrawl.operator.kube import MERGE_PATCH, call, failure
 
 
 class CrawlSitePatchRejected(PermanentError):

@@ -8,7 +8,7 @@
   floor on scale-down, never a scale-up.
 
 Any failure (broker unreachable, timeout, queue missing, management API refusing) raises
-:class:`MetricsUnavailable`: the scaler then keeps the replicas as they are (see ``scaling.deciding``).
+:class:`MetricsUnavailable`: the scaler then keeps the replicas as they are (see ``deciding.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import httpx
 
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.operator.scaling.deciding import Observation
+from kubecrawl.operator.pool.deciding import Observation
 
 log = get_logger(__name__)
 

@@ -19,10 +19,10 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
-from kubecrawl.operator.crawlsites import CrawlSites
-from kubecrawl.operator.reconcile import status as st
-from kubecrawl.operator.reconcile.cronjobs import SiteRef
-from kubecrawl.operator.reconciling import Reconciler
+from kubecrawl.operator.conditions import timestamp
+from kubecrawl.operator.crawlsite.manifest import SiteRef
+from kubecrawl.operator.crawlsite.patching import CrawlSites
+from kubecrawl.operator.crawlsite.reconciler import Reconciler
 
 log = get_logger(__name__)
 
@@ -60,7 +60,7 @@ class StatusRefresher:
             log.debug("status_refresh_round", sites=len(items), seconds=round(time.monotonic() - started, 3))
 
     async def refresh(self, item: dict[str, Any]) -> None:
-        """One CrawlSite, from its index snapshot (``handlers.crawlsites.index_site``)."""
+        """One CrawlSite, from its index snapshot (``handlers.index_site``)."""
         site = SiteRef(item["namespace"], item["name"], item["uid"])
         try:
             changes, drifted = await self._reconciler.refresh(site, item["spec"], item["status"], item["generation"])
@@ -68,7 +68,7 @@ class StatusRefresher:
                 await self._sites.patch_status(site.namespace, site.name, changes)
             if drifted:
                 log.info("drift_detected", site=f"{site.namespace}/{site.name}")
-                await self._sites.request_resync(site.namespace, site.name, st.timestamp(utcnow()))
+                await self._sites.request_resync(site.namespace, site.name, timestamp(utcnow()))
         except KubecrawlError as exc:  # this round is lost for this site; the next one tries again
             failures.count(failures.CRAWLSITE, failures.STATUS_REFRESH_FAILED)
             log.warning("status_refresh_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)

@@ -5,7 +5,7 @@ while the operator is down, and ``helm uninstall`` (which stops the operator in 
 pool) left the pool and its namespace Terminating for ever. The index needs no finalizer: deleting a pool just
 removes it from the view, and its task ends at the next :meth:`PoolSupervisor.sync`.
 
-kopf-free: ``handlers/pools.py`` feeds the index and calls :meth:`~PoolSupervisor.wake` on every pool event.
+kopf-free: ``handlers.py`` feeds the index and calls :meth:`~PoolSupervisor.wake` on every pool event.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
-from kubecrawl.operator.pools.scaler import PoolRef
+from kubecrawl.operator.pool.scaler import PoolRef
 
 log = get_logger(__name__)
 

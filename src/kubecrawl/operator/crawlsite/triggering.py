@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.sites import schedule_key
-from kubecrawl.operator.reconcile import naming
-from kubecrawl.operator.syncing import ApiRejected, SiteApi
+from kubecrawl.operator.crawlsite import naming
+from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 
 log = get_logger(__name__)
 

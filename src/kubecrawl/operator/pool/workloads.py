@@ -14,17 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
-from kubecrawl.operator.cronjobs import KubernetesUnavailable
-from kubecrawl.operator.reconcile.naming import GROUP, VERSION
-from kubecrawl.operator.scaling.conflicts import autoscalers_of
-from kubecrawl.operator.scaling.costs import DELETION_COST_ANNOTATION
-from kubecrawl.operator.scaling.deciding import Event
+from kubecrawl.operator.conditions import Event
+from kubecrawl.operator.group import API_VERSION, GROUP, VERSION
+from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, unavailable
+from kubecrawl.operator.pool.conflicts import autoscalers_of
+from kubecrawl.operator.pool.costs import DELETION_COST_ANNOTATION
 
 log = get_logger(__name__)
 PLURAL = "crawlworkerpools"
@@ -32,8 +31,6 @@ KIND = "CrawlWorkerPool"
 EVENT_SOURCE = "kubecrawl-operator"
 _INSTANCE = socket.gethostname()
 _EVENT_MESSAGE_LIMIT = 1024
-_MERGE_PATCH = "application/merge-patch+json"
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +59,6 @@ class Pod:
     deletion_cost: str | None
 
 
-def _unavailable(exc: Exception, action: str) -> KubernetesUnavailable:
-    if isinstance(exc, ApiException):
-        return KubernetesUnavailable(f"{action}: HTTP {exc.status} {exc.reason}", code=f"kubernetes_http_{exc.status}")
-    return KubernetesUnavailable(f"{action}: {exc.__class__.__name__}: {exc}")
-
-
 class Workloads:
     """What the scaler reads and writes through the Kubernetes API."""
 
@@ -89,9 +80,9 @@ class Workloads:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _unavailable(exc, action) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, action) from exc
+            raise unavailable(exc, action) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, action) from exc
         return Scale(
             replicas=int(scale.spec.replicas or 0),
             selector=str(scale.status.selector or ""),
@@ -102,21 +93,21 @@ class Workloads:
         action = f"scaling Deployment {namespace}/{deployment} to {replicas}"
         body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
         try:
-            await self._apps.patch_namespaced_deployment_scale(deployment, namespace, body, _content_type=_MERGE_PATCH)  # type: ignore[call-arg]  # the stub omits _content_type; the client honours it
+            await self._apps.patch_namespaced_deployment_scale(deployment, namespace, body, _content_type=MERGE_PATCH)  # type: ignore[call-arg]  # the stub omits _content_type; the client honours it
         except ApiException as exc:
             if exc.status == 409:
                 raise ScaleConflict(f"{action}: the scale changed since it was read") from exc
-            raise _unavailable(exc, action) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, action) from exc
+            raise unavailable(exc, action) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, action) from exc
 
     async def pods(self, namespace: str, selector: str) -> list[Pod]:
         """The Deployment's pods that are not being deleted already."""
         action = f"listing pods {selector!r} in {namespace}"
         try:
             listed = await self._core.list_namespaced_pod(namespace, label_selector=selector)
-        except (ApiException, *_TRANSPORT_ERRORS) as exc:
-            raise _unavailable(exc, action) from exc
+        except (ApiException, *TRANSPORT_ERRORS) as exc:
+            raise unavailable(exc, action) from exc
         return [
             Pod(pod.metadata.name, (pod.metadata.annotations or {}).get(DELETION_COST_ANNOTATION))
             for pod in listed.items
@@ -131,26 +122,26 @@ class Workloads:
             except ApiException as exc:
                 if exc.status == 404:  # deleted meanwhile: nothing to rank
                     continue
-                raise _unavailable(exc, f"annotating pod {namespace}/{pod}") from exc
-            except _TRANSPORT_ERRORS as exc:
-                raise _unavailable(exc, f"annotating pod {namespace}/{pod}") from exc
+                raise unavailable(exc, f"annotating pod {namespace}/{pod}") from exc
+            except TRANSPORT_ERRORS as exc:
+                raise unavailable(exc, f"annotating pod {namespace}/{pod}") from exc
 
     async def autoscalers(self, namespace: str, deployment: str) -> list[str]:
         """HPAs and KEDA ScaledObjects targeting the Deployment (no KEDA CRD installed: no ScaledObjects)."""
         try:
             hpas = self._plain(await self._autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace))
-        except (ApiException, *_TRANSPORT_ERRORS) as exc:
-            raise _unavailable(exc, f"listing HorizontalPodAutoscalers in {namespace}") from exc
+        except (ApiException, *TRANSPORT_ERRORS) as exc:
+            raise unavailable(exc, f"listing HorizontalPodAutoscalers in {namespace}") from exc
         try:
             scaled: dict[str, Any] = await self._custom.list_namespaced_custom_object(
                 "keda.sh", "v1alpha1", namespace, "scaledobjects"
             )
         except ApiException as exc:
             if exc.status != 404:  # 404: KEDA is not installed
-                raise _unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
+                raise unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
             scaled = {"items": []}
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
         return autoscalers_of(deployment, hpas.get("items") or [], scaled.get("items") or [])
 
     async def post_event(self, pool: PoolObject, event: Event) -> None:
@@ -160,7 +151,7 @@ class Workloads:
         body = {
             "metadata": {"generateName": f"{pool.name}.", "namespace": pool.namespace},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
+                "apiVersion": API_VERSION,
                 "kind": KIND,
                 "namespace": pool.namespace,
                 "name": pool.name,
@@ -178,7 +169,7 @@ class Workloads:
         }
         try:
             await self._core.create_namespaced_event(pool.namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
-        except (ApiException, *_TRANSPORT_ERRORS) as exc:
+        except (ApiException, *TRANSPORT_ERRORS) as exc:
             failures.count(failures.POOL, failures.EVENT_FAILED)
             log.warning("pool_event_failed", pool=f"{pool.namespace}/{pool.name}", reason=event.reason, error=str(exc))
 
@@ -186,12 +177,12 @@ class Workloads:
         """Merge-patch the pool's status; False when the pool is gone."""
         try:
             await self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _content_type=_MERGE_PATCH
+                GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _content_type=MERGE_PATCH
             )  # type: ignore[call-arg]
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise _unavailable(exc, f"patching the status of CrawlWorkerPool {namespace}/{name}") from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc, f"patching the status of CrawlWorkerPool {namespace}/{name}") from exc
+            raise unavailable(exc, f"patching the status of CrawlWorkerPool {namespace}/{name}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise unavailable(exc, f"patching the status of CrawlWorkerPool {namespace}/{name}") from exc
         return True

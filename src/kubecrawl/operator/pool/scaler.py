@@ -1,8 +1,8 @@
-"""One CrawlWorkerPool's poll: read the Deployment's /scale and the queue, decide (``scaling.deciding``), annotate
+"""One CrawlWorkerPool's poll: read the Deployment's /scale and the queue, decide (``deciding.py``), annotate
 pod deletion costs before a scale-down, write /scale, then report (Events, status, metrics).
 
 kopf-free: a pool's task (``supervising.py``) calls :meth:`PoolScaler.poll` every ``pollSeconds``, and
-``handlers/pools.py`` gives it a function that posts Events. The scaler's memory (the stabilisation window, the
+``handlers.py`` gives it a function that posts Events. The scaler's memory (the stabilisation window, the
 rate-limit history, the failure count) starts from the Deployment's current replicas when the task starts, so an
 operator restart never makes the replicas jump: scale-ups still happen at once, scale-downs wait for a full window.
 """
@@ -22,15 +22,15 @@ from kubecrawl.core import metrics
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.operator import cronjobs, failures
-from kubecrawl.operator.cronjobs import KubernetesUnavailable
-from kubecrawl.operator.pools.probing import AmqpDepth, BrokerProbe, ManagementApi, MetricsUnavailable, vhost_of
-from kubecrawl.operator.pools.workloads import Pod, PoolObject, Scale, ScaleConflict, Workloads
-from kubecrawl.operator.reconcile.status import Outcome, status_patch
-from kubecrawl.operator.scaling.costs import cost_changes, deletion_costs
-from kubecrawl.operator.scaling.deciding import Decision, Event, Observation, ScalerState, decide, initial_state
-from kubecrawl.operator.scaling.policy import DEFAULT_POLL_SECONDS, InvalidPoolSpec, PoolSpec, pool_spec
-from kubecrawl.operator.scaling.reporting import ACTIVE, LastScale, active, activity_events, desired_status
+from kubecrawl.operator import failures, kube
+from kubecrawl.operator.conditions import Event, Outcome, status_patch
+from kubecrawl.operator.kube import KubernetesUnavailable
+from kubecrawl.operator.pool.costs import cost_changes, deletion_costs
+from kubecrawl.operator.pool.deciding import Decision, Observation, ScalerState, decide, initial_state
+from kubecrawl.operator.pool.probing import AmqpDepth, BrokerProbe, ManagementApi, MetricsUnavailable, vhost_of
+from kubecrawl.operator.pool.reporting import ACTIVE, LastScale, active, activity_events, desired_status
+from kubecrawl.operator.pool.spec import DEFAULT_POLL_SECONDS, InvalidPoolSpec, PoolSpec, pool_spec
+from kubecrawl.operator.pool.workloads import Pod, PoolObject, Scale, ScaleConflict, Workloads
 from kubecrawl.operator.settings import OperatorSettings
 
 log = get_logger(__name__)
@@ -251,7 +251,7 @@ class PoolRuntime:
 
     @classmethod
     async def open(cls, shared: Settings, options: OperatorSettings) -> PoolRuntime:
-        api_client = await cronjobs.connect()
+        api_client = await kube.connect()
         amqp_url = shared.rabbitmq_url.get_secret_value()
         timeout = options.pool_broker_timeout_seconds
         management = None

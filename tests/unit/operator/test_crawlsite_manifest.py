@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from kubecrawl.operator.reconcile.cronjobs import SiteRef, controlled_by, cronjob_manifest
+from kubecrawl.operator.crawlsite.manifest import SiteRef, controlled_by, cronjob_manifest
 from kubecrawl.operator.settings import OperatorSettings
 
 SITE = SiteRef("team-a", "docs", "uid-123")

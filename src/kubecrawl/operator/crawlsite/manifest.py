@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubecrawl.operator.reconcile import naming
+from kubecrawl.operator.crawlsite import naming
+from kubecrawl.operator.group import API_VERSION
 from kubecrawl.operator.settings import OperatorSettings
 
 # The Job-name label every Job controller (Kubernetes ≥ 1.27) puts on its Pods, read through the downward API.
@@ -30,7 +31,7 @@ class SiteRef:
 def owner_reference(site: SiteRef) -> dict[str, Any]:
     """Controller reference: garbage collection deletes the CronJob (and its Jobs) with the CrawlSite."""
     return {
-        "apiVersion": naming.API_VERSION,
+        "apiVersion": API_VERSION,
         "kind": naming.KIND,
         "name": site.name,
         "uid": site.uid,

@@ -13,9 +13,8 @@ import hashlib
 import re
 from datetime import UTC, datetime
 
-GROUP = "kubecrawl.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from kubecrawl.operator.group import GROUP
+
 KIND = "CrawlSite"
 PLURAL = "crawlsites"
 

@@ -10,32 +10,26 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
-from kubecrawl.operator.cronjobs import CronJobRejected, CronJobs
-from kubecrawl.operator.reconcile import naming
-from kubecrawl.operator.reconcile import status as st
-from kubecrawl.operator.reconcile.cronjobs import SiteRef, controlled_by, cronjob_manifest
+from kubecrawl.operator.conditions import Event, Outcome, status_patch
+from kubecrawl.operator.crawlsite import naming
+from kubecrawl.operator.crawlsite import status as st
+from kubecrawl.operator.crawlsite.cronjobs import CronJobRejected, CronJobs
+from kubecrawl.operator.crawlsite.manifest import SiteRef, controlled_by, cronjob_manifest
+from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 from kubecrawl.operator.settings import OperatorSettings
-from kubecrawl.operator.syncing import ApiRejected, SiteApi
 
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
 @dataclass(slots=True)
 class Result:
-    scheduled: st.Outcome
-    synced: st.Outcome
+    scheduled: Outcome
+    synced: Outcome
     cronjob: dict[str, Any] | None = None
     # True once the CronJob is known to be as the spec wants (applied, or deleted/absent without a schedule).
     # After a failure the CronJob is whatever it was before, so cronJobName and lastScheduleTime stay untouched.
@@ -78,7 +72,7 @@ class Reconciler:
     async def reconcile(
         self, site: SiteRef, spec: dict[str, Any], previous_status: dict[str, Any], generation: int | None
     ) -> Result:
-        result = Result(scheduled=st.no_schedule(), synced=st.Outcome("Unknown", "Pending", "not synced yet"))
+        result = Result(scheduled=st.no_schedule(), synced=Outcome("Unknown", "Pending", "not synced yet"))
         await self._schedule(site, spec, result)
         await self._sync(site, spec, previous_status, generation, result)
         return result
@@ -88,7 +82,7 @@ class Reconciler:
         try:
             existing = await self.cronjobs.get(site.namespace, name)
             if existing is not None and not controlled_by(existing, site.uid):
-                result.scheduled = st.Outcome(
+                result.scheduled = Outcome(
                     "False",
                     "NameConflict",
                     f"CronJob {name} exists and is not controlled by this CrawlSite: rename or delete it",
@@ -110,12 +104,12 @@ class Reconciler:
             applied = await self.cronjobs.apply(manifest)
         except CronJobRejected as exc:
             log.warning("cronjob_rejected", site=f"{site.namespace}/{site.name}", cronjob=name, error=exc.detail)
-            result.scheduled = st.Outcome("False", "CronJobRejected", exc.detail)
+            result.scheduled = Outcome("False", "CronJobRejected", exc.detail)
             result.events.append(Event("Warning", "CronJobRejected", exc.detail))
             return
         except TransientError as exc:
             log.warning("cronjob_apply_failed", site=f"{site.namespace}/{site.name}", cronjob=name, error=exc.detail)
-            result.scheduled = st.Outcome("Unknown", "CronJobError", exc.detail)
+            result.scheduled = Outcome("Unknown", "CronJobError", exc.detail)
             result.events.append(Event("Warning", "CronJobError", exc.detail))
             result.retry = True
             return
@@ -135,12 +129,12 @@ class Reconciler:
             created = await self.api.put_site(site.namespace, site.name, copy.deepcopy(spec))
         except ApiRejected as exc:
             log.warning("site_rejected", site=f"{site.namespace}/{site.name}", code=exc.code, error=exc.detail)
-            result.synced = st.Outcome("False", "SpecRejected", exc.detail)
+            result.synced = Outcome("False", "SpecRejected", exc.detail)
             result.events.append(Event("Warning", "SpecRejected", exc.detail))
             return
         except TransientError as exc:
             log.warning("site_sync_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)
-            result.synced = st.Outcome("False", "SyncFailed", f"retrying: {exc.detail}")
+            result.synced = Outcome("False", "SyncFailed", f"retrying: {exc.detail}")
             result.events.append(Event("Warning", "SyncFailed", exc.detail))
             result.retry = True
             return
@@ -171,10 +165,10 @@ class Reconciler:
                 drifted = True
         except (TransientError, ApiRejected) as exc:
             # Caught (and counted) here so the CronJob half's lastScheduleTime is still written; the caller
-            # (refreshing.py) counts only what fails on its side of this call.
+            # (refresher.py) counts only what fails on its side of this call.
             failures.count(failures.CRAWLSITE, failures.STATUS_REFRESH_FAILED)
             log.warning("status_refresh_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)
-        return st.status_patch(current, desired), drifted
+        return status_patch(current, desired), drifted
 
 
 def _is_synced(status: dict[str, Any]) -> bool:

@@ -1,5 +1,5 @@
-"""The Kubernetes API edge shared by the operator's clients (``cronjobs``, ``crawlsites``, the pools): log-in, one
-raw call, and the error wrapping.
+"""The Kubernetes API edge both resources' clients share (``crawlsite.cronjobs``, ``crawlsite.patching``,
+``pool.workloads``): log-in, one raw call, and the error wrapping. The API group itself is in ``group.py``.
 
 Responses are read as JSON (``_preload_content=False``), never deserialised into kubernetes_asyncio's model
 classes: that round trip (JSON → models → dicts) costs milliseconds of CPU per call, which dominated the
@@ -7,7 +7,8 @@ operator's CPU in bench/operator_apply.py.
 
 Errors: 400/409/422 (the API server refused the object) are the caller's to name (:func:`failure` takes the
 class); everything else (5xx, 429, 401/403 while RBAC is being fixed or a namespace is terminating, connection
-errors) → :class:`KubernetesUnavailable`, retried later.
+errors) → :class:`KubernetesUnavailable`, retried later. ``pool.workloads`` still goes through
+kubernetes_asyncio's typed calls, whose errors :func:`unavailable` wraps the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from kubecrawl.core.errors import PermanentError, TransientError
@@ -25,6 +27,8 @@ from kubecrawl.core.errors import PermanentError, TransientError
 REJECTED = frozenset({400, 409, 422})
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
+# What a request fails with when the API server cannot be reached or does not answer in time.
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 class KubernetesUnavailable(TransientError):
@@ -49,7 +53,7 @@ async def call(action: str, request: Callable[[], Awaitable[Any]]) -> tuple[int,
             raw = await response.read()
         finally:
             response.release()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except TRANSPORT_ERRORS as exc:
         raise KubernetesUnavailable(f"{action}: {exc.__class__.__name__}: {exc}") from exc
     try:
         body = json.loads(raw) if raw else {}
@@ -64,3 +68,10 @@ def failure(action: str, status: int, body: dict[str, Any], rejected: type[Perma
     if status in REJECTED:
         return rejected(message)
     return KubernetesUnavailable(message, code=f"kubernetes_http_{status}")
+
+
+def unavailable(exc: Exception, action: str) -> KubernetesUnavailable:
+    """:class:`KubernetesUnavailable` for a typed call's :class:`ApiException` or transport error."""
+    if isinstance(exc, ApiException):
+        return KubernetesUnavailable(f"{action}: HTTP {exc.status} {exc.reason}", code=f"kubernetes_http_{exc.status}")
+    return KubernetesUnavailable(f"{action}: {exc.__class__.__name__}: {exc}")

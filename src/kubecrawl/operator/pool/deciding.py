@@ -28,8 +28,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from kubecrawl.operator.reconcile.status import Outcome
-from kubecrawl.operator.scaling.policy import PoolSpec
+from kubecrawl.operator.conditions import Event, Outcome
+from kubecrawl.operator.pool.spec import PoolSpec
 
 Direction = Literal["up", "down"]
 # Why a change was made: a bounded set, used as a metric label.
@@ -66,13 +66,6 @@ class Change:
     at: float
     before: int
     after: int
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""deploy/crds/crawlworkerpool.yaml against kubecrawl.operator.scaling.policy and the issue's contract (no cluster)."""
+"""deploy/crds/crawlworkerpool.yaml against kubecrawl.operator.pool.spec and the issue's contract (no cluster)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from kubecrawl.operator.scaling.policy import PoolSpec, pool_spec
+from kubecrawl.operator.pool.spec import PoolSpec, pool_spec
 from tests.support.crds import preserved_unknown_fields
 
 ROOT = Path(__file__).resolve().parents[3]

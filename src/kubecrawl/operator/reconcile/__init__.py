@@ -1,1 +1,0 @@
-"""Pure reconciliation logic: plain functions over plain data (dicts as the Kubernetes API speaks them)."""
