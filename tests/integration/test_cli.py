@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import csv
 import json
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import web
 
 from tests.support.cli import kubecrawl, refused_port
+from tests.support.servers import PostgresServer
 from tests.support.sites import Page, Site
 
 OPEN = {"KUBECRAWL_ALLOW_PRIVATE_TARGETS": "true"}  # the test sites live on loopback
@@ -251,3 +254,16 @@ async def test_worker_without_a_database_exits_3_with_one_json_event() -> None:
     events = json_lines(run.err)
     assert events[-1]["event"] == "command_failed"
     assert "cannot use the database" in str(events[-1]["error"])
+
+
+async def test_migrate_accepts_the_libpq_url_a_database_operator_hands_out(postgres: PostgresServer) -> None:
+    # CloudNativePG's <cluster>-app Secret (key `uri`) and most managed databases give `postgresql://…`.
+    driver_url = postgres.create_database("libpq_" + uuid.uuid4().hex[:8])
+    libpq_url = driver_url.replace("postgresql+asyncpg://", "postgresql://") + "?sslmode=disable"
+    run = await kubecrawl("migrate", env={"KUBECRAWL_DATABASE_URL": libpq_url, "KUBECRAWL_LOG_FORMAT": "json"})
+    assert run.code == 0, run.err
+    connection = await asyncpg.connect(libpq_url)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM alembic_version") == 1
+    finally:
+        await connection.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,22 @@ class RetrySettings(BaseModel):
     max_delay_seconds: float = Field(default=300.0, gt=0)
 
 
+# libpq's URL schemes (what CloudNativePG's `<cluster>-app` Secret, managed databases and most operators hand
+# out) → SQLAlchemy's asyncpg driver; libpq's `sslmode` is asyncpg's `ssl` (same values: require, verify-full, …).
+_LIBPQ_SCHEMES = ("postgresql://", "postgres://")
+
+
+def postgres_driver_url(url: str) -> str:
+    """A libpq ``postgresql://`` or ``postgres://`` URL as the ``postgresql+asyncpg://`` URL the store opens;
+    any other URL unchanged."""
+    if not url.startswith(_LIBPQ_SCHEMES):
+        return url
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = [("ssl" if key == "sslmode" else key, value) for key, value in pairs]
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+
+
 class Settings(BaseSettings):
     """Everything a kubecrawl process reads from its environment."""
 
@@ -133,10 +150,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
+        url = postgres_driver_url(value.get_secret_value())
         if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-            raise ValueError("database_url must be postgresql+asyncpg://… or sqlite+aiosqlite:///…")
-        return value
+            raise ValueError(
+                "database_url must be postgresql://… (postgres://…, postgresql+asyncpg://…) or sqlite+aiosqlite:///…"
+            )
+        return SecretStr(url)
 
     @field_validator("rabbitmq_url")
     @classmethod
