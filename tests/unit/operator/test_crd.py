@@ -60,7 +60,7 @@ def test_crd_names_scope_and_version() -> None:
     assert (names["kind"], names["plural"], names["shortNames"], names["categories"]) == (
         "CrawlSite",
         "crawlsites",
-        ["cs", "csite"],
+        ["csite"],
         ["kubecrawl"],
     )
     assert CRD["spec"]["scope"] == "Namespaced"

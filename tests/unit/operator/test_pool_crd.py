@@ -38,14 +38,17 @@ def test_crd_names_scope_and_version() -> None:
     assert VERSION["subresources"] == {"status": {}}
 
 
-def test_printer_columns_show_deployment_ready_unacked_replicas_desired_age() -> None:
+def test_printer_columns_show_deployment_backlog_unacked_replicas_desired_min_max_age() -> None:
+    # "Backlog", not "Ready": ready messages are waiting ones, and READY reads as pods everywhere else in kubectl.
     columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"] if c.get("priority", 0) == 0}
     assert columns == {
         "Deployment": ".spec.deploymentName",
-        "Ready": ".status.observed.ready",
+        "Backlog": ".status.observed.ready",
         "Unacked": ".status.observed.unacked",
         "Replicas": ".status.currentReplicas",
         "Desired": ".status.desiredReplicas",
+        "Min": ".spec.minReplicas",
+        "Max": ".spec.maxReplicas",
         "Age": ".metadata.creationTimestamp",
     }
 
