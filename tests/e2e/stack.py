@@ -101,7 +101,10 @@ class Kube:
 
 
 def install_crds(kube: Kube) -> None:
-    """Every CRD in deploy/crds, as the chart installs them: the operator serves all of them in one process."""
+    """Every CRD in deploy/crds (the files the chart renders as release objects) with kubectl, as a cluster admin
+    who manages CRDs apart from the chart does (crds.install=false): the session's operator process serves all of
+    them. A chart installed into this cluster must then set crds.install=false (tests/e2e/test_helm.py installs
+    into a control plane of its own)."""
     kube.run("apply", "--server-side", "-f", str(CRDS))
     kube.run("wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/name=kubecrawl", "--timeout=60s")
 
@@ -111,8 +114,15 @@ def operator_kubeconfig(kube: Kube, server: str, ca_cert: Path, path: Path) -> P
     of that ServiceAccount: the operator then has exactly the ClusterRole's rights, as in a cluster."""
     kube.run("create", "namespace", OPERATOR_NAMESPACE, check=False)
     kube.run("apply", "-f", str(RBAC))
+    return service_account_kubeconfig(kube, server, ca_cert, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
+
+
+def service_account_kubeconfig(
+    kube: Kube, server: str, ca_cert: Path, namespace: str, account: str, path: Path
+) -> Path:
+    """A kubeconfig holding a token of ServiceAccount ``namespace/account``: what a pod running as it could do."""
     # 2 h covers any test session; TokenRequest is served by the API server itself (no controller involved).
-    token = kube.run("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h").stdout.strip()
+    token = kube.run("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -125,9 +135,9 @@ def operator_kubeconfig(kube: Kube, server: str, ca_cert: Path, path: Path) -> P
                 },
             }
         ],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": OPERATOR_ACCOUNT}}],
-        "current-context": "operator",
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "e2e", "user": account}}],
+        "current-context": account,
     }
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)

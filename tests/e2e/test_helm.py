@@ -4,55 +4,36 @@ Without a cluster: `helm lint --strict`, `helm template` with the defaults and w
 rendered objects promise (settings that exist in the code, secrets only by reference, probes on the ports the
 processes listen on, the worker's grace period, one source for CRDs, RBAC rules, alert rules and the dashboard).
 
-On the session's control plane (the `cluster` fixture): `helm install` into a namespace that enforces the
-`restricted` Pod Security Standard, `helm upgrade`, `helm uninstall`. No kubelet runs, so pods stay Pending; the
-migration hook Job is completed the way a node would do it: its container's arguments run as a local `kubecrawl`
-process with the Job's own environment (Secrets read back from the cluster) against the session's PostgreSQL, then
-the Job's status is set to Complete, as the job controller does when its pod succeeds — and helm goes on.
+Installed, upgraded and uninstalled on a control plane: tests/e2e/test_helm_install.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from ipaddress import ip_network
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import yaml
-from alembic.script import ScriptDirectory
 from pydantic import BaseModel
 
 from kubecrawl.core.settings import Settings
 from kubecrawl.operator.crawlsite import naming
 from kubecrawl.operator.pool import supervising
-from kubecrawl.operator.settings import OperatorSettings
-from kubecrawl.store.migrating import alembic_config
-from tests.e2e.conftest import Cluster
-from tests.e2e.stack import ROOT, Kube
-from tests.support.helm import Helm
-from tests.support.servers import PostgresServer, wait_for
+from kubecrawl.operator.settings import ChartPool, OperatorSettings
+from tests.e2e.stack import ROOT
+from tests.support.helm import CHART, Helm, values_file
 
 pytestmark = pytest.mark.e2e
 
-CHART = ROOT / "deploy" / "helm" / "kubecrawl"
 RELEASE = "kc"
 NAMESPACE = "crawling"
 FULLNAME = "kc-kubecrawl"
 # deploy/ paths kubectl, promtool and Grafana users know → the chart's files they link to (one copy of each).
 LINKS = {
-    "deploy/crds/crawlsite.yaml": "deploy/helm/kubecrawl/crds/crawlsite.yaml",
-    "deploy/crds/crawlworkerpool.yaml": "deploy/helm/kubecrawl/crds/crawlworkerpool.yaml",
+    "deploy/crds/crawlsite.yaml": "deploy/helm/kubecrawl/files/crds/crawlsite.yaml",
+    "deploy/crds/crawlworkerpool.yaml": "deploy/helm/kubecrawl/files/crds/crawlworkerpool.yaml",
     "deploy/rbac/clusterrole.yaml": "deploy/helm/kubecrawl/files/rbac/clusterrole.yaml",
     "deploy/prometheus/rules.yaml": "deploy/helm/kubecrawl/files/prometheus/rules.yaml",
     "deploy/grafana/kubecrawl.json": "deploy/helm/kubecrawl/files/grafana/kubecrawl.json",
@@ -120,12 +101,6 @@ def index(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]
         keyed[obj["kind"], f"{meta['namespace']}/{meta['name']}" if "namespace" in meta else meta["name"]] = obj
     assert len(keyed) == len(objects), "two objects of the same kind and name"
     return keyed
-
-
-def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
-    path = tmp_path / f"values-{uuid.uuid4().hex[:8]}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +182,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 # ---------------------------------------------------------------------------------------------- lint, template
 
 
+def test_helm_show_readme_gives_the_charts_readme(helm: Helm) -> None:
+    readme = helm.run("show", "readme", str(CHART)).stdout
+    assert readme.startswith("# kubecrawl")
+    assert "crds.install" in readme
+
+
 def test_chart_passes_helm_lint_strict_with_defaults(helm: Helm) -> None:
     result = helm.run("lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in result.stdout
@@ -229,13 +210,17 @@ def test_default_render_has_the_workloads_and_no_optional_objects(
         ("Service", f"{FULLNAME}-worker-metrics"),
         ("Service", f"{FULLNAME}-operator-metrics"),
         ("PodDisruptionBudget", f"{FULLNAME}-api"),
-        ("CrawlWorkerPool", f"{FULLNAME}-worker"),
+        ("CustomResourceDefinition", "crawlsites.kubecrawl.io"),
+        ("CustomResourceDefinition", "crawlworkerpools.kubecrawl.io"),
         ("ConfigMap", f"{FULLNAME}-config"),
         ("ConfigMap", f"{FULLNAME}-dashboard"),
         ("ServiceAccount", FULLNAME),
         ("ServiceAccount", f"{FULLNAME}-operator"),
         ("ClusterRole", f"{FULLNAME}-operator"),
         ("ClusterRoleBinding", f"{FULLNAME}-operator"),
+        # The operator keeps the chart's CrawlWorkerPool in the release namespace (create, delete).
+        ("Role", f"{FULLNAME}-operator-pool"),
+        ("RoleBinding", f"{FULLNAME}-operator-pool"),
         ("Pod", f"{FULLNAME}-test-api-ready"),  # `helm test`
     }
 
@@ -246,7 +231,7 @@ def test_every_option_renders_monitoring_network_policies_and_namespace_bindings
     kinds = {kind for kind, _ in all_objects}
     assert {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "RoleBinding"} <= kinds
     assert ("ClusterRoleBinding", f"{FULLNAME}-operator") not in all_objects
-    bindings = [obj for (kind, _), obj in all_objects.items() if kind == "RoleBinding"]
+    bindings = [obj for (kind, name), obj in all_objects.items() if kind == "RoleBinding" and "/" in name]
     # The chart's own CrawlWorkerPool lives in the release namespace: the operator watches it too.
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["crawl-a", "crawl-b", NAMESPACE]
     operator = container(all_objects, "Deployment", f"{FULLNAME}-operator")
@@ -510,7 +495,9 @@ def test_chart_defaults_are_the_code_defaults(
     default_objects: dict[tuple[str, str], dict[str, Any]], clean_env: pytest.MonkeyPatch
 ) -> None:
     code_defaults = Settings().model_dump(exclude={"database_url", "rabbitmq_url"})
-    operator_defaults = OperatorSettings().model_dump(exclude={"image", "rabbitmq_management_url"})
+    # The chart's pool is the chart's (test_worker_pool_owns_the_worker_replicas), not a setting with a default.
+    chart_only = {"image", "rabbitmq_management_url", "worker_pool"}
+    operator_defaults = OperatorSettings().model_dump(exclude=chart_only)
     for var, value in environment(
         default_objects, container(default_objects, "Deployment", f"{FULLNAME}-worker")
     ).items():
@@ -522,7 +509,7 @@ def test_chart_defaults_are_the_code_defaults(
         default_objects, container(default_objects, "Deployment", f"{FULLNAME}-operator")
     ).items():
         clean_env.setenv(var, value)
-    assert OperatorSettings().model_dump(exclude={"image", "rabbitmq_management_url"}) == operator_defaults
+    assert OperatorSettings().model_dump(exclude=chart_only) == operator_defaults
 
 
 def test_operator_calls_the_api_through_its_service(
@@ -557,10 +544,19 @@ def test_migration_hook_runs_before_install_and_upgrade_using_nothing_the_chart_
     assert spec["restartPolicy"] == "Never"
 
 
+def chart_pool(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """KUBECRAWL_OPERATOR_WORKER_POOL: the CrawlWorkerPool the operator applies at start-up."""
+    env = {var["name"]: var.get("value") for var in container(objects, "Deployment", f"{FULLNAME}-operator")["env"]}
+    pool: dict[str, Any] = json.loads(env["KUBECRAWL_OPERATOR_WORKER_POOL"])
+    return pool
+
+
 def test_worker_pool_owns_the_worker_replicas(
     helm: Helm, default_objects: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
-    pool = default_objects["CrawlWorkerPool", f"{FULLNAME}-worker"]
+    pool = chart_pool(default_objects)
+    assert (pool["name"], pool["namespace"]) == (f"{FULLNAME}-worker", NAMESPACE)
+    assert pool["labels"]["app.kubernetes.io/instance"] == RELEASE
     assert pool["spec"] == {
         "deploymentName": f"{FULLNAME}-worker",
         "queue": "kubecrawl.pages",
@@ -569,15 +565,18 @@ def test_worker_pool_owns_the_worker_replicas(
         "maxReplicas": 10,
         "paused": False,
     }
+    # Parsed the way the operator reads its settings.
+    assert OperatorSettings(worker_pool=pool).worker_pool == ChartPool.model_validate(pool)
     # Left out, so `helm upgrade` never resets what the pool has set.
     assert "replicas" not in default_objects["Deployment", f"{FULLNAME}-worker"]["spec"]
     without = index(render(helm, "--set", "worker.pool.enabled=false"))
-    assert ("CrawlWorkerPool", f"{FULLNAME}-worker") not in without
+    # Off: a null spec, so the operator deletes the pool it made while the pool was on.
+    assert chart_pool(without)["spec"] is None
     assert without["Deployment", f"{FULLNAME}-worker"]["spec"]["replicas"] == 2
 
 
 def test_worker_pool_values_mirror_the_crawlworkerpool_crd() -> None:
-    crd = yaml.safe_load((CHART / "crds" / "crawlworkerpool.yaml").read_text())
+    crd = yaml.safe_load((CHART / "files" / "crds" / "crawlworkerpool.yaml").read_text())
     crd_spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     schema = json.loads((CHART / "values.schema.json").read_text())
     values_pool = schema["properties"]["worker"]["properties"]["pool"]["properties"]
@@ -608,14 +607,25 @@ def test_deploy_files_are_links_to_the_charts_copies() -> None:
         path = ROOT / link
         assert path.is_symlink(), f"{link} must link to {target}, not be a copy"
         assert path.resolve() == (ROOT / target).resolve(), link
-    chart_crds = {p.name for p in (CHART / "crds").iterdir()}
+    chart_crds = {p.name for p in (CHART / "files" / "crds").iterdir()}
     assert chart_crds == {p.name for p in (ROOT / "deploy" / "crds").iterdir()}
 
 
-def test_helm_show_crds_gives_the_crd_files(helm: Helm) -> None:
-    shown = objects_of(helm.run("show", "crds", str(CHART)).stdout)
-    files = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml"))]
-    assert sorted(shown, key=lambda c: c["metadata"]["name"]) == sorted(files, key=lambda c: c["metadata"]["name"])
+def test_chart_renders_the_crd_files_kept_on_uninstall(
+    helm: Helm, default_objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    # Release objects, not helm's crds/ directory (installed once, never upgraded).
+    assert not (CHART / "crds").exists()
+    for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        rendered = default_objects["CustomResourceDefinition", crd["metadata"]["name"]]
+        assert rendered["spec"] == crd["spec"]
+        assert crd["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+        # helm uninstall leaves them: deleting a CRD deletes every CrawlSite of the cluster.
+        assert rendered["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # A second release in the same cluster leaves them to the first.
+    without = index(render(helm, "--set", "crds.install=false"))
+    assert not [key for key in without if key[0] == "CustomResourceDefinition"]
 
 
 def test_operator_cluster_role_has_exactly_the_deploy_rbac_rules(
@@ -654,312 +664,3 @@ def test_dashboard_config_map_holds_the_dashboard(default_objects: dict[tuple[st
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "kubecrawl.json").read_text())
     assert json.loads(config_map["data"]["kubecrawl.json"]) == dashboard
-
-
-# ------------------------------------------------------------------------------------ install into the cluster
-
-# Install values: the CrawlWorkerPool with most of its fields (validated by the real API server against the CRD),
-# paused so a session operator, if one runs, never scales this Deployment.
-INSTALL_VALUES: dict[str, Any] = {
-    "worker": {
-        "pool": {
-            "paused": True,
-            "minReplicas": 0,
-            "activation": 5,
-            "pollSeconds": 1.5,
-            "scaleUp": {"maxPods": 4, "periodSeconds": 15},
-            "scaleDown": {"stabilizationSeconds": 120, "tolerance": 0.1},
-            "cooldownToZeroSeconds": 600,
-            "fallback": {"replicas": 3},
-        }
-    },
-    "rabbitmq": {"managementUrl": "http://rabbitmq.broker:15672"},
-}
-
-
-@dataclass
-class Release:
-    name: str
-    namespace: str
-    kube: Kube
-    helm: Helm
-    values: str
-    database_url: str
-    # What the namespace held while the install's migration hook ran, and what `helm install` printed.
-    workloads_during_install_hook: list[str] = field(default_factory=list)
-    install_output: str = ""
-
-    @property
-    def fullname(self) -> str:
-        return f"{self.name}-kubecrawl"
-
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = json.loads(self.kube.run("get", kind, name, "-n", self.namespace, "-o", "json").stdout)
-        return obj
-
-    def names(self, kinds: str, *selector: str) -> list[str]:
-        args = ["get", kinds, "-n", self.namespace, "-o", "name", *(["-l", ",".join(selector)] if selector else [])]
-        return sorted(self.kube.run(*args).stdout.split())
-
-
-def secret_value(kube: Kube, namespace: str, name: str, key: str) -> str:
-    secret = json.loads(kube.run("get", "secret", name, "-n", namespace, "-o", "json").stdout)
-    return base64.b64decode(secret["data"][key]).decode()
-
-
-def run_hook_job(release: Release, job_name: str, before: Callable[[], None] | None = None) -> None:
-    """Be the node for the migration Job: wait for its pod to be admitted, (call ``before``,) run the container's
-    arguments with the Job's environment, then mark the Job Complete as the job controller would."""
-    kube, namespace = release.kube, release.namespace
-
-    def started() -> dict[str, Any] | None:
-        result = kube.run("get", "job", job_name, "-n", namespace, "-o", "json", check=False)
-        if result.returncode != 0:
-            return None
-        job: dict[str, Any] = json.loads(result.stdout)
-        # active = 1: the job controller created the pod, so the namespace's Pod Security admission took it.
-        return job if job.get("status", {}).get("active") == 1 and job["status"].get("startTime") else None
-
-    job = wait_for(started, timeout=90, what=f"hook Job {job_name} with an admitted pod")
-    if before is not None:
-        before()
-    box = job["spec"]["template"]["spec"]["containers"][0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECRAWL_", "KUBERNETES_"))}
-    for var in box.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-        else:
-            ref = var["valueFrom"]["secretKeyRef"]
-            env[var["name"]] = secret_value(kube, namespace, ref["name"], ref["key"])
-    # The image's ENTRYPOINT is `kubecrawl`; the Job gives its arguments.
-    result = subprocess.run(
-        [sys.executable, "-m", "kubecrawl.cli", *box["args"]],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    done = {
-        "status": "True",
-        "reason": "CompletionsReached",
-        "message": "run by the e2e test",
-        "lastTransitionTime": now,
-    }
-    status = {
-        "active": 0,
-        "ready": 0,
-        "terminating": 0,
-        "succeeded": 1,
-        "completionTime": now,
-        "conditions": [{"type": "SuccessCriteriaMet", **done}, {"type": "Complete", **done}],
-    }
-    kube.run(
-        "patch",
-        "job",
-        job_name,
-        "-n",
-        namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
-
-
-def helm_with_hook(release: Release, *args: str, before: Callable[[], None] | None = None) -> str:
-    """`helm install|upgrade …` while this test plays the node for its pre-* hook Job; helm's output."""
-    process = release.helm.start(*args, "--timeout", "180s")
-    try:
-        run_hook_job(release, f"{release.fullname}-migrate", before)
-        out, err = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, out + err
-    return out
-
-
-async def applied_revision(database_url: str) -> str:
-    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        revision: str = await connection.fetchval("SELECT version_num FROM alembic_version")
-    finally:
-        await connection.close()
-    return revision
-
-
-@pytest.fixture(scope="module")
-def release(
-    cluster: Cluster, postgres: PostgresServer, helm: Helm, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
-    kube = cluster.admin
-    suffix = uuid.uuid4().hex[:8]
-    namespace = f"helm-{suffix}"
-    kube.run("create", "namespace", namespace)
-    # The chart's pods must pass the strictest Pod Security Standard: pods that break it are never created.
-    kube.run(
-        "label",
-        "namespace",
-        namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )
-    database_url = postgres.create_database(f"helm_{suffix}")
-    kube.run("create", "secret", "generic", "kubecrawl-database", "-n", namespace, f"--from-literal=url={database_url}")
-    kube.run(
-        "create",
-        "secret",
-        "generic",
-        "kubecrawl-rabbitmq",
-        "-n",
-        namespace,
-        "--from-literal=url=amqp://guest:guest@rabbitmq.broker:5672/",
-    )
-    values = values_file(tmp_path_factory.mktemp("install"), INSTALL_VALUES)
-    release = Release(
-        name=f"kc{suffix[:6]}",
-        namespace=namespace,
-        kube=kube,
-        helm=helm.with_kubeconfig(Path(cluster.controlplane.kubeconfig)),
-        values=values,
-        database_url=database_url,
-    )
-
-    def look_around() -> None:
-        release.workloads_during_install_hook = release.names("deployments,services,crawlworkerpools")
-
-    release.install_output = helm_with_hook(
-        release, "install", release.name, str(CHART), "-n", namespace, "-f", values, before=look_around
-    )
-    yield release
-    release.helm.run("uninstall", release.name, "-n", namespace, "--wait", check=False)
-    kube.run("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def test_install_migrates_the_database_before_any_workload_exists(release: Release) -> None:
-    assert release.workloads_during_install_hook == []
-    head = ScriptDirectory.from_config(alembic_config(release.database_url)).get_current_head()
-    assert asyncio.run(applied_revision(release.database_url)) == head
-    # hook-succeeded: the Job is deleted once it completed.
-    wait_for(
-        lambda: (
-            release.kube.run(
-                "get", "job", f"{release.fullname}-migrate", "-n", release.namespace, check=False
-            ).returncode
-            != 0
-        ),
-        timeout=60,
-        what="the completed hook Job to be deleted",
-    )
-
-
-def test_install_creates_workloads_services_pool_and_budget(release: Release) -> None:
-    name = release.fullname
-    assert release.names("deployments") == [
-        f"deployment.apps/{name}-api",
-        f"deployment.apps/{name}-operator",
-        f"deployment.apps/{name}-worker",
-    ]
-    assert release.names("services") == [
-        f"service/{name}-api",
-        f"service/{name}-operator-metrics",
-        f"service/{name}-worker-metrics",
-    ]
-    assert release.names("crawlworkerpools") == [f"crawlworkerpool.kubecrawl.io/{name}-worker"]
-    assert release.names("poddisruptionbudgets") == [f"poddisruptionbudget.policy/{name}-api"]
-    pool = release.get("crawlworkerpool", f"{name}-worker")
-    # The API server applied the CRD's defaults to what the chart left out.
-    assert pool["spec"]["scaleDown"] == {"stabilizationSeconds": 120, "tolerance": 0.1, "periodSeconds": 60}
-    assert pool["spec"]["fallback"] == {"replicas": 3, "failureThreshold": 3}
-    assert release.get("service", f"{name}-api")["spec"]["clusterIP"]
-    # NOTES.txt: where the API is and which Secrets the pods read.
-    assert f"The API: http://{name}-api.{release.namespace}.svc:8000" in release.install_output
-    assert "kubecrawl-database (key url): KUBECRAWL_DATABASE_URL" in release.install_output
-
-
-def test_installed_pods_are_admitted_under_the_restricted_pod_security_standard(release: Release) -> None:
-    # Pending (no scheduler, no kubelet) but created: Pod Security admission refuses a pod at creation.
-    def created() -> bool:
-        for deployment in ("api", "operator", "worker"):
-            status = release.get("deployment", f"{release.fullname}-{deployment}")["status"]
-            wanted = release.get("deployment", f"{release.fullname}-{deployment}")["spec"]["replicas"]
-            if status.get("replicas") != wanted:
-                return False
-        return True
-
-    wait_for(created, timeout=60, what="every Deployment's pods to be created")
-    refused = release.kube.run(
-        "get", "events", "-n", release.namespace, "--field-selector", "reason=FailedCreate", "-o", "name"
-    ).stdout
-    assert not refused.strip()
-    pods = json.loads(
-        release.kube.run(
-            "get", "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=worker", "-o", "json"
-        ).stdout
-    )["items"]
-    assert pods
-    assert all(pod["spec"]["terminationGracePeriodSeconds"] == 90 for pod in pods)
-
-
-def test_installed_crds_are_established(release: Release) -> None:
-    for crd in ("crawlsites.kubecrawl.io", "crawlworkerpools.kubecrawl.io"):
-        release.kube.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-
-
-def test_operator_service_account_has_the_operator_rights_and_no_more(release: Release) -> None:
-    def can(user: str, *args: str) -> bool:
-        result = release.kube.run("auth", "can-i", *args, f"--as={user}", check=False)
-        return result.stdout.strip() == "yes"
-
-    operator = f"system:serviceaccount:{release.namespace}:{release.fullname}-operator"
-    assert can(operator, "watch", "crawlsites.kubecrawl.io", "--all-namespaces")
-    assert can(operator, "patch", "deployments.apps", "--subresource=scale", "-n", "anywhere")
-    assert can(operator, "create", "cronjobs.batch", "-n", "anywhere")
-    assert not can(operator, "get", "secrets", "-n", release.namespace)
-    assert not can(operator, "patch", "deployments.apps", "-n", release.namespace)
-    workload = f"system:serviceaccount:{release.namespace}:{release.fullname}"
-    assert not can(workload, "list", "pods", "-n", release.namespace)
-
-
-def test_upgrade_migrates_again_keeps_the_pools_replicas_and_rolls_new_settings(release: Release) -> None:
-    worker = f"{release.fullname}-worker"
-    before = release.get("deployment", worker)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-    # What the CrawlWorkerPool does: scale through /scale.
-    release.kube.run("scale", "deployment", worker, "-n", release.namespace, "--replicas=3")
-    helm_with_hook(
-        release,
-        "upgrade",
-        release.name,
-        str(CHART),
-        "-n",
-        release.namespace,
-        "-f",
-        release.values,
-        "--set",
-        "config.logLevel=DEBUG",
-    )
-    deployment = release.get("deployment", worker)
-    assert deployment["spec"]["replicas"] == 3
-    assert deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != before
-    config = release.get("configmap", f"{release.fullname}-config")
-    assert config["data"]["KUBECRAWL_LOG_LEVEL"] == "DEBUG"
-    status = json.loads(release.helm.run("status", release.name, "-n", release.namespace, "-o", "json").stdout)
-    assert status["version"] == 2
-    assert status["info"]["status"] == "deployed"
-
-
-def test_uninstall_leaves_no_workload_objects(release: Release) -> None:
-    release.helm.run("uninstall", release.name, "-n", release.namespace, "--wait", "--timeout", "120s")
-    kinds = (
-        "deployments,replicasets,pods,services,crawlworkerpools,poddisruptionbudgets,configmaps,serviceaccounts,jobs"
-    )
-    selector = f"app.kubernetes.io/instance={release.name}"
-    wait_for(lambda: not release.names(kinds, selector), timeout=90, what="the release's objects to be deleted")
-    cluster_wide = release.kube.run("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name").stdout
-    assert not cluster_wide.strip()
-    # helm never deletes what it installed from crds/: CrawlSites elsewhere stay.
-    release.kube.run("get", "crd", "crawlsites.kubecrawl.io", "crawlworkerpools.kubecrawl.io")

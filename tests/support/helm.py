@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.support.controlplane import ensure_built
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "kubecrawl"
+
+
+def values_file(directory: Path, values: dict[str, Any]) -> str:
+    """``values`` written to a new YAML file in ``directory``, for ``helm … -f``."""
+    path = directory / f"values-{uuid.uuid4().hex[:8]}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,26 @@ refreshes status. The shared ones (``KUBECRAWL_API_URL``, ``KUBECRAWL_RABBITMQ_U
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubecrawl import __version__
+
+
+class ChartPool(BaseModel):
+    """The Helm chart's CrawlWorkerPool (its ``worker.pool`` values), which the operator keeps in place at start-up
+    (``pool/provisioning.py``; docs/deploy.md says why helm cannot create it itself)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    namespace: str
+    labels: dict[str, str] = {}
+    # The CrawlWorkerPool spec (``deploymentName`` names the worker Deployment, which owns the pool). None: the
+    # chart's pool is off, and a pool of that name the operator made earlier is deleted.
+    spec: dict[str, Any] | None = None
 
 
 class OperatorSettings(BaseSettings):
@@ -61,6 +75,9 @@ class OperatorSettings(BaseSettings):
     pool_broker_timeout_seconds: float = Field(default=5.0, gt=0)
     # How often each pool looks for an HPA or KEDA ScaledObject on its Deployment (two list calls per look).
     pool_conflict_check_seconds: float = Field(default=10.0, gt=0)
+
+    # KUBECRAWL_OPERATOR_WORKER_POOL (JSON): set by the chart, absent elsewhere.
+    worker_pool: ChartPool | None = None
 
     @field_validator("rabbitmq_management_url")
     @classmethod

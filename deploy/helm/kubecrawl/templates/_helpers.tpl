@@ -157,3 +157,32 @@ topologySpreadConstraints:
 {{- define "kubecrawl.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
+
+{{/* KUBECRAWL_OPERATOR_WORKER_POOL: the CrawlWorkerPool that sizes the worker Deployment, as JSON for the operator,
+which applies it at start-up (src/kubecrawl/operator/pool/provisioning.py; docs/deploy.md, "The worker pool and
+the CRDs", says why helm cannot create it). Unset keys of worker.pool are left out, so the CRD's defaults apply.
+With the pool off, the spec is null: the operator deletes the pool it made before. */}}
+{{- define "kubecrawl.workerPool" -}}
+{{- $pool := .Values.worker.pool -}}
+{{- $spec := dict "deploymentName" (printf "%s-worker" (include "kubecrawl.fullname" .)) "queue" $pool.queue -}}
+{{- range $key := list "targetPerReplica" "minReplicas" "maxReplicas" "paused" -}}
+{{- $_ := set $spec $key (index $pool $key) -}}
+{{- end -}}
+{{- range $key := list "activation" "pollSeconds" "cooldownToZeroSeconds" -}}
+{{- if not (kindIs "invalid" (index $pool $key)) -}}
+{{- $_ := set $spec $key (index $pool $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "scaleUp" "scaleDown" "fallback" -}}
+{{- with index $pool $key -}}
+{{- $_ := set $spec $key . -}}
+{{- end -}}
+{{- end -}}
+{{- $labels := include "kubecrawl.labels" (dict "root" . "component" "worker") | fromYaml -}}
+{{- toJson (dict
+  "name" (printf "%s-worker" (include "kubecrawl.fullname" .))
+  "namespace" .Release.Namespace
+  "labels" $labels
+  "spec" (ternary $spec nil $pool.enabled)
+) -}}
+{{- end -}}

@@ -14,13 +14,16 @@ from typing import Any
 
 import kopf
 
+from kubecrawl.core.backoff import Backoff, retry_with_backoff
+from kubecrawl.core.errors import PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.operator.group import GROUP, VERSION
+from kubecrawl.operator.pool.provisioning import ChartPools
 from kubecrawl.operator.pool.scaler import PoolRef, PoolRuntime
 from kubecrawl.operator.pool.supervising import PoolSupervisor, pool_snapshot
 from kubecrawl.operator.pool.workloads import PLURAL
-from kubecrawl.operator.settings import OperatorSettings
+from kubecrawl.operator.settings import ChartPool, OperatorSettings
 
 log = get_logger(__name__)
 INDEX = "crawlworkerpool_index"
@@ -39,6 +42,30 @@ def wake(memo: kopf.Memo, **_: Any) -> None:
         supervisor.wake()
 
 
+# The chart's pool: 1 s doubling to 30 s, until it is in place (the worker Deployment of the same release may not
+# be there yet, the API server may be restarting); a spec the API server refuses is logged once and left.
+CHART_POOL_BACKOFF = Backoff(initial=1.0, maximum=30.0, attempts=None)
+
+
+async def keep_chart_pool(pools: ChartPools, pool: ChartPool) -> None:
+    def failed(attempt: int, error: BaseException, delay: float) -> None:
+        log.warning("worker_pool_apply_failed", pool=f"{pool.namespace}/{pool.name}", attempt=attempt,
+                    error=str(error), retry_in=round(delay, 1))  # fmt: skip
+
+    try:
+        done = await retry_with_backoff(
+            lambda: pools.keep(pool), CHART_POOL_BACKOFF, retry_on=TransientError, on_failure=failed
+        )
+    except PermanentError as exc:  # the API server refused the spec: say so, the operator goes on
+        refused: PermanentError | None = exc
+    else:
+        refused = None
+        if done is not None:
+            log.info("worker_pool_kept", pool=f"{pool.namespace}/{pool.name}", outcome=done[0])
+    if refused is not None:
+        log.error("worker_pool_rejected", pool=f"{pool.namespace}/{pool.name}", error=str(refused))
+
+
 def register(registry: kopf.OperatorRegistry, shared: Settings, options: OperatorSettings) -> None:
     """Add the CrawlWorkerPool handlers (and the broker/API clients they share) to ``registry``."""
 
@@ -50,6 +77,10 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
         # our own client, workloads.py: kopf.event only works inside kopf's per-object handler context.)
         memo.pool_supervisor = PoolSupervisor(kwargs[INDEX], runtime.scaler)
         memo.pool_supervision = asyncio.create_task(memo.pool_supervisor.run(), name="pool supervisor")
+        memo.chart_pool = None
+        if options.worker_pool is not None:
+            pools = ChartPools(runtime.api_client)
+            memo.chart_pool = asyncio.create_task(keep_chart_pool(pools, options.worker_pool), name="chart pool")
         log.info(
             "pool_scaling_configured",
             management_api=options.rabbitmq_management_url is not None,
@@ -58,6 +89,8 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
 
     @kopf.on.cleanup(registry=registry)
     async def close_pools(memo: kopf.Memo, **_: Any) -> None:
+        if memo.chart_pool is not None:
+            memo.chart_pool.cancel()
         await memo.pool_supervisor.stop()
         await memo.pool_supervision
         await memo.pool_runtime.close()

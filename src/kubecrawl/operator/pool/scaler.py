@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from kubernetes_asyncio import client
+
 from kubecrawl.core import metrics
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.logging import get_logger
@@ -247,7 +249,7 @@ class PoolRuntime:
     workloads: Workloads
     probe: BrokerProbe
     options: OperatorSettings
-    close_client: Callable[[], Any]
+    api_client: client.ApiClient
 
     @classmethod
     async def open(cls, shared: Settings, options: OperatorSettings) -> PoolRuntime:
@@ -263,7 +265,7 @@ class PoolRuntime:
                 timeout=timeout,
             )
         probe = BrokerProbe(AmqpDepth(amqp_url, timeout=timeout), management)
-        return cls(Workloads(api_client), probe, options, api_client.close)
+        return cls(Workloads(api_client), probe, options, api_client)
 
     def scaler(self, ref: PoolRef, pool: Mapping[str, Any]) -> PoolScaler:
         """The scaler of one pool, from its index snapshot (``supervising.pool_snapshot``: uid, status)."""
@@ -279,7 +281,7 @@ class PoolRuntime:
 
     async def close(self) -> None:
         await self.probe.close()
-        await self.close_client()
+        await self.api_client.close()
 
 
 def _credentials(amqp_url: str) -> tuple[str, str]:
