@@ -39,11 +39,21 @@ ENV PATH=/opt/kubecrawl/bin:$PATH \
     KUBECRAWL_LOG_FORMAT=json
 ARG VERSION=dev
 ARG REVISION=unknown
+# RFC 3339, e.g. --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"; not derived here so that builds stay
+# reproducible (a timestamp in a layer's config changes the image id on every build).
+ARG CREATED=""
+# OCI image annotations (github.com/opencontainers/image-spec, annotations.md): registries, scanners and
+# `crane config`/`skopeo inspect` show where the image comes from and which commit it is.
 LABEL org.opencontainers.image.title="kubecrawl" \
+      org.opencontainers.image.description="Web page metadata on demand and scheduled site crawls on Kubernetes: API, workers and operator in one image" \
+      org.opencontainers.image.url="https://github.com/kubecrawl/kubecrawl" \
+      org.opencontainers.image.documentation="https://github.com/kubecrawl/kubecrawl/tree/main/docs" \
       org.opencontainers.image.source="https://github.com/kubecrawl/kubecrawl" \
+      org.opencontainers.image.vendor="kubecrawl" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}"
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 USER 10001
 WORKDIR /tmp
 EXPOSE 8000 9100

@@ -39,6 +39,8 @@ LINKS = {
     "deploy/grafana/kubecrawl.json": "deploy/helm/kubecrawl/files/grafana/kubecrawl.json",
 }
 DIGEST = "sha256:" + "0123456789abcdef" * 4
+CA_VOLUME = {"name": "intranet-ca", "configMap": {"name": "intranet-ca"}}
+CA_MOUNT = {"name": "intranet-ca", "mountPath": "/etc/kubecrawl/ca", "readOnly": True}
 # Every optional feature on, and most settings changed from their defaults.
 ALL_OPTIONS: dict[str, Any] = {
     "image": {"digest": DIGEST},
@@ -57,8 +59,24 @@ ALL_OPTIONS: dict[str, Any] = {
         "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "dedicated", "operator": "Exists"}],
         "priorityClassName": "high",
+        # A private CA for intranet crawls (every role has the same two keys).
+        "extraVolumes": [CA_VOLUME],
+        "extraVolumeMounts": [CA_MOUNT],
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": [{"host": "kubecrawl.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "tls": [{"secretName": "kubecrawl-tls", "hosts": ["kubecrawl.example.com"]}],
+        },
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateways"}],
+            "hostnames": ["kubecrawl.example.com"],
+        },
     },
     "worker": {
+        "extraVolumes": [CA_VOLUME],
+        "extraVolumeMounts": [CA_MOUNT],
         "pool": {
             "minReplicas": 0,
             "maxReplicas": 20,
@@ -68,12 +86,24 @@ ALL_OPTIONS: dict[str, Any] = {
             "scaleDown": {"stabilizationSeconds": 120, "tolerance": 0.1},
             "cooldownToZeroSeconds": 600,
             "fallback": {"failureThreshold": 2, "replicas": 3},
-        }
+        },
     },
     "operator": {
         "namespaces": ["crawl-a", "crawl-b"],
         "statusIntervalSeconds": 10,
         "trigger": {"apiUrl": "http://api.example:8000", "serviceAccount": "trigger"},
+        "extraVolumes": [CA_VOLUME],
+        "extraVolumeMounts": [CA_MOUNT],
+    },
+    "migrations": {
+        "serviceAccount": {"create": True, "annotations": {"iam.example/role": "migrate"}},
+        "extraEnv": [{"name": "EXTRA", "value": "1"}],
+        "extraVolumes": [CA_VOLUME],
+        "extraVolumeMounts": [CA_MOUNT],
+        "podAnnotations": {"team": "db"},
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "affinity": {"nodeAffinity": {}},
     },
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     "prometheusRule": {
@@ -542,6 +572,67 @@ def test_migration_hook_runs_before_install_and_upgrade_using_nothing_the_chart_
     assert "envFrom" not in box
     assert box["args"] == ["migrate"]
     assert spec["restartPolicy"] == "Never"
+
+
+def test_extra_volumes_are_mounted_in_every_pod(all_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    specs = pod_specs(all_objects)
+    assert set(specs) == {f"{FULLNAME}-{role}" for role in ("api", "worker", "operator", "migrate")}
+    for name, spec in specs.items():
+        assert CA_VOLUME in spec["volumes"], name
+        assert CA_MOUNT in spec["containers"][0]["volumeMounts"], name
+        # /tmp stays: the root filesystem is read-only.
+        assert {"name": "tmp", "mountPath": "/tmp"} in spec["containers"][0]["volumeMounts"], name
+
+
+def test_migration_job_takes_scheduling_environment_and_its_own_hook_service_account(
+    all_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    job = all_objects["Job", f"{FULLNAME}-migrate"]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"disk": "ssd"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert spec["affinity"] == {"nodeAffinity": {}}
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"team": "db"}
+    assert {"name": "EXTRA", "value": "1"} in spec["containers"][0]["env"]
+    account = all_objects["ServiceAccount", f"{FULLNAME}-migrate"]
+    assert spec["serviceAccountName"] == account["metadata"]["name"]
+    assert spec["automountServiceAccountToken"] is False
+    annotations = account["metadata"]["annotations"]
+    # Created before the Job (the release's own objects do not exist yet on install), deleted after it.
+    assert annotations["helm.sh/hook"] == job["metadata"]["annotations"]["helm.sh/hook"]
+    assert int(annotations["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert annotations["iam.example/role"] == "migrate"
+
+
+def test_ingress_and_http_route_send_traffic_to_the_api_service(
+    helm: Helm, all_objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    service = all_objects["Service", f"{FULLNAME}-api"]
+    ingress = all_objects["Ingress", f"{FULLNAME}-api"]["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"secretName": "kubecrawl-tls", "hosts": ["kubecrawl.example.com"]}]
+    [rule] = ingress["rules"]
+    assert rule["host"] == "kubecrawl.example.com"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    route = all_objects["HTTPRoute", f"{FULLNAME}-api"]["spec"]
+    assert route["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+    assert route["hostnames"] == ["kubecrawl.example.com"]
+    [backend_ref] = route["rules"][0]["backendRefs"]
+    assert (backend_ref["name"], backend_ref["port"]) == (
+        service["metadata"]["name"],
+        service["spec"]["ports"][0]["port"],
+    )
+    # Switched on without where to route: refused, not an object that routes nowhere.
+    for args, message in (
+        (("--set", "api.ingress.enabled=true"), "api.ingress.hosts"),
+        (("--set", "api.httpRoute.enabled=true"), "api.httpRoute.parentRefs"),
+    ):
+        result = helm.run("template", RELEASE, str(CHART), *args, check=False)
+        assert result.returncode != 0
+        assert message in result.stderr
 
 
 def chart_pool(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:

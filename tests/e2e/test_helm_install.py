@@ -57,6 +57,9 @@ INSTALL_VALUES: dict[str, Any] = {
         }
     },
     "rabbitmq": {"managementUrl": "http://rabbitmq.broker:15672"},
+    # Validated by the real API server (and the Job's pod admitted with the hook's own ServiceAccount).
+    "migrations": {"serviceAccount": {"create": True}},
+    "api": {"ingress": {"enabled": True, "hosts": [{"host": "kubecrawl.example.com"}]}},
 }
 
 
@@ -281,6 +284,9 @@ def test_install_migrates_the_database_before_any_workload_exists(release: Relea
         timeout=60,
         what="the completed hook Job to be deleted",
     )
+    # Its ServiceAccount, a hook as well, goes with it.
+    account = f"serviceaccount/{release.fullname}-migrate"
+    assert release.kube.run("get", account, "-n", release.namespace, check=False).returncode != 0
 
 
 def test_install_on_a_fresh_cluster_creates_the_crds_workloads_services_and_budget(release: Release) -> None:
@@ -302,6 +308,7 @@ def test_install_on_a_fresh_cluster_creates_the_crds_workloads_services_and_budg
         f"service/{name}-worker-metrics",
     ]
     assert release.names("poddisruptionbudgets") == [f"poddisruptionbudget.policy/{name}-api"]
+    assert release.names("ingresses") == [f"ingress.networking.k8s.io/{name}-api"]
     assert release.get("service", f"{name}-api")["spec"]["clusterIP"]
     # NOTES.txt: where the API is and which Secrets the pods read.
     assert f"The API: http://{name}-api.{release.namespace}.svc:8000" in release.install_output

@@ -6,7 +6,16 @@ bounded sets (routes are templates, outcomes and reasons are codes), never URLs 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from kubecrawl import __version__
+
+# kubecrawl_build_info{version, python_version} 1: which release each process runs (`count by (version)` shows a
+# rollout in progress; join on it to label other series with the version). Set once, at import.
+BUILD_INFO = Info("kubecrawl_build", "The kubecrawl release and Python version of this process.")
+BUILD_INFO.info({"version": __version__, "python_version": platform.python_version()})
 
 # Latency buckets in seconds: an enqueue answers in milliseconds, a page fetch in tenths to tens of seconds.
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
