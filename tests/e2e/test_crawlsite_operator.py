@@ -366,6 +366,19 @@ async def test_a_cronjob_deleted_by_hand_is_recreated(kube: Kube, namespace: str
     assert "resync.kubecrawl.io/requested" in site["metadata"]["annotations"]
 
 
+def site_series(operator: OperatorProcess, labels: dict[str, str]) -> dict[str, float]:
+    """The operator's ``kubecrawl_site_*`` samples with exactly ``labels``, by metric name."""
+    with urllib.request.urlopen(operator.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("kubecrawl_site_")
+        for sample in family.samples
+        if sample.labels == labels
+    }
+
+
 def reconcile_errors(operator: OperatorProcess) -> dict[tuple[str, str], float]:
     """``kubecrawl_operator_reconcile_errors_total`` from the operator's /metrics, by (kind, reason)."""
     with urllib.request.urlopen(operator.metrics_url, timeout=10) as response:
@@ -435,7 +448,7 @@ def run_trigger(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 async def test_every_minute_schedule_fires_a_job_and_two_triggers_start_one_crawl(
-    kube: Kube, namespace: str, services: Services, local_site: Site
+    kube: Kube, namespace: str, services: Services, local_site: Site, operator: OperatorProcess
 ) -> None:
     await kube.aapply(crawlsite("minutely", url=local_site.url("/"), schedule="* * * * *"), namespace)
     await wait_cronjob(kube, namespace, "minutely")
@@ -480,6 +493,19 @@ async def test_every_minute_schedule_fires_a_job_and_two_triggers_start_one_craw
     assert site["status"]["lastScheduleTime"]
     table = (await kube.arun("get", "crawlsite", "minutely", "-n", namespace)).stdout
     assert "COMPLETED" in table
+    # The success is kept in status and exported, one series per site, by the operator (crawlsite/freshness.py).
+    site = await wait_status(kube, namespace, "minutely", lambda cs: bool(cs["status"].get("lastSuccessTime")))
+    assert site["status"]["lastSuccessTime"] == site["status"]["lastCrawl"]["finishedAt"]
+    success = datetime.fromisoformat(site["status"]["lastSuccessTime"]).timestamp()
+    labels = {"namespace": namespace, "site": "minutely"}
+
+    async def exported() -> dict[str, float] | None:
+        found = site_series(operator, labels)
+        return found if "kubecrawl_site_last_success_timestamp_seconds" in found else None
+
+    series = await eventually(exported, timeout=30, interval=0.5, what="the site's freshness series")
+    assert series["kubecrawl_site_last_success_timestamp_seconds"] == success
+    assert series["kubecrawl_site_schedule_period_seconds"] == 60
     # Stop it firing every minute for the rest of the session.
     await kube.arun("delete", "crawlsite", "minutely", "-n", namespace, "--wait=false")
 

@@ -754,4 +754,20 @@ def test_dashboard_config_map_holds_the_dashboard(default_objects: dict[tuple[st
     config_map = default_objects["ConfigMap", f"{FULLNAME}-dashboard"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "kubecrawl.json").read_text())
-    assert json.loads(config_map["data"]["kubecrawl.json"]) == dashboard
+    rendered = json.loads(config_map["data"][f"kubecrawl-{RELEASE}.json"])
+    assert {k: v for k, v in rendered.items() if k not in {"uid", "title"}} == {
+        k: v for k, v in dashboard.items() if k not in {"uid", "title"}
+    }
+    assert rendered["title"] == f"kubecrawl ({NAMESPACE}/{RELEASE})"
+
+
+def test_two_releases_in_one_namespace_get_dashboards_of_their_own(helm: Helm) -> None:
+    uids = set()
+    for release in ("first", "second"):
+        objects = objects_of(helm.run("template", release, str(CHART), "--namespace", NAMESPACE).stdout)
+        [config_map] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+        [(name, text)] = config_map["data"].items()
+        dashboard = json.loads(text)
+        assert len(dashboard["uid"]) <= 40  # Grafana's limit
+        uids.add((name, dashboard["uid"]))
+    assert len({name for name, _ in uids}) == len({uid for _, uid in uids}) == 2

@@ -90,3 +90,34 @@ OPERATOR_RECONCILE_ERRORS = Counter(
     "Failed operator reconciliation steps by object kind (CrawlSite, CrawlWorkerPool) and reason.",
     ["kind", "reason"],
 )
+
+# Per CrawlSite, from the operator (one process: its status refresher reads every site, so there is exactly one
+# value per site however many API or worker replicas run). One series per CrawlSite and metric, labelled with the
+# site's own namespace and name; a deleted site's series are removed. Bounded by the number of CrawlSites.
+SITE_LAST_SUCCESS = Gauge(
+    "kubecrawl_site_last_success_timestamp_seconds",
+    "When the CrawlSite's latest successful (COMPLETED) crawl finished (status.lastSuccessTime), Unix seconds.",
+    ["namespace", "site"],
+)
+SITE_CREATED = Gauge(
+    "kubecrawl_site_created_timestamp_seconds",
+    "When the CrawlSite was created, Unix seconds (the freshness alert's reference before a first success).",
+    ["namespace", "site"],
+)
+SITE_SCHEDULE_PERIOD = Gauge(
+    "kubecrawl_site_schedule_period_seconds",
+    "The longest gap between the next runs of a scheduled, unsuspended CrawlSite's cron schedule.",
+    ["namespace", "site"],
+)
+SITE_CRAWL_ACTIVE = Gauge(
+    "kubecrawl_site_crawl_active",
+    "1 while the CrawlSite's latest crawl is queued or running, else 0.",
+    ["namespace", "site"],
+)
+# The dead-letter queue's depth, read by the operator (one reader per release, so one value per queue) every
+# KUBECRAWL_OPERATOR_DEAD_LETTER_POLL_SECONDS; absent while the queue cannot be read.
+DEAD_LETTER_MESSAGES = Gauge(
+    "kubecrawl_dead_letter_messages",
+    "Messages waiting in the dead-letter queue (dead letters not yet inspected or replayed).",
+    ["queue"],
+)

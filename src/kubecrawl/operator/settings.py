@@ -76,6 +76,11 @@ class OperatorSettings(BaseSettings):
     # How often each pool looks for an HPA or KEDA ScaledObject on its Deployment (two list calls per look).
     pool_conflict_check_seconds: float = Field(default=10.0, gt=0)
 
+    # The dead-letter queue whose depth the operator exports (kubecrawl_dead_letter_messages): broker/topology.py's
+    # DEAD_LETTER_QUEUE (the operator imports no broker code), read every this many seconds.
+    dead_letter_queue: str = "kubecrawl.dead"
+    dead_letter_poll_seconds: float = Field(default=15.0, gt=0)
+
     # KUBECRAWL_OPERATOR_WORKER_POOL (JSON): set by the chart, absent elsewhere.
     worker_pool: ChartPool | None = None
 

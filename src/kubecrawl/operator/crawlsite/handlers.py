@@ -36,7 +36,14 @@ CRAWLSITES = (GROUP, VERSION, PLURAL)
 RESYNC_FIELD = ("metadata", "annotations", RESYNC_ANNOTATION)
 INDEX = "crawlsite_index"
 # What StatusRefresher / Reconciler.refresh read and compare.
-REFRESHER_STATUS_KEYS = ("observedGeneration", "cronJobName", "conditions", "lastScheduleTime", "lastCrawl")
+REFRESHER_STATUS_KEYS = (
+    "observedGeneration",
+    "cronJobName",
+    "conditions",
+    "lastScheduleTime",
+    "lastCrawl",
+    "lastSuccessTime",
+)
 
 
 # After a transient failure kopf re-runs the handler after 5 s, 10 s, 20 s … capped at 5 minutes: quick while the
@@ -102,7 +109,9 @@ def index_site(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[tuple[str, st
         "name": meta["name"],
         "uid": meta["uid"],
         "generation": meta.get("generation"),
-        "spec": {"schedule": (body.get("spec") or {}).get("schedule")},
+        "created": meta.get("creationTimestamp"),
+        # The schedule, and what the freshness metrics need of it (crawlsite/freshness.py).
+        "spec": {key: (body.get("spec") or {}).get(key) for key in ("schedule", "timeZone", "suspend")},
         "status": copy.deepcopy({key: status[key] for key in REFRESHER_STATUS_KEYS if key in status}),
     }
     return {(meta["namespace"], meta["name"]): snapshot}

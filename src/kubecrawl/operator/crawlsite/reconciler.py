@@ -161,6 +161,7 @@ class Reconciler:
             crawl = await self.api.latest_crawl(site.namespace, site.name)
             if crawl is not None:
                 desired["lastCrawl"] = st.last_crawl(crawl)
+                desired["lastSuccessTime"] = st.last_success_time(desired["lastCrawl"], current.get("lastSuccessTime"))
             if settled and _is_synced(current) and not await self.api.has_site(site.namespace, site.name):
                 drifted = True
         except (TransientError, ApiRejected) as exc:

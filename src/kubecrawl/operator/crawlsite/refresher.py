@@ -20,6 +20,7 @@ from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import timestamp
+from kubecrawl.operator.crawlsite.freshness import SiteFreshness
 from kubecrawl.operator.crawlsite.manifest import SiteRef
 from kubecrawl.operator.crawlsite.patching import CrawlSites
 from kubecrawl.operator.crawlsite.reconciler import Reconciler
@@ -39,6 +40,7 @@ class StatusRefresher:
         self._sites = sites
         self._index = index
         self._interval = interval
+        self._freshness = SiteFreshness()
 
     async def run(self) -> None:
         """Refresh every CrawlSite once per interval, until cancelled."""
@@ -57,6 +59,8 @@ class StatusRefresher:
             started = time.monotonic()
             items = [item for store in list(self._index.values()) for item in store]
             await asyncio.gather(*(one(item) for item in items))
+            # From the snapshots read before this round's patches: the series trail status by one interval.
+            self._freshness.update(items, utcnow())
             log.debug("status_refresh_round", sites=len(items), seconds=round(time.monotonic() - started, 3))
 
     async def refresh(self, item: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from kubecrawl.core.models import CrawlState
 from kubecrawl.operator.conditions import Outcome, condition, timestamp
 
 SCHEDULED = "Scheduled"
@@ -76,6 +77,16 @@ def last_crawl(crawl: dict[str, Any] | None) -> dict[str, Any] | None:
         "startedAt": _rfc3339(crawl.get("started_at")),
         "finishedAt": _rfc3339(crawl.get("finished_at")),
     }
+
+
+def last_success_time(crawl: dict[str, Any] | None, previous: str | None) -> str | None:
+    """``status.lastSuccessTime``: the latest crawl's end if it COMPLETED, else what the status had (a failed or
+    running crawl does not erase the last success). ``crawl`` is ``status.lastCrawl``; RFC 3339 strings in UTC
+    compare in time order."""
+    if crawl is not None and crawl.get("state") == CrawlState.COMPLETED and crawl.get("finishedAt"):
+        finished: str = crawl["finishedAt"]
+        return max(finished, previous or "")
+    return previous
 
 
 def last_schedule_time(cronjob: dict[str, Any] | None) -> str | None:

@@ -19,6 +19,7 @@ from kubecrawl.core.errors import PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.operator.group import GROUP, VERSION
+from kubecrawl.operator.pool import deadletters
 from kubecrawl.operator.pool.provisioning import ChartPools
 from kubecrawl.operator.pool.scaler import PoolRef, PoolRuntime
 from kubecrawl.operator.pool.supervising import PoolSupervisor, pool_snapshot
@@ -77,6 +78,10 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
         # our own client, workloads.py: kopf.event only works inside kopf's per-object handler context.)
         memo.pool_supervisor = PoolSupervisor(kwargs[INDEX], runtime.scaler)
         memo.pool_supervision = asyncio.create_task(memo.pool_supervisor.run(), name="pool supervisor")
+        memo.dead_letters = asyncio.create_task(
+            deadletters.watch(runtime.probe, options.dead_letter_queue, options.dead_letter_poll_seconds),
+            name="dead-letter depth",
+        )
         memo.chart_pool = None
         if options.worker_pool is not None:
             pools = ChartPools(runtime.api_client)
@@ -89,6 +94,7 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
 
     @kopf.on.cleanup(registry=registry)
     async def close_pools(memo: kopf.Memo, **_: Any) -> None:
+        memo.dead_letters.cancel()
         if memo.chart_pool is not None:
             memo.chart_pool.cancel()
         await memo.pool_supervisor.stop()

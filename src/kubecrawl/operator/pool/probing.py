@@ -193,6 +193,10 @@ class BrokerProbe:
     def knows_unacked(self) -> bool:
         return self._management is not None
 
+    async def depth(self, queue: str) -> Depth:
+        """Ready messages and consumers of ``queue`` (AMQP passive declare)."""
+        return await self._amqp.read(queue)
+
     async def observe(self, queue: str, pods: set[str]) -> Observation:
         """The queue's depth; ``busy`` lists those of ``pods`` (the Deployment's) holding unacked messages."""
         if self._management is None:
