@@ -51,7 +51,12 @@ ALL_OPTIONS: dict[str, Any] = {
         "logLevel": "DEBUG",
         "allowedPrivateNetworks": ["10.20.0.0/16", "fd00::/8"],
         "prefetchCount": 8,
-        "fetch": {"timeoutSeconds": 30.5, "maxBodyBytes": 4194304, "userAgent": "acme-bot/1.0"},
+        "fetch": {
+            "timeoutSeconds": 30.5,
+            "maxBodyBytes": 4194304,
+            "userAgent": "acme-bot/1.0",
+            "proxyUrl": "http://egress-proxy.net:3128",
+        },
         "retry": {"maxAttempts": 7},
     },
     "api": {
@@ -508,6 +513,8 @@ def test_rendered_settings_parse_to_the_values_given(
     assert settings.fetch.timeout_seconds == 30.5
     assert settings.fetch.max_body_bytes == 4194304
     assert settings.fetch.user_agent == "acme-bot/1.0"
+    assert settings.fetch.proxy_url is not None
+    assert settings.fetch.proxy_url.get_secret_value() == "http://egress-proxy.net:3128"
     assert settings.retry.max_attempts == 7
     assert settings.pod_name == "pod-0"
 

@@ -63,6 +63,18 @@ class FetchSettings(BaseModel):
     user_agent: str = "kubecrawl/0.1 (+https://kubecrawl.io/bot)"
     # Connections kept per process; 100 matches aiohttp's default connector limit.
     max_connections: int = Field(default=100, ge=1)
+    # An egress proxy every fetch goes through (http://[user:password@]host:port; HTTPS targets through CONNECT).
+    # Only from this setting: HTTP_PROXY/HTTPS_PROXY/NO_PROXY in the environment are never read (trust_env is off),
+    # so a variable meant for something else cannot reroute crawls. The SSRF guard still judges each target
+    # (fetch/fetching.py, "Through a proxy").
+    proxy_url: SecretStr | None = None
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _http_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("http://"):
+            raise ValueError("fetch.proxy_url must be http://[user:password@]host:port")
+        return value
 
 
 class RetrySettings(BaseModel):

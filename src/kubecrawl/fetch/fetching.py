@@ -15,6 +15,12 @@ Private-network (SSRF) guard, unless ``allow_private``; three checks, each enoug
   pooled), so whatever the HTTP library makes of a host (aiohttp before 3.14.1 connected ``http://2130706433/``
   to 127.0.0.1 without asking the resolver), nothing is sent to an address the policy refuses.
 
+Through a proxy (``FetchSettings.proxy_url``, never the environment): every connection goes to the proxy, whose
+address the operator chose and which is therefore not judged by the guard; each hop's target is judged instead
+before anything is sent: IP literals as above, host names resolved here by ``GuardedResolver`` (every address must
+pass). The proxy resolves the name again when it connects, so a DNS answer that changes in between (rebinding)
+is the proxy's to refuse: give it an egress policy of its own (docs/security.md).
+
 Bodies are decoded here, not by httpx: its gzip decoder inflates each 16 KiB read whole (a 16 KiB bomb is
 16 MiB), while ``_BoundedDecoder`` never produces more than the body cap still allows.
 
@@ -28,6 +34,7 @@ decides what a status means.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import socket
 import time
@@ -249,6 +256,11 @@ class Fetcher:
         self._policy = policy
         self._resolver = resolver
         self._transport: AiohttpTransport | None = None
+        self._proxy = httpx.Proxy(settings.proxy_url.get_secret_value()) if settings.proxy_url else None
+        # Through a proxy the connector only ever reaches the proxy: targets are judged before each hop instead.
+        self._target_guard = (
+            GuardedResolver(policy, resolver) if self._proxy is not None and not policy.allow_private else None
+        )
         self._timeout = httpx.Timeout(settings.timeout_seconds, connect=settings.connect_timeout_seconds).as_dict()
         self._headers = {
             "User-Agent": settings.user_agent,
@@ -264,7 +276,7 @@ class Fetcher:
             "keepalive_timeout": _KEEPALIVE_SECONDS,
             "ttl_dns_cache": _DNS_CACHE_SECONDS,
         }
-        if self._policy.allow_private:
+        if self._policy.allow_private or self._proxy is not None:
             connector = aiohttp.TCPConnector(resolver=self._resolver, **options)
         else:
             resolver = GuardedResolver(self._policy, self._resolver)
@@ -276,7 +288,7 @@ class Fetcher:
         # handled here per fetch, so httpx.AsyncClient's layers (its cookie jar, which must stay empty anyway so
         # no fetch's cookies reach another, header merging, redirect and auth hooks) only cost time: a fifth
         # of a crawled page's CPU (bench/crawl_vs_scrapy.py).
-        self._transport = AiohttpTransport(client=self._session)
+        self._transport = AiohttpTransport(client=self._session, proxy=self._proxy)
         return self
 
     async def __aexit__(
@@ -285,6 +297,8 @@ class Fetcher:
         if self._transport is not None:
             await self._transport.aclose()
             self._transport = None
+        if self._target_guard is not None:
+            await self._target_guard.close()
 
     async def fetch(
         self,
@@ -311,6 +325,21 @@ class Fetcher:
         result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return result
 
+    async def _judge_target(self, url: str) -> None:
+        """Through a proxy: resolve the target's host name here and refuse it if any address is blocked."""
+        assert self._target_guard is not None
+        host = httpx.URL(url).host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return  # an IP literal: check_literal judged it
+        try:
+            await self._target_guard.resolve(host, 0, socket.AF_UNSPEC)
+        except OSError as exc:
+            raise FetchTransient(f"could not resolve {host}: {exc}", code="dns_failure") from exc
+
     async def _follow(
         self, transport: AiohttpTransport, url: str, headers: httpx.Headers, started: float, limit: int
     ) -> FetchResult:
@@ -321,6 +350,8 @@ class Fetcher:
         for _ in range(self._settings.max_redirects + 1):
             current = normalise_url(current)
             self._policy.check_literal(current)
+            if self._target_guard is not None:
+                await self._judge_target(current)
             request = httpx.Request("GET", current, headers=headers, extensions={"timeout": self._timeout})
             if jar:  # cookies set by an earlier hop of this fetch
                 jar.set_cookie_header(request)
