@@ -62,6 +62,13 @@ async def call(action: str, request: Callable[[], Awaitable[Any]]) -> tuple[int,
     return int(response.status), body if isinstance(body, dict) else {}
 
 
+def apply_options(field_manager: str) -> dict[str, Any]:
+    """Keyword arguments that make a kubernetes_asyncio ``patch_*`` call a forced server-side apply (creates or
+    patches in one call; ``force`` takes over fields another manager set) answered as raw JSON for :func:`call`.
+    (Passed as a dict: the client's stubs do not declare ``_content_type``.)"""
+    return {"field_manager": field_manager, "force": True, "_content_type": APPLY_PATCH, "_preload_content": False}
+
+
 def failure(action: str, status: int, body: dict[str, Any], rejected: type[PermanentError]) -> Exception:
     """The error for a non-2xx answer: ``rejected`` for 400/409/422, :class:`KubernetesUnavailable` otherwise."""
     message = f"{action}: {body.get('message') or f'HTTP {status}'}"

@@ -12,7 +12,7 @@ from kubernetes_asyncio import client
 
 from kubecrawl.core.errors import PermanentError
 from kubecrawl.operator.crawlsite.naming import FIELD_MANAGER
-from kubecrawl.operator.kube import APPLY_PATCH, call, failure
+from kubecrawl.operator.kube import apply_options, call, failure
 
 
 class CronJobRejected(PermanentError):
@@ -43,14 +43,8 @@ class CronJobs:
         action = f"applying CronJob {meta['namespace']}/{meta['name']}"
         status, body = await call(
             action,
-            lambda: self._batch.patch_namespaced_cron_job(  # type: ignore[call-arg]  # the stub lacks _content_type
-                meta["name"],
-                meta["namespace"],
-                manifest,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_PATCH,
-                _preload_content=False,
+            lambda: self._batch.patch_namespaced_cron_job(
+                meta["name"], meta["namespace"], manifest, **apply_options(FIELD_MANAGER)
             ),
         )
         if status >= 300:

@@ -22,7 +22,7 @@ from kubernetes_asyncio import client
 
 from kubecrawl.core.errors import PermanentError, TransientError
 from kubecrawl.operator.group import API_VERSION, GROUP, VERSION
-from kubecrawl.operator.kube import APPLY_PATCH, call, failure
+from kubecrawl.operator.kube import apply_options, call, failure
 from kubecrawl.operator.pool.workloads import KIND, PLURAL
 from kubecrawl.operator.settings import ChartPool
 
@@ -85,17 +85,8 @@ class ChartPools:
         action = f"applying CrawlWorkerPool {pool.namespace}/{pool.name}"
         status, body = await call(
             action,
-            lambda: self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]  # the stub lacks _content_type
-                GROUP,
-                VERSION,
-                pool.namespace,
-                PLURAL,
-                pool.name,
-                manifest,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_PATCH,
-                _preload_content=False,
+            lambda: self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, pool.namespace, PLURAL, pool.name, manifest, **apply_options(FIELD_MANAGER)
             ),
         )
         if status >= 300:
