@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
 from kubecrawl.api import errors
-from kubecrawl.api.auth import AuthMiddleware
+from kubecrawl.api.auth import AuthMiddleware, RateLimiter
 from kubecrawl.api.enqueuing import MetadataEnqueuer
 from kubecrawl.api.limiting import BodyLimitMiddleware
 from kubecrawl.api.observing import ObservingMiddleware
@@ -104,6 +104,9 @@ def create_app(
             AuthMiddleware,
             keys=KeyStore(engine) if "api_keys" in settings.auth else None,
             kubernetes=kubernetes_auth,
+            limiter=RateLimiter(rate=settings.auth_rate_limit_per_second, burst=settings.auth_rate_limit_burst)
+            if settings.auth_rate_limit_per_second > 0
+            else None,
             cache_seconds=settings.auth_cache_seconds,
             metrics_public=not settings.metrics_require_auth,
         )

@@ -14,10 +14,15 @@ Key scopes: ``read`` (GET of sites, crawls, events), ``write`` (metadata, both v
 enqueues on a miss; triggering and cancelling crawls), ``admin`` (sites, and anything else); ``admin`` implies
 the others, ``write`` implies ``read``. Verified keys are remembered ``auth_cache_seconds`` (10 s): a revoked key
 stops working within that time, and ``POST /metadata`` does not pay a database round trip per request.
+With ``KUBECRAWL_AUTH_RATE_LIMIT_PER_SECOND`` each caller gets a token bucket (:class:`RateLimiter`): beyond it,
+429 ``rate_limited`` with ``Retry-After``, so one key cannot take the API from the others.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,6 +98,30 @@ async def may_reach(request: Request, site: str, *, read: bool = False) -> bool:
     return await principal.permits(crawl_access(READ_CRAWLS if read else access, site))
 
 
+class RateLimiter:
+    """A token bucket per caller (an API key's name, a ServiceAccount's user name): ``rate`` requests a second on
+    average, bursts of ``burst``. Callers are authenticated, so the buckets are bounded by the keys and accounts
+    that exist; an idle bucket is full again and is forgotten (at most ``_CACHE_SIZE`` kept)."""
+
+    def __init__(self, *, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller → (tokens, at)
+
+    def wait(self, caller: str) -> float:
+        """0 when the request may go now (and spend a token), else the seconds until it may."""
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(caller, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        if len(self._buckets) >= _CACHE_SIZE:
+            self._buckets.popitem(last=False)
+        if tokens < 1:
+            self._buckets[caller] = (tokens, now)
+            return (1 - tokens) / self._rate
+        self._buckets[caller] = (tokens - 1, now)
+        return 0.0
+
+
 class AuthMiddleware:
     def __init__(
         self,
@@ -102,12 +131,15 @@ class AuthMiddleware:
         kubernetes: bool,
         cache_seconds: float,
         metrics_public: bool,
+        limiter: RateLimiter | None = None,
     ) -> None:
-        """``kubernetes``: tokens are reviewed by the app's ``state.reviews`` (connected in its lifespan)."""
+        """``kubernetes``: tokens are reviewed by the app's ``state.reviews`` (connected in its lifespan).
+        ``limiter``: requests per caller, 429 ``rate_limited`` with ``Retry-After`` beyond it."""
         self.app = app
         self._keys = keys
         self._kubernetes = kubernetes
         self._metrics_public = metrics_public
+        self._limiter = limiter
         self._cache: TtlCache[str, Identity] = TtlCache(size=_CACHE_SIZE, seconds=cache_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,6 +160,11 @@ class AuthMiddleware:
                 return
         except ReviewUnavailable as exc:
             await _answer(send, 503, exc.code, exc.detail)
+            return
+        if self._limiter is not None and (wait := self._limiter.wait(principal.name)) > 0:
+            await _answer(
+                send, 429, "rate_limited", f"{principal.name!r} sends too many requests", retry_after=math.ceil(wait)
+            )
             return
         state = scope.setdefault("state", {})
         state["identity"] = principal
@@ -173,11 +210,11 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
-async def _answer(send: Send, status: int, code: str, detail: str) -> None:
+async def _answer(send: Send, status: int, code: str, detail: str, *, retry_after: int = 1) -> None:
     headers = [(b"content-type", b"application/json")]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="kubecrawl"'))
-    elif status == 503:
-        headers.append((b"retry-after", b"1"))
+    elif status in (429, 503):
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": orjson.dumps({"code": code, "detail": detail})})

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     # Verified keys, tokens and RBAC decisions are remembered this long: a revoked key, an expired token or a
     # removed RoleBinding stops working within it.
     auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    # Requests per second per caller (API key or ServiceAccount) on average, with bursts of auth_rate_limit_burst;
+    # 0: no limit. Off by default: the operator refreshes each CrawlSite's status every 30 s with one identity
+    # (1,000 sites ≈ 100 requests/s), so a limit must be sized for the installation.
+    auth_rate_limit_per_second: float = Field(default=0.0, ge=0)
+    auth_rate_limit_burst: int = Field(default=100, ge=1)
     # What the operator and `kubecrawl trigger` send: the projected ServiceAccount token in this file (re-read
     # for every request, since the kubelet rotates it), else the key (an admin-scope key) outside a cluster.
     api_token_file: Path | None = None
