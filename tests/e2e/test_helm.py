@@ -236,6 +236,13 @@ def test_default_render_has_the_workloads_and_no_optional_objects(
         ("ServiceAccount", f"{FULLNAME}-operator"),
         ("ClusterRole", f"{FULLNAME}-operator"),
         ("ClusterRoleBinding", f"{FULLNAME}-operator"),
+        # auth.mode kubernetes (docs/security.md): the API's reviewing identity, who may trigger, aggregated roles.
+        ("ServiceAccount", f"{FULLNAME}-api"),
+        ("ClusterRoleBinding", f"{FULLNAME}-api-auth-delegator"),
+        ("ClusterRole", f"{FULLNAME}-trigger"),
+        ("ClusterRoleBinding", f"{FULLNAME}-trigger"),
+        ("ClusterRole", f"{FULLNAME}-crawlsites-view"),
+        ("ClusterRole", f"{FULLNAME}-crawlsites-edit"),
         ("Pod", f"{FULLNAME}-test-api-ready"),  # `helm test`
     }
 
@@ -303,7 +310,13 @@ def test_worker_pool_without_the_operator_is_refused(helm: Helm) -> None:
     assert result.returncode != 0
     assert "worker.pool.enabled needs operator.enabled" in result.stderr
     objects = index(render(helm, "--set", "operator.enabled=false", "--set", "worker.pool.enabled=false"))
-    assert not [key for key in objects if key[0] in {"ClusterRole", "CrawlWorkerPool"} or key[1].endswith("operator")]
+    operator_objects = [key for key in objects if key[0] in {"ClusterRole", "CrawlWorkerPool"} or "operator" in key[1]]
+    # The API's RBAC model (trigger, aggregated CrawlSite roles) stays: triggers and people still call the API.
+    assert {name for _, name in operator_objects} <= {
+        f"{FULLNAME}-trigger",
+        f"{FULLNAME}-crawlsites-view",
+        f"{FULLNAME}-crawlsites-edit",
+    }
 
 
 # ------------------------------------------------------------------------------------------ pods and settings
@@ -345,9 +358,34 @@ def test_image_ships_compiled_bytecode_since_pods_cannot_write_it(
     assert users == [str(spec["securityContext"]["runAsUser"]) for spec in specs][:1]
 
 
-def test_only_the_operator_gets_a_kubernetes_api_token(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_only_the_operator_and_the_reviewing_api_get_a_kubernetes_api_token(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
     for name, spec in pod_specs(default_objects).items():
-        assert spec.get("automountServiceAccountToken", True) is name.endswith("-operator"), name
+        expected = name.endswith(("-operator", "-api"))  # the API only for TokenReview/SubjectAccessReview
+        assert spec.get("automountServiceAccountToken", True) is expected, name
+
+
+def test_auth_kubernetes_wires_tokens_audiences_and_rbac(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    specs = pod_specs(default_objects)
+    api = next(spec for name, spec in specs.items() if name.endswith("-api"))
+    env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
+    assert (env["KUBECRAWL_AUTH"], env["KUBECRAWL_AUTH_AUDIENCE"]) == ("kubernetes", "kubecrawl")
+    delegator = next(o for (kind, n), o in default_objects.items() if kind == "ClusterRoleBinding" and "delegator" in n)
+    assert delegator["roleRef"]["name"] == "system:auth-delegator"
+    assert delegator["subjects"][0]["name"] == api["serviceAccountName"]
+    operator = next(spec for name, spec in specs.items() if name.endswith("-operator"))
+    (source,) = next(v for v in operator["volumes"] if "projected" in v)["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "kubecrawl"
+    op_env = {e["name"]: e.get("value") for e in operator["containers"][0]["env"]}
+    assert op_env["KUBECRAWL_API_TOKEN_FILE"].endswith("/" + source["serviceAccountToken"]["path"])
+    assert op_env["KUBECRAWL_OPERATOR_TRIGGER_TOKEN_AUDIENCE"] == "kubecrawl"
+    trigger = next(o for (kind, n), o in default_objects.items() if kind == "ClusterRole" and n.endswith("-trigger"))
+    assert trigger["rules"] == [
+        {"apiGroups": ["kubecrawl.io"], "resources": ["crawlsites/trigger"], "verbs": ["create"]}
+    ]
 
 
 def test_each_role_runs_its_kubecrawl_command(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
