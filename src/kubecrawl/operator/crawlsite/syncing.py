@@ -45,7 +45,10 @@ class BearerAuth(httpx.Auth):
 
     def token(self) -> str | None:
         if self._token_file is not None:
-            return self._token_file.read_text().strip()  # about 1 KiB, cached by the page cache
+            try:
+                return self._token_file.read_text().strip()  # about 1 KiB, cached by the page cache
+            except OSError as exc:  # no projected volume where KUBECRAWL_API_TOKEN_FILE says
+                raise ApiUnavailable(f"cannot read the API token {self._token_file}: {exc}") from exc
         return self._api_key
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
