@@ -8,15 +8,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
+from kubecrawl.store.database import create_engine
+from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.migrating import upgrade
 from tests.e2e.conftest import Cluster
-from tests.e2e.stack import service_env, start_api, stop_all
+from tests.e2e.stack import Process, service_env, start_api, stop_all
 from tests.support.controlplane import free_port
 from tests.support.servers import PostgresServer, RabbitServer
 
@@ -25,26 +29,44 @@ pytestmark = pytest.mark.e2e
 SITE = {"url": "https://example.org/"}
 
 
+@dataclass
+class Reviewing:
+    """What an API process reviewing tokens needs: the identity (system:auth-delegator) and a database."""
+
+    kubeconfig: Path
+    database_url: str
+    rabbitmq_url: str
+    logs: Path
+
+    def start(self, **env: str) -> tuple[str, Process]:
+        settings = {
+            "KUBECRAWL_AUTH": "kubernetes",
+            "KUBECRAWL_AUTH_CACHE_SECONDS": "0",  # every request reviewed: RBAC changes show at once
+            "KUBECONFIG": str(self.kubeconfig),
+            **env,
+        }
+        port = free_port()
+        api = start_api(service_env(self.database_url, self.rabbitmq_url, **settings), port, self.logs / f"{port}.log")
+        return f"http://127.0.0.1:{port}", api
+
+
 @pytest.fixture(scope="module")
-def api_url(
+def reviewing(
     cluster: Cluster, postgres: PostgresServer, rabbit: RabbitServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("reviewing-api")
+) -> Reviewing:
     cp = cluster.controlplane
     kubeconfig = cp.mint_user("kubecrawl-api")
     cp.bind_cluster_role("kubecrawl-api", "system:auth-delegator")
     database_url = postgres.create_database("sa_" + uuid.uuid4().hex[:8])
     upgrade(database_url)
-    env = service_env(
-        database_url,
-        rabbit.add_vhost("sa_" + uuid.uuid4().hex[:8]),
-        KUBECRAWL_AUTH="kubernetes",
-        KUBECRAWL_AUTH_CACHE_SECONDS="0",  # every request reviewed: RBAC changes show at once
-        KUBECONFIG=str(kubeconfig),
-    )
-    port = free_port()
-    api = start_api(env, port, logs / "api.log")
-    yield f"http://127.0.0.1:{port}"
+    vhost = rabbit.add_vhost("sa_" + uuid.uuid4().hex[:8])
+    return Reviewing(kubeconfig, database_url, vhost, tmp_path_factory.mktemp("reviewing-api"))
+
+
+@pytest.fixture(scope="module")
+def api_url(reviewing: Reviewing) -> Iterator[str]:
+    url, api = reviewing.start()
+    yield url
     stop_all(api)
 
 
@@ -150,3 +172,39 @@ async def test_the_operator_client_sends_the_token_from_its_file(
         assert refused.value.status == 401
     finally:
         await api.aclose()
+
+
+async def test_with_both_a_key_and_a_service_account_token_are_accepted(
+    reviewing: Reviewing, cluster: Cluster, namespace: str
+) -> None:
+    engine = create_engine(reviewing.database_url)
+    key = await KeyStore(engine).create("both-" + uuid.uuid4().hex[:6], ["read"], None)
+    await engine.dispose()
+    grant(
+        cluster, namespace, "reader", [{"apiGroups": ["kubecrawl.io"], "resources": ["crawlsites"], "verbs": ["get"]}]
+    )
+    url, api = reviewing.start(KUBECRAWL_AUTH="api_keys+kubernetes")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            assert (await client.get("/sites", headers=bearer(key))).status_code == 200
+            site = f"/sites/{namespace}/docs"
+            assert (await client.get(site, headers=bearer(token(cluster, namespace, "reader")))).status_code == 404
+            assert (await client.get(site, headers=bearer("kc_revoked-or-made-up"))).status_code == 401
+            assert (await client.get(site, headers=bearer("garbage"))).status_code == 401
+    finally:
+        stop_all(api)
+
+
+def test_an_unreachable_kubernetes_api_is_503_not_401(reviewing: Reviewing, tmp_path: Path) -> None:
+    config = yaml.safe_load(reviewing.kubeconfig.read_text())
+    for cluster_entry in config["clusters"]:
+        cluster_entry["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    dead = tmp_path / "dead.kubeconfig"
+    dead.write_text(yaml.safe_dump(config))
+    url, api = reviewing.start(KUBECONFIG=str(dead))
+    try:
+        answer = httpx.get(f"{url}/sites", headers=bearer("any-token"), timeout=30)
+        assert (answer.status_code, answer.json()["code"]) == (503, "auth_unavailable"), answer.text
+        assert answer.headers["retry-after"] == "1"
+    finally:
+        stop_all(api)
