@@ -715,6 +715,13 @@ def test_worker_egress_policy_denies_private_and_metadata_ranges_and_the_api_ser
         cluster.admin.run("delete", "namespace", namespace, "--wait=false", check=False)
 
 
+def test_the_reviewing_api_account_keeps_the_workload_account_annotations(helm: Helm) -> None:
+    role = "iam/role"
+    objects = index(render(helm, "--set", f"serviceAccount.annotations.{role}=arn:db"))
+    assert objects["ServiceAccount", f"{FULLNAME}-api"]["metadata"]["annotations"] == {role: "arn:db"}
+    assert objects["ServiceAccount", FULLNAME]["metadata"]["annotations"] == {role: "arn:db"}
+
+
 def test_operator_rights_stop_at_its_watched_and_pool_namespaces(cluster: Cluster, helm: Helm) -> None:
     """The chart's RBAC for an operator watching crawl-a only, applied to the control plane: `kubectl auth can-i`
     as its ServiceAccount. CronJobs only where it watches CrawlSites; Pods and /scale only in the pool namespace."""
