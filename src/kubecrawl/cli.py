@@ -536,7 +536,13 @@ def trigger(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--site") from exc
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    api = SiteApi(settings.api_url, timeout=REQUEST_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS, api_key=api_key)
+    api = SiteApi(
+        settings.api_url,
+        timeout=REQUEST_TIMEOUT_SECONDS,
+        retry_delays=RETRY_DELAYS,
+        api_key=api_key,
+        token_file=settings.api_token_file,
+    )
     raise typer.Exit(_run(run_trigger(api, request)))
 
 

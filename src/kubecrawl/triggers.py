@@ -14,6 +14,8 @@ Manual triggers are never refused, like ``kubectl create job --from=cronjob/…`
 
 from __future__ import annotations
 
+import hashlib
+
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_pages
 from kubecrawl.core.errors import Conflict, NotFound
@@ -36,10 +38,11 @@ async def start_crawl(
     trigger: str,
     idempotency_key: str | None,
 ) -> tuple[Crawl, bool]:
-    """Create (and enqueue) a crawl, or return the one already holding ``idempotency_key``.
+    """Create (and enqueue) a crawl, or return the one of this site already holding ``idempotency_key``.
 
-    A key already held by a crawl of another site is refused (``Conflict``, ``idempotency_key_conflict``).
+    Keys are per site (:func:`site_key`): a key one site uses can never name, or block, another site's crawl.
     """
+    idempotency_key = site_key(namespace, name, idempotency_key)
     site = await sites.get(namespace, name)
     if site is None:
         raise NotFound(f"site {namespace}/{name} not found", code="site_not_found")
@@ -56,8 +59,8 @@ async def start_crawl(
     )
     if not created:
         if crawl.site != f"{namespace}/{name}":
-            # Keys are unique across sites: answering with (and resuming) another site's crawl would tell the caller
-            # its site was crawled when it was not.
+            # Cannot happen with site_key (every stored key names its site); kept so a store holding keys written
+            # before it can never answer with (and resume) another site's crawl.
             raise Conflict(
                 f"idempotency key {idempotency_key!r} belongs to a crawl of site {crawl.site}",
                 code="idempotency_key_conflict",
@@ -69,6 +72,24 @@ async def start_crawl(
     if created:
         log.info("crawl_enqueued", crawl_id=crawl.id, site=crawl.site, trigger=trigger)
     return crawl, created
+
+
+# The store's idempotency_key column holds 512 characters.
+_KEY_COLUMN = 512
+
+
+def site_key(namespace: str, name: str, key: str | None) -> str | None:
+    """The key as stored: unique per site. Keys that already name this site (``site:{ns}/{name}:cron:…`` of
+    schedules, ``…:job:…`` of hand-made Jobs) are kept; any other key gets the site's prefix, so a client allowed to
+    trigger site A cannot take site B's key for a scheduled minute and make B's trigger answer 409 (issue 12).
+    A prefixed key that would not fit the column is replaced by its SHA-256."""
+    if key is None:
+        return None
+    prefix = f"site:{namespace}/{name}:"
+    if key.startswith(prefix):
+        return key
+    scoped = f"{prefix}key:{key}"
+    return scoped if len(scoped) <= _KEY_COLUMN else f"{prefix}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 # Crawls of one site looked at for overlap: more than one is active only after a switch from Allow.

@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -449,7 +450,12 @@ def run_trigger(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 async def test_every_minute_schedule_fires_a_job_and_two_triggers_start_one_crawl(
-    kube: Kube, namespace: str, services: Services, local_site: Site, operator: OperatorProcess
+    kube: Kube,
+    namespace: str,
+    services: Services,
+    local_site: Site,
+    operator: OperatorProcess,
+    tmp_path: Path,
 ) -> None:
     await kube.aapply(crawlsite("minutely", url=local_site.url("/"), schedule="* * * * *"), namespace)
     await wait_cronjob(kube, namespace, "minutely")
@@ -471,6 +477,12 @@ async def test_every_minute_schedule_fires_a_job_and_two_triggers_start_one_craw
     for item in container["env"]:
         env[item["name"]] = item.get("value", "")
     env.update(JOB_NAME=job_name, JOB_UID=job_uid, KUBECRAWL_API_URL=services.api_url, SITE=container["command"][3])
+    # The projected volume the kubelet would mount: a token of the pod's ServiceAccount for the kubecrawl audience.
+    (source,) = found["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    token = await kube.arun("create", "token", "default", "-n", namespace, "--audience", "kubecrawl")
+    token_file = tmp_path / source["serviceAccountToken"]["path"]
+    token_file.write_text(token.stdout)
+    env["KUBECRAWL_API_TOKEN_FILE"] = str(token_file)
     first, second = [await asyncio.to_thread(run_trigger, dict(env)) for _ in range(2)]
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert "crawl_triggered" in first.stderr

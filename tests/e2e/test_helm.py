@@ -35,6 +35,7 @@ LINKS = {
     "deploy/crds/crawlsite.yaml": "deploy/helm/kubecrawl/files/crds/crawlsite.yaml",
     "deploy/crds/crawlworkerpool.yaml": "deploy/helm/kubecrawl/files/crds/crawlworkerpool.yaml",
     "deploy/rbac/clusterrole.yaml": "deploy/helm/kubecrawl/files/rbac/clusterrole.yaml",
+    "deploy/rbac/scaling-clusterrole.yaml": "deploy/helm/kubecrawl/files/rbac/scaling.yaml",
     "deploy/prometheus/rules.yaml": "deploy/helm/kubecrawl/files/prometheus/rules.yaml",
     "deploy/grafana/kubecrawl.json": "deploy/helm/kubecrawl/files/grafana/kubecrawl.json",
 }
@@ -120,6 +121,10 @@ ALL_OPTIONS: dict[str, Any] = {
         "enabled": True,
         "apiFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}],
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        "workerEgress": {
+            "enabled": True,
+            "to": [{"to": [{"podSelector": {"matchLabels": {"app": "rabbitmq"}}}], "ports": [{"port": 5672}]}],
+        },
     },
 }
 
@@ -256,6 +261,19 @@ def test_default_render_has_the_workloads_and_no_optional_objects(
         # The operator keeps the chart's CrawlWorkerPool in the release namespace (create, delete).
         ("Role", f"{FULLNAME}-operator-pool"),
         ("RoleBinding", f"{FULLNAME}-operator-pool"),
+        # Pods and the worker Deployment's /scale only in the release's namespace.
+        ("Role", f"{NAMESPACE}/{FULLNAME}-operator-scaling"),
+        ("RoleBinding", f"{NAMESPACE}/{FULLNAME}-operator-scaling"),
+        # Its Pod patches and CronJobs held to what it writes (tests/e2e/test_operator_admission.py).
+        ("ValidatingAdmissionPolicy", f"{FULLNAME}-operator"),
+        ("ValidatingAdmissionPolicyBinding", f"{FULLNAME}-operator"),
+        # auth.mode kubernetes (docs/security.md): the API's reviewing identity, who may trigger, aggregated roles.
+        ("ServiceAccount", f"{FULLNAME}-api"),
+        ("ClusterRoleBinding", f"{FULLNAME}-api-auth-delegator"),
+        ("ClusterRole", f"{FULLNAME}-trigger"),
+        ("ClusterRoleBinding", f"{FULLNAME}-trigger"),
+        ("ClusterRole", f"{FULLNAME}-crawlsites-view"),
+        ("ClusterRole", f"{FULLNAME}-crawlsites-edit"),
         ("Pod", f"{FULLNAME}-test-api-ready"),  # `helm test`
     }
 
@@ -266,7 +284,11 @@ def test_every_option_renders_monitoring_network_policies_and_namespace_bindings
     kinds = {kind for kind, _ in all_objects}
     assert {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "RoleBinding"} <= kinds
     assert ("ClusterRoleBinding", f"{FULLNAME}-operator") not in all_objects
-    bindings = [obj for (kind, name), obj in all_objects.items() if kind == "RoleBinding" and "/" in name]
+    bindings = [
+        obj
+        for (kind, name), obj in all_objects.items()
+        if kind == "RoleBinding" and "/" in name and name.endswith("-operator")
+    ]
     # The chart's own CrawlWorkerPool lives in the release namespace: the operator watches it too.
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["crawl-a", "crawl-b", NAMESPACE]
     operator = container(all_objects, "Deployment", f"{FULLNAME}-operator")
@@ -323,7 +345,13 @@ def test_worker_pool_without_the_operator_is_refused(helm: Helm) -> None:
     assert result.returncode != 0
     assert "worker.pool.enabled needs operator.enabled" in result.stderr
     objects = index(render(helm, "--set", "operator.enabled=false", "--set", "worker.pool.enabled=false"))
-    assert not [key for key in objects if key[0] in {"ClusterRole", "CrawlWorkerPool"} or key[1].endswith("operator")]
+    operator_objects = [key for key in objects if key[0] in {"ClusterRole", "CrawlWorkerPool"} or "operator" in key[1]]
+    # The API's RBAC model (trigger, aggregated CrawlSite roles) stays: triggers and people still call the API.
+    assert {name for _, name in operator_objects} <= {
+        f"{FULLNAME}-trigger",
+        f"{FULLNAME}-crawlsites-view",
+        f"{FULLNAME}-crawlsites-edit",
+    }
 
 
 # ------------------------------------------------------------------------------------------ pods and settings
@@ -365,9 +393,34 @@ def test_image_ships_compiled_bytecode_since_pods_cannot_write_it(
     assert users == [str(spec["securityContext"]["runAsUser"]) for spec in specs][:1]
 
 
-def test_only_the_operator_gets_a_kubernetes_api_token(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_only_the_operator_and_the_reviewing_api_get_a_kubernetes_api_token(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
     for name, spec in pod_specs(default_objects).items():
-        assert spec.get("automountServiceAccountToken", True) is name.endswith("-operator"), name
+        expected = name.endswith(("-operator", "-api"))  # the API only for TokenReview/SubjectAccessReview
+        assert spec.get("automountServiceAccountToken", True) is expected, name
+
+
+def test_auth_kubernetes_wires_tokens_audiences_and_rbac(
+    default_objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    specs = pod_specs(default_objects)
+    api = next(spec for name, spec in specs.items() if name.endswith("-api"))
+    env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
+    assert (env["KUBECRAWL_AUTH"], env["KUBECRAWL_AUTH_AUDIENCE"]) == ("kubernetes", "kubecrawl")
+    delegator = next(o for (kind, n), o in default_objects.items() if kind == "ClusterRoleBinding" and "delegator" in n)
+    assert delegator["roleRef"]["name"] == "system:auth-delegator"
+    assert delegator["subjects"][0]["name"] == api["serviceAccountName"]
+    operator = next(spec for name, spec in specs.items() if name.endswith("-operator"))
+    (source,) = next(v for v in operator["volumes"] if "projected" in v)["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "kubecrawl"
+    op_env = {e["name"]: e.get("value") for e in operator["containers"][0]["env"]}
+    assert op_env["KUBECRAWL_API_TOKEN_FILE"].endswith("/" + source["serviceAccountToken"]["path"])
+    assert op_env["KUBECRAWL_OPERATOR_TRIGGER_TOKEN_AUDIENCE"] == "kubecrawl"
+    trigger = next(o for (kind, n), o in default_objects.items() if kind == "ClusterRole" and n.endswith("-trigger"))
+    assert trigger["rules"] == [
+        {"apiGroups": ["kubecrawl.io"], "resources": ["crawlsites/trigger"], "verbs": ["create"]}
+    ]
 
 
 def test_each_role_runs_its_kubecrawl_command(default_objects: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -734,6 +787,90 @@ def test_operator_cluster_role_has_exactly_the_deploy_rbac_rules(
     binding = default_objects["ClusterRoleBinding", f"{FULLNAME}-operator"]
     assert binding["roleRef"]["name"] == f"{FULLNAME}-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}]
+    scaling = yaml.safe_load((ROOT / "deploy" / "rbac" / "scaling-clusterrole.yaml").read_text())["rules"]
+    role = default_objects["Role", f"{NAMESPACE}/{FULLNAME}-operator-scaling"]["rules"]
+    # The same rules, the worker Deployment named on /scale.
+    assert [{k: v for k, v in rule.items() if k != "resourceNames"} for rule in role] == scaling
+    assert [rule.get("resourceNames") for rule in role if "deployments/scale" in rule["resources"]] == [
+        [f"{FULLNAME}-worker"]
+    ]
+    assert not [
+        rule for rule in default_objects["ClusterRole", f"{FULLNAME}-operator"]["rules"] if "pods" in rule["resources"]
+    ]
+
+
+def test_worker_egress_policy_denies_private_and_metadata_ranges_and_the_api_server_accepts_it(
+    cluster: Cluster, helm: Helm, all_objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    assert ("NetworkPolicy", f"{FULLNAME}-worker-egress") not in index(
+        render(helm, "--set", "networkPolicy.enabled=true")
+    )
+    policy = all_objects["NetworkPolicy", f"{FULLNAME}-worker-egress"]
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert policy["spec"]["podSelector"] == all_objects["Deployment", f"{FULLNAME}-worker"]["spec"]["selector"]
+    rules = policy["spec"]["egress"]
+    internet = next(rule for rule in rules if any("ipBlock" in peer for peer in rule.get("to", ())))
+    v4 = next(peer["ipBlock"] for peer in internet["to"] if peer["ipBlock"]["cidr"] == "0.0.0.0/0")
+    metadata, cluster_pods = ip_network("169.254.169.254/32"), ip_network("10.244.0.0/16")
+    assert any(metadata.subnet_of(ip_network(c)) for c in v4["except"])
+    assert any(cluster_pods.subnet_of(ip_network(c)) for c in v4["except"])
+    assert {"port": 5672} in [port for rule in rules for port in rule.get("ports", ())]  # the `to` peers
+    assert {"port": 53, "protocol": "UDP"} in rules[0]["ports"]
+    # The API server validates it (except ranges inside the CIDR, peers, ports); no CNI here enforces it.
+    namespace = f"np-{uuid.uuid4().hex[:6]}"
+    cluster.admin.run("create", "namespace", namespace)
+    try:
+        cluster.admin.run("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(policy))
+    finally:
+        cluster.admin.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_the_reviewing_api_account_keeps_the_workload_account_annotations(helm: Helm) -> None:
+    role = "iam/role"
+    objects = index(render(helm, "--set", f"serviceAccount.annotations.{role}=arn:db"))
+    assert objects["ServiceAccount", f"{FULLNAME}-api"]["metadata"]["annotations"] == {role: "arn:db"}
+    assert objects["ServiceAccount", FULLNAME]["metadata"]["annotations"] == {role: "arn:db"}
+
+
+def test_operator_rights_stop_at_its_watched_and_pool_namespaces(cluster: Cluster, helm: Helm) -> None:
+    """The chart's RBAC for an operator watching crawl-a only, applied to the control plane: `kubectl auth can-i`
+    as its ServiceAccount. CronJobs only where it watches CrawlSites; Pods and /scale only in the pool namespace."""
+    suffix = uuid.uuid4().hex[:6]
+    release, home, watched, elsewhere = (f"{x}-{suffix}" for x in ("lp", "lp-home", "lp-watched", "lp-other"))
+    for namespace in (home, watched, elsewhere):
+        cluster.admin.run("create", "namespace", namespace)
+    rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    manifest = helm.run(
+        "template", release, str(CHART), "--namespace", home, "--set", f"operator.namespaces={{{watched}}}"
+    ).stdout
+    objects = [obj for obj in objects_of(manifest) if obj["kind"] in rbac_kinds]
+    for obj in objects:
+        if obj["kind"] in {"ServiceAccount", "Role", "RoleBinding"}:  # helm leaves the release namespace implicit
+            obj["metadata"].setdefault("namespace", home)
+    listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    cluster.admin.run("apply", "-f", "-", stdin=listed)
+    operator = f"system:serviceaccount:{home}:{release}-kubecrawl-operator"
+
+    def can(*args: str) -> bool:
+        return cluster.admin.run("auth", "can-i", *args, f"--as={operator}", check=False).stdout.strip() == "yes"
+
+    try:
+        assert can("create", "cronjobs.batch", "-n", watched)
+        assert not can("create", "cronjobs.batch", "-n", elsewhere)
+        assert not can("create", "cronjobs.batch", "-n", "kube-system")
+        assert can("patch", "pods", "-n", home)  # pod-deletion-cost on the worker pods
+        for namespace in (watched, elsewhere, "kube-system"):
+            assert not can("patch", "pods", "-n", namespace), namespace
+            assert not can("list", "pods", "-n", namespace), namespace
+        assert can("patch", f"deployments.apps/{release}-kubecrawl-worker", "--subresource=scale", "-n", home)
+        assert not can("patch", f"deployments.apps/{release}-kubecrawl-api", "--subresource=scale", "-n", home)
+        assert not can("patch", "deployments.apps", "--subresource=scale", "-n", watched)
+        assert not can("get", "secrets", "-n", home)
+        assert not can("create", "pods", "-n", home)
+    finally:
+        cluster.admin.run("delete", "-f", "-", stdin=listed, check=False)
+        for namespace in (home, watched, elsewhere):
+            cluster.admin.run("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_prometheus_rule_renders_the_rules_file(all_objects: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -379,7 +379,12 @@ def test_operator_service_account_has_the_operator_rights_and_no_more(release: R
 
     operator = f"system:serviceaccount:{release.namespace}:{release.fullname}-operator"
     assert can(operator, "watch", "crawlsites.kubecrawl.io", "--all-namespaces")
-    assert can(operator, "patch", "deployments.apps", "--subresource=scale", "-n", "anywhere")
+    worker_scale = (f"deployments.apps/{release.fullname}-worker", "--subresource=scale")
+    assert can(operator, "patch", *worker_scale, "-n", release.namespace)
+    assert not can(operator, "patch", "deployments.apps", "--subresource=scale", "-n", "anywhere")
+    assert not can(operator, "patch", "pods", "-n", "anywhere")
+    assert can(operator, "patch", "pods", "-n", release.namespace)
+    # Watching every namespace, it must write CrawlSites' CronJobs wherever they are.
     assert can(operator, "create", "cronjobs.batch", "-n", "anywhere")
     # The chart's own pool, in the release namespace only.
     assert can(operator, "create", "crawlworkerpools.kubecrawl.io", "-n", release.namespace)

@@ -269,21 +269,31 @@ async def test_concurrent_duplicate_triggers_create_one_crawl_and_enqueue_once(
     assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
 
 
-async def test_a_key_held_by_another_sites_crawl_answers_409_and_creates_and_enqueues_nothing(
+async def test_idempotency_keys_are_per_site_so_one_site_cannot_block_anothers_schedule(
     api: ApiHandle, site: Site, rabbit: RabbitServer, vhost: str
 ) -> None:
     site.html("/")
     await put_site(api.client, "first", {"url": site.url("/")})
-    await put_site(api.client, "second", {"url": site.url("/")})
+    # Allow: the scheduled trigger below starts while the manual crawl before it still runs (no worker here).
+    await put_site(api.client, "second", {"url": site.url("/"), "overlapPolicy": "Allow"})
     first = await api.client.post("/sites/default/first/crawls", json={"idempotency_key": "nightly"})
     assert first.status_code == 202
     again = await api.client.post("/sites/default/first/crawls", json={"idempotency_key": "nightly"})
     assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
     other = await api.client.post("/sites/default/second/crawls", json={"idempotency_key": "nightly"})
-    assert other.status_code == 409
-    assert other.json()["code"] == "idempotency_key_conflict"
-    assert (await api.client.get("/sites/default/second/crawls")).json()["items"] == []
-    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1
+    assert other.status_code == 202
+    assert other.json()["id"] != first.json()["id"]
+
+    # The attack of issue 12: a crawl of "first" taking "second"'s key for a scheduled minute.
+    stolen = scheduled("second", 7)
+    taken = await api.client.post("/sites/default/first/crawls", json={**stolen, "trigger": "manual"})
+    assert taken.status_code == 202
+    assert taken.json()["site"] == "default/first"
+    owned = await api.client.post("/sites/default/second/crawls", json=stolen)
+    assert owned.status_code == 202, owned.text  # second's own scheduled crawl still starts
+    assert owned.json()["site"] == "default/second"
+    assert owned.json()["idempotency_key"] == stolen["idempotency_key"]
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 4
 
 
 def scheduled(name: str, minute: int) -> dict[str, str]:

@@ -213,3 +213,18 @@ def test_standalone_refuses_a_non_loopback_address_without_auth(tmp_path: Any) -
     assert result.returncode != 0
     assert "--insecure-no-auth" in result.stderr
     assert not (tmp_path / "k.db").exists()
+
+
+async def test_a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_do_not(
+    auth_settings: Settings, keys: KeyStore
+) -> None:
+    limited = auth_settings.model_copy(update={"auth_rate_limit_per_second": 0.01, "auth_rate_limit_burst": 3})
+    busy = await keys.create("busy", ["read"], None)
+    quiet = await keys.create("quiet", ["read"], None)
+    async with running_api(limited) as api:
+        answers = [(await call(api.client, "GET", "/sites", busy)) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[-1].json()["code"] == "rate_limited"
+        assert int(answers[-1].headers["retry-after"]) >= 1
+        assert (await call(api.client, "GET", "/sites", quiet)).status_code == 200
+        assert (await call(api.client, "GET", "/health/live", None)).status_code == 200

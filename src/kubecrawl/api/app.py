@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
 from kubecrawl.api import errors
-from kubecrawl.api.auth import AuthMiddleware
+from kubecrawl.api.auth import AuthMiddleware, RateLimiter
 from kubecrawl.api.enqueuing import MetadataEnqueuer
 from kubecrawl.api.limiting import BodyLimitMiddleware
 from kubecrawl.api.observing import ObservingMiddleware
+from kubecrawl.api.reviews import KubernetesReviews
 from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.logging import get_logger
@@ -49,12 +50,17 @@ def create_app(
     settings: Settings, *, publisher: Publisher, engine: AsyncEngine, manage_lifecycle: bool = True
 ) -> FastAPI:
     """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the engine."""
+    kubernetes_auth = "kubernetes" in settings.auth
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
             await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
             await publisher.start()
+        if kubernetes_auth:  # in a cluster its ServiceAccount, else KUBECONFIG; fails the start-up without either
+            app.state.reviews = await KubernetesReviews.connect(
+                audience=settings.auth_audience, cache_seconds=settings.auth_cache_seconds
+            )
         # Everything built so far (modules, the app, its routes, pools, connections) lives as long as the process:
         # out of the collector's sight it is no longer scanned by every full collection. Those scans of the
         # start-up heap were about a fifth of the API's CPU per POST /metadata under load (bench/publish.py).
@@ -66,6 +72,8 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # a process that starts apps again (tests) collects the old ones
+            if kubernetes_auth:
+                await app.state.reviews.aclose()
             if manage_lifecycle:
                 await publisher.close()
                 await engine.dispose()
@@ -91,10 +99,14 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)  # inside the observer
-    if settings.auth == "api_keys":  # outside the body limit: strangers are answered before any body is read
+    if settings.auth != "none":  # outside the body limit: strangers are answered before any body is read
         app.add_middleware(
             AuthMiddleware,
-            keys=KeyStore(engine),
+            keys=KeyStore(engine) if "api_keys" in settings.auth else None,
+            kubernetes=kubernetes_auth,
+            limiter=RateLimiter(rate=settings.auth_rate_limit_per_second, burst=settings.auth_rate_limit_burst)
+            if settings.auth_rate_limit_per_second > 0
+            else None,
             cache_seconds=settings.auth_cache_seconds,
             metrics_public=not settings.metrics_require_auth,
         )

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kubecrawl.core.errors import (
     BodyTooLarge,
     Conflict,
+    Forbidden,
     KubecrawlError,
     NotFound,
     PermanentError,
@@ -37,6 +38,7 @@ _STATUSES: tuple[tuple[type[KubecrawlError], int], ...] = (
     (BodyTooLarge, 413),
     (TooManyRequests, 429),
     (NotFound, 404),
+    (Forbidden, 403),
     (Conflict, 409),
     (PermanentError, 400),
     (TransientError, 503),

@@ -116,3 +116,9 @@ class NotFound(PermanentError):
 
 class Conflict(PermanentError):
     code = "conflict"
+
+
+class Forbidden(PermanentError):
+    """The caller is known but may not do this (api/auth.py answers most of these before a route runs)."""
+
+    code = "forbidden"

@@ -7,6 +7,7 @@ public contract (Helm values and docs use them).
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -143,14 +144,24 @@ class Settings(BaseSettings):
     sse_max_subscribers_per_crawl: int = Field(default=16, ge=1)
     sse_max_subscribers: int = Field(default=256, ge=1)
 
-    # API authentication (docs/security.md): "api_keys" makes every route but /health/* (and /metrics, unless
-    # metrics_require_auth) need a key made with `kubecrawl keys create`. "none" is for the embedded default on
-    # loopback and for installations that keep the API unreachable to anyone else.
-    auth: Literal["none", "api_keys"] = "none"
+    # API authentication (docs/security.md): every route but /health/* (and /metrics, unless metrics_require_auth)
+    # needs a bearer token: "api_keys" a key made with `kubecrawl keys create`, "kubernetes" a ServiceAccount token
+    # issued for auth_audience (TokenReview, then RBAC through SubjectAccessReview), "api_keys+kubernetes" either.
+    # "none" is for the embedded default on loopback and for installations that keep the API unreachable.
+    auth: Literal["none", "api_keys", "kubernetes", "api_keys+kubernetes"] = "none"
+    auth_audience: str = Field(default="kubecrawl", min_length=1)
     metrics_require_auth: bool = False
-    # Verified keys are remembered this long: a revoked key stops working within it.
+    # Verified keys, tokens and RBAC decisions are remembered this long: a revoked key, an expired token or a
+    # removed RoleBinding stops working within it.
     auth_cache_seconds: float = Field(default=10.0, ge=0, le=300)
-    # The key the operator and `kubecrawl trigger` send (an admin-scope key) when the API requires one.
+    # Requests per second per caller (API key or ServiceAccount) on average, with bursts of auth_rate_limit_burst;
+    # 0: no limit. Off by default: the operator refreshes each CrawlSite's status every 30 s with one identity
+    # (1,000 sites ≈ 100 requests/s), so a limit must be sized for the installation.
+    auth_rate_limit_per_second: float = Field(default=0.0, ge=0)
+    auth_rate_limit_burst: int = Field(default=100, ge=1)
+    # What the operator and `kubecrawl trigger` send: the projected ServiceAccount token in this file (re-read
+    # for every request, since the kubelet rotates it), else the key (an admin-scope key) outside a cluster.
+    api_token_file: Path | None = None
     api_key: SecretStr | None = None
 
     api_url: str = "http://127.0.0.1:8000"

@@ -36,9 +36,14 @@ class OperatorSettings(BaseSettings):
     # The API as seen from trigger pods; the operator's own KUBECRAWL_API_URL when unset (the usual case: both
     # run in the cluster and use the API Service's DNS name).
     trigger_api_url: str | None = None
-    # The trigger only calls the kubecrawl API, never the Kubernetes API: no token is mounted unless a service
-    # account is named here (e.g. one that an image pull secret is attached to).
+    # The trigger only calls the kubecrawl API, never the Kubernetes API: no Kubernetes API token is mounted
+    # (only the kubecrawl-audience token below). Unset: the namespace's `default` account; name one here
+    # (e.g. one an image pull secret is attached to, or the one RBAC lets trigger).
     trigger_service_account: str | None = None
+    # Trigger pods send a projected token of their ServiceAccount issued for this audience (the API's
+    # KUBECRAWL_AUTH_AUDIENCE); RBAC must let that account `create` crawlsites/trigger (docs/security.md).
+    # Empty: no token (an API without Kubernetes authentication).
+    trigger_token_audience: str = "kubecrawl"  # noqa: S105 - an audience, not a secret
 
     # A run that could not start within 5 minutes of its time is skipped. This also bounds what un-suspending
     # or an outage of the controller-manager replays: at most one missed run, never a burst.

@@ -81,7 +81,22 @@ def test_a_service_account_for_triggers_is_used_when_configured() -> None:
     settings = OperatorSettings(trigger_service_account="kubecrawl-trigger")
     pod = cronjob_manifest(SITE, {"url": "https://e.com/", "schedule": "@daily"}, settings, API)["spec"]["jobTemplate"]
     pod_spec = pod["spec"]["template"]["spec"]
-    assert (pod_spec["serviceAccountName"], pod_spec["automountServiceAccountToken"]) == ("kubecrawl-trigger", True)
+    assert (pod_spec["serviceAccountName"], pod_spec["automountServiceAccountToken"]) == ("kubecrawl-trigger", False)
+
+
+def test_trigger_pods_send_a_projected_token_for_the_kubecrawl_audience() -> None:
+    cj = cronjob_manifest(SITE, {"url": "https://e.com/", "schedule": "@daily"}, SETTINGS, API)
+    pod_spec = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (volume,) = pod_spec["volumes"]
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "kubecrawl"
+    container = pod_spec["containers"][0]
+    (mount,) = container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBECRAWL_API_TOKEN_FILE"] == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    no_token = OperatorSettings(trigger_token_audience="")
+    without = cronjob_manifest(SITE, {"url": "https://e.com/", "schedule": "@daily"}, no_token, API)
+    assert "volumes" not in without["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def test_long_site_names_get_the_shortened_cronjob_name_everywhere() -> None:

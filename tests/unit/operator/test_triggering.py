@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -108,3 +109,23 @@ async def test_a_scheduled_run_skipped_by_overlap_policy_is_not_a_failed_job(cod
     api = _api(httpx.MockTransport(lambda _: httpx.Response(409, json={"code": code, "detail": "still RUNNING"})))
     request = trigger_request("ns/docs", job_name=JOB, job_uid="u", cronjob="docs")
     assert await run_trigger(api, request) == exit_code
+
+
+async def test_the_token_file_is_read_for_every_request_and_a_missing_one_fails_the_run(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(202, json={"id": "c1"})
+
+    token = tmp_path / "token"
+    api = SiteApi(
+        "http://api.test", timeout=1, retry_delays=(), transport=httpx.MockTransport(handle), token_file=token
+    )
+    token.write_text("first\n")
+    await api.trigger_crawl("ns", "s", trigger="manual", idempotency_key=None)
+    token.write_text("second")  # the kubelet renewed it
+    await api.trigger_crawl("ns", "s", trigger="manual", idempotency_key=None)
+    assert seen == ["Bearer first", "Bearer second"]
+    token.unlink()
+    assert await run_trigger(api, trigger_request("ns/s", job_name=None, cronjob=None)) == 1

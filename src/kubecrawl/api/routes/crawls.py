@@ -19,8 +19,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from kubecrawl.api.auth import may_reach
 from kubecrawl.api.deps import CrawlsDep
-from kubecrawl.core.errors import NotFound, PermanentError, TooManyRequests
+from kubecrawl.core.errors import Forbidden, NotFound, PermanentError, TooManyRequests
 from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl, CrawlPageState
 from kubecrawl.store.contract import CrawlStore
 
@@ -46,11 +47,14 @@ def _counter(value: str, *, what: str, code: str) -> int:
 
 
 async def _crawl(crawls: CrawlStore, crawl_id: str, request: Request | None = None) -> Crawl:
-    """The crawl, or 404; also 404 to a key limited to namespaces the crawl's site is not in (api/auth.py)."""
+    """The crawl, or 404 (also to a caller who may not read the crawl's site: a key limited to other namespaces,
+    a ServiceAccount without RBAC on the CrawlSite, ``api/auth.py``); 403 to one who may read it but not do
+    what it asks (cancel)."""
     crawl = await crawls.get(crawl_id)
-    identity = request.scope.get("state", {}).get("identity") if request is not None else None
-    if crawl is None or (identity is not None and not identity.may_see(crawl.site.partition("/")[0])):
+    if crawl is None or (request is not None and not await may_reach(request, crawl.site, read=True)):
         raise NotFound(f"crawl {crawl_id} not found", code="crawl_not_found")
+    if request is not None and not await may_reach(request, crawl.site):
+        raise Forbidden(f"may not do {request.method} on crawls of site {crawl.site}")
     return crawl
 
 

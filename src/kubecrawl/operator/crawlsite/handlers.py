@@ -146,6 +146,7 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
                 timeout=options.api_timeout_seconds,
                 retry_delays=options.api_retry_delays,
                 api_key=shared.api_key.get_secret_value() if shared.api_key else None,
+                token_file=shared.api_token_file,
             ),
             trigger_api_url=options.trigger_api_url or shared.api_url,
         )

@@ -89,6 +89,12 @@ def cronjob_manifest(site: SiteRef, spec: dict[str, Any], settings: OperatorSett
     }
 
 
+TOKEN_VOLUME = "kubecrawl-api-token"  # noqa: S105 - a volume name
+TOKEN_DIR = "/var/run/secrets/kubecrawl.io/api"  # noqa: S105 - where the kubelet writes it
+# The shortest lifetime the API server issues (10 minutes): a trigger makes one call within its first minute.
+TOKEN_SECONDS = 600
+
+
 def _pod_spec(site: SiteRef, cronjob: str, settings: OperatorSettings, api_url: str) -> dict[str, Any]:
     env = [
         {"name": "KUBECRAWL_API_URL", "value": api_url},
@@ -101,7 +107,7 @@ def _pod_spec(site: SiteRef, cronjob: str, settings: OperatorSettings, api_url: 
     ]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # a failed trigger is retried by the Job (backoffLimit), with a fresh pod
-        "automountServiceAccountToken": settings.trigger_service_account is not None,
+        "automountServiceAccountToken": False,  # the trigger never calls the Kubernetes API
         # Any unprivileged uid works: the trigger only reads the installed package and makes one HTTP call.
         "securityContext": {
             "runAsNonRoot": True,
@@ -131,6 +137,28 @@ def _pod_spec(site: SiteRef, cronjob: str, settings: OperatorSettings, api_url: 
     }
     if settings.trigger_service_account is not None:
         pod["serviceAccountName"] = settings.trigger_service_account
+    if settings.trigger_token_audience:
+        # The pod's ServiceAccount token for the kubecrawl API alone (its audience), which the API checks with a
+        # TokenReview; the Kubernetes API refuses it. The kubelet refreshes it before it expires.
+        pod["volumes"] = [
+            {
+                "name": TOKEN_VOLUME,
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": settings.trigger_token_audience,
+                                "expirationSeconds": TOKEN_SECONDS,
+                                "path": "token",
+                            }
+                        }
+                    ]
+                },
+            }
+        ]
+        container = pod["containers"][0]
+        container["volumeMounts"] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}]
+        container["env"].append({"name": "KUBECRAWL_API_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"})
     return pod
 
 

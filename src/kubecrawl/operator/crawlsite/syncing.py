@@ -8,7 +8,8 @@ is wrapped at this edge: :class:`ApiUnavailable` (transient, the caller retries 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +35,28 @@ class ApiRejected(PermanentError):
         self.status = status
 
 
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer`` from a projected ServiceAccount token file, read for every request (the kubelet
+    replaces it before it expires), else from a fixed API key; nothing when neither is set."""
+
+    def __init__(self, *, token_file: Path | None, api_key: str | None) -> None:
+        self._token_file = token_file
+        self._api_key = api_key
+
+    def token(self) -> str | None:
+        if self._token_file is not None:
+            try:
+                return self._token_file.read_text().strip()  # about 1 KiB, cached by the page cache
+            except OSError as exc:  # no projected volume where KUBECRAWL_API_TOKEN_FILE says
+                raise ApiUnavailable(f"cannot read the API token {self._token_file}: {exc}") from exc
+        return self._api_key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if token := self.token():
+            request.headers["authorization"] = f"Bearer {token}"
+        yield request
+
+
 class SiteApi:
     """``/sites/{namespace}/{name}`` and its crawls."""
 
@@ -45,14 +68,18 @@ class SiteApi:
         retry_delays: Sequence[float],
         transport: httpx.AsyncBaseTransport | None = None,
         api_key: str | None = None,
+        token_file: Path | None = None,
     ) -> None:
-        """``api_key``: sent as ``Authorization: Bearer`` when the API requires keys (``KUBECRAWL_API_KEY``)."""
+        """Credentials (``BearerAuth``): the ServiceAccount token in ``token_file`` (``KUBECRAWL_API_TOKEN_FILE``),
+        else ``api_key`` (``KUBECRAWL_API_KEY``)."""
         self._retry_delays = tuple(retry_delays)
         headers = {"user-agent": f"kubecrawl-operator/{__version__}"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport, headers=headers
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers=headers,
+            auth=BearerAuth(token_file=token_file, api_key=api_key),
         )
 
     async def aclose(self) -> None:
