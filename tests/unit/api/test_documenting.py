@@ -3,6 +3,8 @@ response schema on every operation, links, and the bearer scheme exactly when th
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,3 +136,8 @@ def test_without_authentication_the_document_asks_for_no_token() -> None:
     assert "security" not in doc
     assert "securitySchemes" not in doc["components"]
     assert [(m, p) for m, p, op in operations(doc) if "401" in op["responses"]] == []
+
+
+def test_the_committed_document_is_the_one_the_app_serves() -> None:
+    committed = json.loads((Path(__file__).parents[3] / "docs" / "openapi.json").read_text())
+    assert committed == document("api_keys"), "docs/openapi.json is stale: run scripts/openapi and review the diff"
