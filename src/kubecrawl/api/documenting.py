@@ -11,8 +11,8 @@ the ``code`` values that status can carry. ``install`` then finishes the documen
   ``WWW-Authenticate``) and 403 ``forbidden``. The token is an API key or, in a cluster, a ServiceAccount token;
   both travel as ``Authorization: Bearer``. Without authentication the document declares none, because the API
   asks for none (a document that requires a token the API never checks is as wrong as the reverse).
-- The event payloads of ``GET /crawls/{crawl_id}/events`` (``text/event-stream``, which JSON Schema cannot
-  describe) are added as components and named per event in the operation's ``x-events``.
+- The event payloads of ``GET /crawls/{crawl_id}/events`` are added as components: its ``text/event-stream``
+  schema describes one event (``event``, ``id``, ``data`` holding JSON of ``Progress`` or ``Crawl``).
 """
 
 from __future__ import annotations

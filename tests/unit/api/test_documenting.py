@@ -93,8 +93,11 @@ def test_the_event_stream_is_text_event_stream_with_its_payloads_named() -> None
     doc = document()
     answer = doc["paths"]["/crawls/{crawl_id}/events"]["get"]["responses"]["200"]
     assert list(answer["content"]) == ["text/event-stream"]
-    assert answer["x-events"]["progress"] == {"$ref": "#/components/schemas/Progress"}
-    assert answer["x-events"]["completed"] == {"$ref": "#/components/schemas/Crawl"}
+    progress, final = answer["content"]["text/event-stream"]["schema"]["oneOf"]
+    assert progress["properties"]["event"]["enum"] == ["progress"]
+    assert progress["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/Progress"}
+    assert final["properties"]["event"]["enum"] == ["completed", "failed", "cancelled"]
+    assert final["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/Crawl"}
     assert {"Progress", "Outcome", "Crawl"} <= set(doc["components"]["schemas"])
 
 

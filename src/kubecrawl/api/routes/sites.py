@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,7 +29,7 @@ _KEY = r"^[\x21-\x7e]{1,512}$"
 
 
 class TriggerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     trigger: Literal["manual", "schedule"] = "manual"
     idempotency_key: str | None = Field(
@@ -75,6 +75,9 @@ _CRAWL_LINKS = {
 }
 
 
+_EXAMPLE = {"url": "https://docs.example.com/", "schedule": "0 3 * * *", "scope": {"maxPages": 100}}
+
+
 def validated_spec(spec: CrawlSiteSpec) -> CrawlSiteSpec:
     """What the model cannot check itself: the URL (400 with its code, core/urls.py)."""
     normalise_url(spec.url)
@@ -95,7 +98,9 @@ def validated_spec(spec: CrawlSiteSpec) -> CrawlSiteSpec:
     },
     summary="Create or replace a site (a CrawlSite spec)",
 )
-async def put_site(namespace: Namespace, name: Name, sites: SitesDep, spec: CrawlSiteSpec) -> JSONResponse:
+async def put_site(
+    namespace: Namespace, name: Name, sites: SitesDep, spec: Annotated[CrawlSiteSpec, Body(examples=[_EXAMPLE])]
+) -> JSONResponse:
     parsed = validated_spec(spec)
     site, created = await sites.put(namespace, name, parsed.model_dump(mode="json", by_alias=True))
     log.info("site_synced", site=f"{namespace}/{name}", created=created)
