@@ -7,10 +7,11 @@ the ``code`` values that status can carry. ``install`` then finishes the documen
 - FastAPI's ``422`` and its ``HTTPValidationError`` schema are dropped: the API answers bad input with 400
   (``api/errors.py``), never 422.
 - With authentication on (``KUBECRAWL_AUTH`` other than ``none``) one ``bearer`` scheme is declared and required
-  by every operation but ``/health/*``, each of which also documents 401 ``unauthenticated`` (with
-  ``WWW-Authenticate``) and 403 ``forbidden``. The token is an API key or, in a cluster, a ServiceAccount token;
-  both travel as ``Authorization: Bearer``. Without authentication the document declares none, because the API
-  asks for none (a document that requires a token the API never checks is as wrong as the reverse).
+  by every operation but ``/health/*`` and ``/metrics`` (unless ``KUBECRAWL_METRICS_REQUIRE_AUTH``); each of the
+  others also documents 401 ``unauthenticated`` (with ``WWW-Authenticate``) and 403 ``forbidden``. The token is
+  an API key or, in a cluster, a ServiceAccount token; both travel as ``Authorization: Bearer``. Without
+  authentication the document declares none, because the API asks for none (a document that requires a token
+  the API never checks is as wrong as the reverse).
 - The event payloads of ``GET /crawls/{crawl_id}/events`` are added as components: its ``text/event-stream``
   schema describes one event (``event``, ``id``, ``data`` holding JSON of ``Progress`` or ``Crawl``).
 """
@@ -116,7 +117,9 @@ def _models_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
     return defs
 
 
-def _finish(document: dict[str, Any], *, auth: bool, extra_models: Iterable[type[BaseModel]]) -> dict[str, Any]:
+def _finish(
+    document: dict[str, Any], *, auth: bool, metrics_public: bool, extra_models: Iterable[type[BaseModel]]
+) -> dict[str, Any]:
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
@@ -130,8 +133,8 @@ def _finish(document: dict[str, Any], *, auth: bool, extra_models: Iterable[type
             operation["responses"].pop("422", None)
             if not auth:
                 continue
-            if path.startswith("/health/"):
-                operation["security"] = []  # public: probes carry no token
+            if path.startswith("/health/") or (path == "/metrics" and metrics_public):
+                operation["security"] = []  # public: probes and (by default) Prometheus carry no token
             else:
                 operation["responses"].update(_auth_answers())
     return document
@@ -151,7 +154,12 @@ def install(app: FastAPI, settings: Settings, *, extra_models: Iterable[type[Bas
                 routes=app.routes,
                 separate_input_output_schemas=app.separate_input_output_schemas,
             )
-            app.openapi_schema = _finish(document, auth=settings.auth != "none", extra_models=models)
+            app.openapi_schema = _finish(
+                document,
+                auth=settings.auth != "none",
+                metrics_public=not settings.metrics_require_auth,
+                extra_models=models,
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

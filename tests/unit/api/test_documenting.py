@@ -126,7 +126,7 @@ def test_with_authentication_one_bearer_scheme_covers_every_route_but_the_probes
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert doc["security"] == [{"bearer": []}]
     for method, path, op in operations(doc):
-        if path.startswith("/health/"):
+        if path.startswith("/health/") or path == "/metrics":
             assert op["security"] == [], (method, path)
             assert "401" not in op["responses"]
         else:
@@ -144,3 +144,10 @@ def test_without_authentication_the_document_asks_for_no_token() -> None:
 def test_the_committed_document_is_the_one_the_app_serves() -> None:
     committed = json.loads((Path(__file__).parents[3] / "docs" / "openapi.json").read_text())
     assert committed == document("api_keys"), "docs/openapi.json is stale: run scripts/openapi and review the diff"
+
+
+def test_metrics_need_the_bearer_scheme_when_the_setting_says_so() -> None:
+    settings = Settings(database_url=PG, auth="api_keys", metrics_require_auth=True)  # type: ignore[arg-type]
+    metrics = openapi_document(settings)["paths"]["/metrics"]["get"]
+    assert "security" not in metrics  # the document's: bearer
+    assert "401" in metrics["responses"]
