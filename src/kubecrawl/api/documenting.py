@@ -14,6 +14,7 @@ the ``code`` values that status can carry. ``install`` then finishes the documen
   the API never checks is as wrong as the reverse).
 - The event payloads of ``GET /crawls/{crawl_id}/events`` are added as components: its ``text/event-stream``
   schema describes one event (``event``, ``id``, ``data`` holding JSON of ``Progress`` or ``Crawl``).
+- Every answer documents its ``X-Request-ID`` header.
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ def _models_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
     return defs
 
 
+# Every answer carries the request's id (api/observing.py): the client's own X-Request-ID, else one made here.
+_REQUEST_ID = {
+    "X-Request-ID": {
+        "description": "the request's id, in the logs and in what it enqueued (the client's, 1-64 printable "
+        "characters, or one the API made)",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
 def _finish(
     document: dict[str, Any], *, auth: bool, metrics_public: bool, extra_models: Iterable[type[BaseModel]]
 ) -> dict[str, Any]:
@@ -130,13 +142,14 @@ def _finish(
         document["security"] = [{"bearer": []}]
     for path, item in document.get("paths", {}).items():
         for operation in item.values():
-            operation["responses"].pop("422", None)
-            if not auth:
-                continue
-            if path.startswith("/health/") or (path == "/metrics" and metrics_public):
+            answers = operation["responses"]
+            answers.pop("422", None)
+            if auth and (path.startswith("/health/") or (path == "/metrics" and metrics_public)):
                 operation["security"] = []  # public: probes and (by default) Prometheus carry no token
-            else:
-                operation["responses"].update(_auth_answers())
+            elif auth:
+                answers.update(_auth_answers())
+            for answer in answers.values():
+                answer["headers"] = {**answer.get("headers", {}), **_REQUEST_ID}
     return document
 
 

@@ -151,3 +151,9 @@ def test_metrics_need_the_bearer_scheme_when_the_setting_says_so() -> None:
     metrics = openapi_document(settings)["paths"]["/metrics"]["get"]
     assert "security" not in metrics  # the document's: bearer
     assert "401" in metrics["responses"]
+
+
+def test_every_answer_documents_its_request_id() -> None:
+    for method, path, op in operations(document()):
+        for status, answer in op["responses"].items():
+            assert answer["headers"]["X-Request-ID"]["required"] is True, (method, path, status)
