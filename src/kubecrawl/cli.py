@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Coroutine, Iterator
 from enum import IntEnum
 from importlib.metadata import version as package_version
@@ -200,6 +201,15 @@ def api(
         connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher",
     )
     _serve(create_app(settings, publisher=publisher, engine=engine), host, port)
+
+
+@app.command()
+def openapi() -> None:
+    """Print the API's OpenAPI document as JSON (for the settings of the environment: KUBECRAWL_AUTH decides
+    whether it declares the bearer scheme). Connects to nothing."""
+    from kubecrawl.api.app import openapi_document
+
+    typer.echo(json.dumps(openapi_document(_settings("api")), indent=2, ensure_ascii=False))
 
 
 @app.command()

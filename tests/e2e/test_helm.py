@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from ipaddress import ip_network
 from typing import Any
 
@@ -22,6 +23,7 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.operator.crawlsite import naming
 from kubecrawl.operator.pool import supervising
 from kubecrawl.operator.settings import ChartPool, OperatorSettings
+from tests.e2e.conftest import Cluster
 from tests.e2e.stack import ROOT
 from tests.support.helm import CHART, Helm, values_file
 

@@ -109,7 +109,9 @@ async def test_concurrent_get_misses_for_one_url_publish_exactly_once(
 async def test_get_metadata_without_url_answers_400(api: ApiHandle) -> None:
     response = await api.client.get("/metadata")
     assert response.status_code == 400
-    assert response.json()["code"] == "empty_url"
+    assert response.json()["code"] == "invalid_request"  # a required parameter is missing (the document says so)
+    blank = await api.client.get("/metadata", params={"url": " "})
+    assert (blank.status_code, blank.json()["code"]) == (400, "empty_url")
 
 
 async def test_health_live_is_200_and_ready_is_200_with_broker_and_database(api: ApiHandle) -> None:
@@ -282,7 +284,7 @@ async def test_post_metadata_body_that_is_not_a_json_object_answers_400_invalid_
 async def test_post_metadata_with_json_suffix_content_type_and_extra_fields_is_accepted(api: ApiHandle) -> None:
     response = await api.client.post(
         "/metadata",
-        content=b'{"url": "https://example.com/vendor", "note": "ignored"}',
+        content=b'{"url": "https://example.com/vendor"}',
         headers={"content-type": "application/vnd.kubecrawl+json; charset=utf-8"},
     )
     assert response.status_code == 202
@@ -421,3 +423,34 @@ async def test_a_get_miss_that_loses_to_a_concurrent_miss_whose_publish_failed_p
     assert body["status"] == "QUEUED"
     [message] = _queued_messages(rabbit, vhost)
     assert (message["url"], message["request_id"]) == (body["url"], body["request_id"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "code"),
+    [
+        ("POST", "/metadata", {"url": "https://example.com/", "note": 1}, "invalid_request"),
+        ("PUT", "/sites/default/extra", {"url": "https://example.com/", "note": 1}, "invalid_spec"),
+        ("PUT", "/sites/default/extra", {"url": "https://example.com/", "scope": {"maxPagez": 1}}, "invalid_spec"),
+        ("POST", "/sites/default/extra/crawls", {"trigger": "manual", "note": 1}, "invalid_request"),
+    ],
+)
+async def test_unknown_body_fields_are_refused_with_400(
+    api: ApiHandle, method: str, path: str, body: dict[str, object], code: str
+) -> None:
+    response = await api.client.request(method, path, json=body)
+    assert (response.status_code, response.json()["code"]) == (400, code)
+    assert "note" in response.json()["detail"] or "maxPagez" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PATCH", "/sites/default/s", "DELETE, GET, PUT"),  # three routes, one per method
+        ("DELETE", "/metadata", "GET, POST"),  # FastAPI answers HEAD with 405 too: Allow says so
+        ("PUT", "/crawls/0b8a4e0c-0000-4000-8000-000000000000/cancel", "POST"),
+    ],
+)
+async def test_405_names_every_allowed_method(api: ApiHandle, method: str, path: str, allow: str) -> None:
+    response = await api.client.request(method, path)
+    assert (response.status_code, response.json()["code"]) == (405, "method_not_allowed")
+    assert response.headers["allow"] == allow

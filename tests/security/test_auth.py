@@ -30,6 +30,7 @@ EXPECTED = {
     ("GET", "/metadata"): "write",  # enqueues a fetch on a miss
     ("GET", "/health/live"): None,
     ("GET", "/health/ready"): None,
+    ("GET", "/metrics"): None,  # unless KUBECRAWL_METRICS_REQUIRE_AUTH (test_metrics_need_a_key_when_told)
     ("PUT", "/sites/{namespace}/{name}"): "admin",
     ("GET", "/sites/{namespace}/{name}"): "read",
     ("DELETE", "/sites/{namespace}/{name}"): "admin",

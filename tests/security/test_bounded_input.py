@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import subprocess
-import sys
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -28,9 +26,8 @@ from kubecrawl.store.database import create_engine
 from kubecrawl.store.opening import sql_stores
 from tests.integration.conftest import ApiHandle, env_for
 from tests.integration.test_crawls import crawl_site, links, paths
+from tests.support.apiprocess import ApiProcess
 from tests.support.guarded import OPEN
-from tests.support.polling import eventually
-from tests.support.servers import free_port
 from tests.support.sites import Page, Site
 
 MiB = 1024 * 1024
@@ -39,48 +36,10 @@ MiB = 1024 * 1024
 # --- request bodies, against a real `kubecrawl api` process ------------------------------------------------------
 
 
-class ApiProcess:
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.port = free_port()
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubecrawl.cli", "api", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env_for(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def peak_rss_mib(self) -> float:
-        """The process's peak resident set so far (``VmHWM``), in MiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        self._log.close()
-
-
 @pytest.fixture
 async def api_process(settings: Settings, tmp_path: Path) -> AsyncIterator[ApiProcess]:
-    process = ApiProcess(settings, tmp_path / "api.log")
-
-    async def ready() -> bool:
-        if process.proc.poll() is not None:
-            raise AssertionError((tmp_path / "api.log").read_text())
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(process.url + "/health/ready")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(ready, timeout=60, what="kubecrawl api ready")
+    process = ApiProcess(env_for(settings), tmp_path / "api.log")
+    await process.wait_ready()
     yield process
     process.close()
 
@@ -171,17 +130,14 @@ async def test_a_chunked_body_over_the_limit_answers_413_with_its_code(api: ApiH
 
 async def test_a_body_just_under_the_limit_is_read_and_one_just_over_is_413(api: ApiHandle) -> None:
     limit = 64 * 1024
-    padding = "x" * (limit - len('{"url": "https://example.org/", "p": ""}'))
+    body = '{"url": "https://example.org/"}'
+    padding = " " * (limit - len(body))  # JSON whitespace: the body stays one known field (unknown ones are 400)
     under = await api.client.post(
-        "/metadata",
-        content=f'{{"url": "https://example.org/", "p": "{padding}"}}',
-        headers={"content-type": "application/json"},
+        "/metadata", content=body[:-1] + padding + "}", headers={"content-type": "application/json"}
     )
     assert under.status_code == 202
     over = await api.client.post(
-        "/metadata",
-        content=f'{{"url": "https://example.org/", "p": "{padding}x"}}',
-        headers={"content-type": "application/json"},
+        "/metadata", content=body[:-1] + padding + " }", headers={"content-type": "application/json"}
     )
     assert over.status_code == 413
     assert over.json()["code"] == "body_too_large"

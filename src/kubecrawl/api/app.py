@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
-from kubecrawl.api import errors
+from kubecrawl.api import documenting, errors
 from kubecrawl.api.auth import AuthMiddleware, RateLimiter
 from kubecrawl.api.enqueuing import MetadataEnqueuer
 from kubecrawl.api.limiting import BodyLimitMiddleware
@@ -25,9 +25,10 @@ from kubecrawl.api.observing import ObservingMiddleware
 from kubecrawl.api.reviews import KubernetesReviews
 from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
+from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import connect_with_backoff
+from kubecrawl.store.database import connect_with_backoff, create_engine
 from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.opening import sql_stores
 
@@ -84,6 +85,7 @@ def create_app(
         version=__version__,
         summary="Web page metadata on demand and scheduled site crawls",
         lifespan=lifespan,
+        generate_unique_id_function=documenting.operation_id,
         **framework_options(),
     )
     app.state.settings = settings
@@ -116,4 +118,18 @@ def create_app(
     app.include_router(health.router)
     app.include_router(sites.router)
     app.include_router(crawls.router)
+    documenting.install(app, settings, extra_models=crawls.EVENT_MODELS)
     return app
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document the API serves with ``settings``, built without connecting to anything
+    (``kubecrawl openapi``, which ``scripts/openapi`` writes to docs/openapi.json)."""
+    publisher = RabbitPublisher(
+        settings.rabbitmq_url.get_secret_value(),
+        settings.publisher,
+        metadata_max_length=settings.metadata_queue_max_length,
+        pages_max_length=settings.pages_queue_max_length,
+    )
+    app = create_app(settings, publisher=publisher, engine=create_engine(settings.database_url.get_secret_value()))
+    return app.openapi()

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from kubecrawl.core.errors import (
     BodyTooLarge,
@@ -59,18 +60,51 @@ async def _kubecrawl_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.detail), status_code=status_for(exc), headers=_retry_headers(exc))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+# The code of a body that does not validate, by route name, where it is not ``invalid_request``: a site spec the
+# CRD would refuse is ``invalid_spec`` (the operator reports it on the CrawlSite). Unknown fields are refused like
+# any other invalid field (the request models forbid extras, and the OpenAPI document says
+# ``additionalProperties: false``).
+_INVALID_BODY_CODES = {"put_site": "invalid_spec"}
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(
         f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in exc.errors()
     )
-    return JSONResponse(error_body("invalid_request", problems or "invalid request"), status_code=400)
+    code = "invalid_request"
+    if exc.errors() and all(tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors()):
+        code = _INVALID_BODY_CODES.get(getattr(request.scope.get("route"), "name", ""), code)
+    return JSONResponse(error_body(code, problems or "invalid request"), status_code=400)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+# Methods a 405 may name: those of RFC 9110 that routes can have (CONNECT and TRACE are never routed).
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405 (RFC 9110 §15.5.6): every method the app routes for this path.
+
+    Starlette names only the first matching route's methods, and FastAPI has one route per method, so each
+    method is matched against the app's routes, as the router itself would.
+    """
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+    # 400: a body FastAPI could not parse (not JSON at all), answered like any other invalid request.
+    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

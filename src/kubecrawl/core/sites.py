@@ -40,7 +40,9 @@ def compile_pattern(pattern: str) -> Any:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    # strict: a spec is refused unless each value has its field's type (no "1" for 1, no false for 0.0), as the
+    # CRD's schema refuses it; the API's OpenAPI document says the same (issue 18).
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True)
 
 
 class ScopeSpec(_Spec):

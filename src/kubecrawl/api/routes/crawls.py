@@ -18,11 +18,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
 
 from kubecrawl.api.auth import may_reach
 from kubecrawl.api.deps import CrawlsDep
+from kubecrawl.api.documenting import errors
 from kubecrawl.core.errors import Forbidden, NotFound, PermanentError, TooManyRequests
-from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl, CrawlPageState
+from kubecrawl.core.models import FINAL_CRAWL_STATES, Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 from kubecrawl.store.contract import CrawlStore
 
 router = APIRouter(tags=["crawls"])
@@ -46,6 +48,63 @@ def _counter(value: str, *, what: str, code: str) -> int:
     return int(value)
 
 
+class CrawlPages(BaseModel):
+    items: list[CrawlPage]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null at the end")
+
+
+class Outcome(BaseModel):
+    """One page's outcome in a ``progress`` event."""
+
+    seq: int | None
+    url: str
+    state: CrawlPageState
+    http_status: int | None
+    changed: bool | None
+    error_code: str | None
+
+
+class Progress(BaseModel):
+    """The data of a ``progress`` event: the crawl's counters and the outcomes since the previous event."""
+
+    id: str
+    state: CrawlState
+    counters: CrawlCounters
+    in_flight: int
+    pages: list[Outcome]
+
+
+# The data of each event of GET /crawls/{crawl_id}/events, added to the document's components.
+EVENT_MODELS: tuple[type[BaseModel], ...] = (Progress, Crawl)
+
+
+def _event_schema(names: list[str], model: str) -> dict[str, Any]:
+    """One kind of event as a parsed SSE event (``event``, ``id``, ``data``), its ``data`` a JSON document of
+    ``model``: the shape OpenAPI 3.2 gives ``itemSchema``, and what a 3.1 ``schema`` of ``text/event-stream``
+    describes to tools that validate streams (schemathesis)."""
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"enum": names},
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the crawl's version"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{model}"},
+            },
+        },
+    }
+
+
+_EVENT_SCHEMA = {
+    "oneOf": [_event_schema(["progress"], "Progress"), _event_schema(["completed", "failed", "cancelled"], "Crawl")]
+}
+_NOT_FOUND = errors(
+    bad_request=("invalid_request",), not_found=("crawl_not_found",), unavailable=("database_unavailable",)
+)
+
+
 async def _crawl(crawls: CrawlStore, crawl_id: str, request: Request | None = None) -> Crawl:
     """The crawl, or 404 (also to a caller who may not read the crawl's site: a key limited to other namespaces,
     a ServiceAccount without RBAC on the CrawlSite, ``api/auth.py``); 403 to one who may read it but not do
@@ -58,12 +117,16 @@ async def _crawl(crawls: CrawlStore, crawl_id: str, request: Request | None = No
     return crawl
 
 
-@router.get("/crawls/{crawl_id}")
+@router.get("/crawls/{crawl_id}", response_model=Crawl, responses=_NOT_FOUND)
 async def get_crawl(crawl_id: CrawlId, crawls: CrawlsDep, request: Request) -> JSONResponse:
     return JSONResponse((await _crawl(crawls, crawl_id, request)).model_dump(mode="json"))
 
 
-@router.get("/crawls/{crawl_id}/pages")
+@router.get(
+    "/crawls/{crawl_id}/pages",
+    response_model=CrawlPages,
+    responses={**_NOT_FOUND, **errors(bad_request=("invalid_request", "invalid_cursor"))},
+)
 async def crawl_pages(
     crawl_id: CrawlId,
     crawls: CrawlsDep,
@@ -73,15 +136,15 @@ async def crawl_pages(
     changed: Annotated[bool | None, Query()] = None,
     *,
     request: Request,
-) -> dict[str, Any]:
+) -> JSONResponse:
     await _crawl(crawls, crawl_id, request)
     after = _counter(cursor, what="cursor", code="invalid_cursor") if cursor else 0
     items = await crawls.pages(crawl_id, limit=limit, after_id=after, state=state, changed=changed)
     next_cursor = str(items[-1].id) if len(items) == limit else None
-    return {"items": [item.model_dump(mode="json") for item in items], "next_cursor": next_cursor}
+    return JSONResponse({"items": [item.model_dump(mode="json") for item in items], "next_cursor": next_cursor})
 
 
-@router.post("/crawls/{crawl_id}/cancel")
+@router.post("/crawls/{crawl_id}/cancel", response_model=Crawl, responses=_NOT_FOUND)
 async def cancel_crawl(crawl_id: CrawlId, crawls: CrawlsDep, request: Request) -> JSONResponse:
     await _crawl(crawls, crawl_id, request)
     crawl = await crawls.cancel(crawl_id)
@@ -132,7 +195,20 @@ def _final_name(crawl: Crawl) -> str:
     return crawl.state.value.lower()  # completed | failed | cancelled
 
 
-@router.get("/crawls/{crawl_id}/events")
+@router.get(
+    "/crawls/{crawl_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-sent events: `progress` while the crawl runs (data: Progress), then one of "
+            "`completed`, `failed`, `cancelled` (data: Crawl) and the end of the stream. Event ids are the "
+            "crawl's version; send the last one as Last-Event-ID to resume. The schema describes one event.",
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
+        },
+        **_NOT_FOUND,
+        **errors(bad_request=("invalid_request", "invalid_last_event_id"), too_many=("too_many_subscribers",)),
+    },
+)
 async def crawl_events(
     crawl_id: CrawlId,
     request: Request,
@@ -198,21 +274,11 @@ async def _stream(crawls: CrawlStore, request: Request, crawl: Crawl, start: int
         current = await _crawl(crawls, crawl_id)
 
 
-def _progress(crawl: Crawl, outcomes: list[Any]) -> dict[str, Any]:
-    return {
-        "id": crawl.id,
-        "state": crawl.state.value,
-        "counters": crawl.counters.model_dump(),
-        "in_flight": crawl.in_flight,
-        "pages": [
-            {
-                "seq": page.seq,
-                "url": page.url,
-                "state": page.state.value,
-                "http_status": page.http_status,
-                "changed": page.changed,
-                "error_code": page.error_code,
-            }
-            for page in outcomes
-        ],
-    }
+def _progress(crawl: Crawl, outcomes: list[CrawlPage]) -> dict[str, Any]:
+    return Progress(
+        id=crawl.id,
+        state=crawl.state,
+        counters=crawl.counters,
+        in_flight=crawl.in_flight,
+        pages=[Outcome.model_validate(page, from_attributes=True) for page in outcomes],
+    ).model_dump(mode="json")

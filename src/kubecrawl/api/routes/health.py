@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from kubecrawl.api.deps import PublisherDep
 from kubecrawl.broker.base import PublisherState
@@ -16,12 +19,32 @@ router = APIRouter(tags=["health"])
 log = get_logger(__name__)
 
 
-@router.get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+class Live(BaseModel):
+    status: Literal["ok"]
 
 
-@router.get("/health/ready")
+class Ready(BaseModel):
+    status: Literal["ready"]
+    publisher: str
+    database: Literal["ok"]
+
+
+class NotReady(BaseModel):
+    status: Literal["unavailable"]
+    reason: str = Field(description="comma-separated: publisher_not_ready, database_unavailable")
+    detail: dict[str, str] = Field(description="each reason's explanation")
+
+
+@router.get("/health/live", response_model=Live)
+async def live() -> Live:
+    return Live(status="ok")
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    responses={503: {"model": NotReady, "description": "Not ready: the publisher or the database"}},
+)
 async def ready(request: Request, publisher: PublisherDep) -> JSONResponse:
     reasons: dict[str, str] = {}
     if publisher.state is not PublisherState.READY:
@@ -37,6 +60,10 @@ async def ready(request: Request, publisher: PublisherDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "publisher": publisher.state.value, "database": "ok"}, 200)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format", "content": {"text/plain": {}}}},
+)
 async def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

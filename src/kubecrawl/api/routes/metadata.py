@@ -18,16 +18,17 @@ import orjson
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from kubecrawl.api.deps import PagesDep, PublisherDep, RequestIdDep, SettingsDep
+from kubecrawl.api.documenting import PUBLISH_CODES, URL_CODES, errors
 from kubecrawl.api.enqueuing import MetadataEnqueuer
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_task
 from kubecrawl.core.contracts import MetadataTask
 from kubecrawl.core.errors import InvalidUrl, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.models import FINAL_PAGE_STATUSES, PageStatus
+from kubecrawl.core.models import FINAL_PAGE_STATUSES, PageMetadataRecord, PageStatus
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.urls import normalise_url
 from kubecrawl.store.contract import PageMetadataStore
@@ -43,18 +44,53 @@ MISS_ROUNDS = 3
 MAX_AGE_SECONDS = 10 * 366 * 86_400
 
 
+# A URL is refused as core/urls.py says, or as a target the guard blocks (docs/security.md).
+_URL_CODES = (*URL_CODES, "blocked_target")
+_UNAVAILABLE = (*PUBLISH_CODES, "database_unavailable")
+
+
 class MetadataRequest(BaseModel):
-    """The body of ``POST /metadata`` (its OpenAPI schema; the route validates the body itself)."""
+    """The body of ``POST /metadata`` (its OpenAPI schema; the route validates the body itself, and refuses
+    unknown fields with 400 ``invalid_request``, as every body of the API does)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str = Field(description="the page to fetch, http or https", examples=["https://example.com/"])
 
 
 class Queued(BaseModel):
-    """The 202 answer of ``POST /metadata``."""
+    """The 202 answer of ``POST /metadata``, and of a ``GET /metadata`` miss."""
 
-    status: str = PageStatus.QUEUED.value
+    status: PageStatus = PageStatus.QUEUED
     url: str
     request_id: str
+
+
+class Pending(BaseModel):
+    """The 202 answer of ``GET /metadata`` while a fetch is pending: a miss just queued (with ``request_id``) or
+    one queued earlier (with ``attempts`` and ``last_error_code``)."""
+
+    status: PageStatus
+    url: str
+    request_id: str | None = Field(default=None, description="of the fetch this request queued")
+    attempts: int | None = None
+    last_error_code: str | None = None
+
+
+class Refresh(BaseModel):
+    """A refresh of a stale record: queued (with its ``request_id``) or not (with the error ``code``)."""
+
+    status: str = Field(description="QUEUED or FAILED")
+    request_id: str | None = None
+    code: str | None = None
+
+
+class Metadata(PageMetadataRecord):
+    """The 200 answer of ``GET /metadata``: the stored record (``page_source`` left out with
+    ``include_source=false``), whether it is older than ``max_age``, and the refresh that caused."""
+
+    stale: bool
+    refresh: Refresh | None = None
 
 
 def validated_url(raw: Any, settings: Settings) -> str:
@@ -109,7 +145,11 @@ class PlainRoute(APIRoute):
 async def post_metadata(request: Request) -> Response:
     """Queue a fetch of one page: 202 once it is recorded in the database and confirmed by RabbitMQ."""
     state = request.app.state
-    url = validated_url((await json_object(request)).get("url"), state.settings)
+    fields = await json_object(request)
+    if len(fields) > 1 or (fields and "url" not in fields):  # the cheap test first: this is the hot path
+        unknown = ", ".join(sorted(set(fields) - {"url"}))
+        raise PermanentError(f"unknown fields: {unknown}", code="invalid_request")
+    url = validated_url(fields.get("url"), state.settings)
     request_id: str = request.scope["state"]["request_id"]
     enqueuer: MetadataEnqueuer = state.enqueuer
     await enqueuer.enqueue(url, request_id)
@@ -129,6 +169,9 @@ def add_post_route(app: FastAPI) -> None:
         methods=["POST"],
         status_code=202,
         response_model=Queued,
+        responses=errors(
+            bad_request=(*_URL_CODES, "invalid_request", "invalid_value"), too_large=True, unavailable=_UNAVAILABLE
+        ),
         tags=["metadata"],
         summary="Queue a fetch of one page's metadata",
         openapi_extra={
@@ -141,13 +184,24 @@ def add_post_route(app: FastAPI) -> None:
     )
 
 
-@router.get("/metadata")
+@router.get(
+    "/metadata",
+    response_model=Metadata,
+    responses={
+        202: {"model": Pending, "description": "No final record yet: a fetch is queued or pending"},
+        **errors(
+            bad_request=(*_URL_CODES, "invalid_request", "invalid_value"),
+            unavailable=(*_UNAVAILABLE, "publish_failed"),
+        ),
+    },
+    summary="Read one page's metadata; a miss queues a fetch",
+)
 async def get_metadata(
     settings: SettingsDep,
     pages: PagesDep,
     publisher: PublisherDep,
     request_id: RequestIdDep,
-    url: Annotated[str | None, Query()] = None,
+    url: Annotated[str, Query(description="the page, http or https (normalised before use)")],
     max_age: Annotated[
         int | None, Query(ge=0, le=MAX_AGE_SECONDS, description="seconds; older records are refreshed")
     ] = None,

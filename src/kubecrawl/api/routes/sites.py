@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from kubecrawl.api.deps import CrawlsDep, PublisherDep, SitesDep
-from kubecrawl.core.errors import NotFound, PermanentError
+from kubecrawl.api.documenting import PUBLISH_CODES, URL_CODES, errors
+from kubecrawl.core.errors import NotFound
 from kubecrawl.core.logging import get_logger
+from kubecrawl.core.models import Crawl
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url
 from kubecrawl.triggers import start_crawl
@@ -23,27 +25,81 @@ _NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 Namespace = Annotated[str, Path(pattern=_NAME, max_length=253)]
 Name = Annotated[str, Path(pattern=_NAME, max_length=253)]
 # Keys of scheduled triggers: site:{ns}/{name}:cron:{ISO-8601}; manual keys are free-form but bounded.
-_KEY = re.compile(r"^[\x21-\x7e]{1,512}$")
+_KEY = r"^[\x21-\x7e]{1,512}$"
 
 
 class TriggerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     trigger: Literal["manual", "schedule"] = "manual"
-    idempotency_key: str | None = None
+    idempotency_key: str | None = Field(
+        default=None,
+        pattern=_KEY,
+        description="the same key again answers 200 with the same crawl; scheduled triggers use "
+        "site:{namespace}/{name}:cron:{scheduled minute, ISO-8601 UTC}",
+    )
 
 
-def validated_spec(raw: Any) -> CrawlSiteSpec:
-    try:
-        spec = CrawlSiteSpec.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise PermanentError(problems, code="invalid_spec") from exc
+class Site(BaseModel):
+    namespace: str
+    name: str
+    spec: CrawlSiteSpec = Field(description="with every default filled in")
+    created_at: datetime
+    updated_at: datetime
+
+
+class Sites(BaseModel):
+    items: list[Site]
+
+
+class Crawls(BaseModel):
+    items: list[Crawl] = Field(description="newest first")
+
+
+_UNAVAILABLE = ("database_unavailable",)
+_SITE_NOT_FOUND = errors(not_found=("site_not_found",), unavailable=_UNAVAILABLE)
+_PATH_CODES = ("invalid_request",)
+# OpenAPI links: what a client can do with the site it just PUT, and with the crawl it just triggered.
+_SITE = {"namespace": "$request.path.namespace", "name": "$request.path.name"}
+_SITE_LINKS = {
+    "GetSite": {"operationId": "get_site", "parameters": _SITE},
+    "TriggerCrawl": {"operationId": "trigger_crawl", "parameters": _SITE},
+    "ListSiteCrawls": {"operationId": "site_crawls", "parameters": _SITE},
+    "DeleteSite": {"operationId": "delete_site", "parameters": _SITE},
+}
+_CRAWL = {"crawl_id": "$response.body#/id"}
+_CRAWL_LINKS = {
+    "GetCrawl": {"operationId": "get_crawl", "parameters": _CRAWL},
+    "GetCrawlPages": {"operationId": "crawl_pages", "parameters": _CRAWL},
+    "CancelCrawl": {"operationId": "cancel_crawl", "parameters": _CRAWL},
+}
+
+
+_EXAMPLE = {"url": "https://docs.example.com/", "schedule": "0 3 * * *", "scope": {"maxPages": 100}}
+
+
+def validated_spec(spec: CrawlSiteSpec) -> CrawlSiteSpec:
+    """What the model cannot check itself: the URL (400 with its code, core/urls.py)."""
     normalise_url(spec.url)
     return spec
 
 
-@router.put("/sites/{namespace}/{name}")
+@router.put(
+    "/sites/{namespace}/{name}",
+    response_model=Site,
+    responses={
+        200: {"description": "Updated", "links": _SITE_LINKS},
+        201: {"model": Site, "description": "Created", "links": _SITE_LINKS},
+        **errors(
+            bad_request=("invalid_spec", "invalid_request", "invalid_value", *URL_CODES),
+            too_large=True,
+            unavailable=_UNAVAILABLE,
+        ),
+    },
+    summary="Create or replace a site (a CrawlSite spec)",
+)
 async def put_site(
-    namespace: Namespace, name: Name, sites: SitesDep, spec: Annotated[dict[str, Any], Body()]
+    namespace: Namespace, name: Name, sites: SitesDep, spec: Annotated[CrawlSiteSpec, Body(examples=[_EXAMPLE])]
 ) -> JSONResponse:
     parsed = validated_spec(spec)
     site, created = await sites.put(namespace, name, parsed.model_dump(mode="json", by_alias=True))
@@ -51,7 +107,11 @@ async def put_site(
     return JSONResponse(_site_body(site), status_code=201 if created else 200)
 
 
-@router.get("/sites/{namespace}/{name}")
+@router.get(
+    "/sites/{namespace}/{name}",
+    response_model=Site,
+    responses={**_SITE_NOT_FOUND, **errors(bad_request=_PATH_CODES)},
+)
 async def get_site(namespace: Namespace, name: Name, sites: SitesDep) -> JSONResponse:
     site = await sites.get(namespace, name)
     if site is None:
@@ -59,19 +119,40 @@ async def get_site(namespace: Namespace, name: Name, sites: SitesDep) -> JSONRes
     return JSONResponse(_site_body(site))
 
 
-@router.delete("/sites/{namespace}/{name}", status_code=204)
+@router.delete(
+    "/sites/{namespace}/{name}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted"}, **_SITE_NOT_FOUND, **errors(bad_request=_PATH_CODES)},
+)
 async def delete_site(namespace: Namespace, name: Name, sites: SitesDep) -> Response:
     if not await sites.delete(namespace, name):
         raise NotFound(f"site {namespace}/{name} not found", code="site_not_found")
     return Response(status_code=204)
 
 
-@router.get("/sites")
-async def list_sites(sites: SitesDep) -> dict[str, list[dict[str, Any]]]:
-    return {"items": [_site_body(site) for site in await sites.list()]}
+@router.get("/sites", response_model=Sites, responses=errors(unavailable=_UNAVAILABLE))
+async def list_sites(sites: SitesDep) -> JSONResponse:
+    return JSONResponse({"items": [_site_body(site) for site in await sites.list()]})
 
 
-@router.post("/sites/{namespace}/{name}/crawls")
+@router.post(
+    "/sites/{namespace}/{name}/crawls",
+    status_code=202,
+    response_model=Crawl,
+    responses={
+        200: {"model": Crawl, "description": "The crawl this idempotency key started before", "links": _CRAWL_LINKS},
+        202: {"description": "A new crawl, its first pages published", "links": _CRAWL_LINKS},
+        **errors(
+            bad_request=("invalid_request", "invalid_value"),
+            not_found=("site_not_found",),
+            conflict=("idempotency_key_conflict", "crawl_overlap"),
+            too_large=True,
+            unavailable=(*PUBLISH_CODES, *_UNAVAILABLE),
+        ),
+    },
+    summary="Start a crawl of the site",
+)
 async def trigger_crawl(
     namespace: Namespace,
     name: Name,
@@ -81,8 +162,6 @@ async def trigger_crawl(
     body: TriggerRequest | None = None,
 ) -> JSONResponse:
     body = body or TriggerRequest()
-    if body.idempotency_key is not None and not _KEY.match(body.idempotency_key):
-        raise PermanentError("idempotency_key must be 1-512 printable characters", code="invalid_idempotency_key")
     crawl, created = await start_crawl(
         sites,
         crawls,
@@ -95,15 +174,19 @@ async def trigger_crawl(
     return JSONResponse(crawl.model_dump(mode="json"), status_code=202 if created else 200)
 
 
-@router.get("/sites/{namespace}/{name}/crawls")
+@router.get(
+    "/sites/{namespace}/{name}/crawls",
+    response_model=Crawls,
+    responses=errors(bad_request=_PATH_CODES, unavailable=_UNAVAILABLE),
+)
 async def site_crawls(
     namespace: Namespace,
     name: Name,
     crawls: CrawlsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, list[dict[str, Any]]]:
+) -> JSONResponse:
     items = await crawls.list_for_site(namespace, name, limit=limit)
-    return {"items": [crawl.model_dump(mode="json") for crawl in items]}
+    return JSONResponse({"items": [crawl.model_dump(mode="json") for crawl in items]})
 
 
 def _site_body(site: dict[str, Any]) -> dict[str, Any]:
