@@ -59,7 +59,7 @@ async def embedded_runtime(
     url = settings.database_url.get_secret_value()
     await upgrade_async(url)
     engine = create_engine(url)
-    stores = sql_stores(engine)
+    stores = sql_stores(engine, lease=settings.lease())
     broker = MemoryBroker(
         max_lengths={
             METADATA_QUEUE: settings.metadata_queue_max_length,

@@ -434,6 +434,46 @@ async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored
     assert all(count == 1 for _, count in rows)
 
 
+async def test_a_page_held_by_a_stopped_worker_is_fetched_by_another_after_its_lease_with_lease_expired_recorded(
+    api: ApiHandle, site: Site, worker_process
+) -> None:
+    # A worker that is hung but connected (SIGSTOP) keeps its unacked message until RabbitMQ's consumer timeout;
+    # its page's lease ends much sooner, and another worker's sweep hands the page on.
+    entered, release = asyncio.Event(), asyncio.Event()
+    fetches = itertools.count(1)
+
+    async def held(_: web.Request) -> web.StreamResponse:
+        fetch = next(fetches)
+        if fetch == 1:
+            entered.set()
+            await release.wait()
+        return web.Response(text=f"<title>fetch {fetch}</title>", content_type="text/html")
+
+    site.html("/", body=links("/held"))
+    site.handlers["/held"] = held
+    leased = {"lease_seconds": 2.0, "sweep_interval_seconds": 0.5}
+    # Prefetch 1: a stopped worker with free prefetch slots would be handed the re-published message too, and
+    # only the broker's heartbeat timeout (a minute) gives that back (docs/queues.md, "Leases").
+    first = await asyncio.to_thread(worker_process, prefetch_count=1, **leased)
+    await put_site(api.client, "hung", {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}})
+    crawl = await trigger(api.client, "hung")
+    await asyncio.wait_for(entered.wait(), 30)
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        fetching = await all_pages(api.client, crawl["id"], state="FETCHING")
+        assert [p["url"] for p in fetching] == [site.url("/held")]
+        await asyncio.to_thread(worker_process, **leased)
+        done = await wait_crawl(api.client, crawl["id"])
+        assert first.proc.poll() is None  # still stopped: the other worker did it
+    finally:
+        release.set()
+        os.kill(first.proc.pid, signal.SIGCONT)
+    assert (done["state"], done["counters"]["fetched"]) == ("COMPLETED", 2)
+    page = {p["url"]: p for p in await all_pages(api.client, crawl["id"])}[site.url("/held")]
+    assert (page["state"], page["title"], page["attempts"]) == ("DONE", "fetch 2", 2)
+    assert (page["error_code"], page["last_failure_code"]) == (None, "lease_expired")
+
+
 async def test_always_failing_page_fails_after_max_attempts_is_dead_lettered_and_crawl_completes(
     api: ApiHandle, site: Site, worker: None, rabbit: RabbitServer, vhost: str, settings: Settings
 ) -> None:

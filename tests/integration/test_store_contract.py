@@ -156,6 +156,68 @@ async def test_a_request_batch_queues_each_url_for_its_last_request(stores: Stor
 # -- sites ----------------------------------------------------------------------------------------------------
 
 
+async def test_a_record_is_in_progress_while_claimed_and_failed_retryable_after_a_transient_failure(
+    stores: Stores,
+) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    assert (await pages.get(url)).status is PageStatus.QUEUED  # type: ignore[union-attr]
+    await pages.begin_attempt(url, "r1")
+    assert (await pages.get(url)).status is PageStatus.IN_PROGRESS  # type: ignore[union-attr]
+    await pages.fail(url, "r1", code="timeout", detail="timed out", permanent=False)
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.last_error_code, record.last_failure_code) == (
+        PageStatus.FAILED_RETRYABLE,
+        "timeout",
+        "timeout",
+    )
+
+
+async def test_an_expired_claim_of_a_record_is_queued_again_once_and_a_later_success_keeps_lease_expired(
+    stores: Stores,
+) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(url, "r1")
+    assert await pages.expire_leases(utcnow()) == []  # the lease still holds
+    later = utcnow() + timedelta(days=1)
+    swept = await asyncio.gather(pages.expire_leases(later), pages.expire_leases(later))
+    assert sorted(swept, key=len) == [[], [(url, "r1")]]  # handed to exactly one sweeper
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.attempts, record.last_error_code, record.last_failure_code) == (
+        PageStatus.QUEUED,
+        1,
+        "lease_expired",
+        "lease_expired",
+    )
+    assert (await pages.begin_attempt(url, "r1")).attempts == 2
+    await pages.complete(url, "r1", _fetched("second try"))
+    assert await pages.expire_leases(later) == []  # a settled record holds no lease
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.last_error_code, record.last_failure_code, record.attempts) == (
+        PageStatus.COMPLETED,
+        None,
+        "lease_expired",
+        2,
+    )
+
+
+async def test_an_expired_refresh_of_a_stored_result_keeps_it_readable(stores: Stores) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(url, "r1")
+    await pages.complete(url, "r1", _fetched("first"))
+    await pages.request_refresh(url, "r2", stale_before=utcnow() + timedelta(hours=1), stuck_before=utcnow())
+    await pages.begin_attempt(url, "r2")
+    assert await pages.expire_leases(utcnow() + timedelta(days=1)) == [(url, "r2")]
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.title, record.last_failure_code) == (PageStatus.COMPLETED, "first", "lease_expired")
+
+
 async def test_a_site_is_created_replaced_listed_and_deleted(stores: Stores) -> None:
     sites = stores.sites
     assert (await sites.put("ns", "b", {"url": "http://b.test/"}))[1]
@@ -283,9 +345,57 @@ async def test_a_retried_page_waits_in_the_window_and_counts_its_attempts(stores
     await crawls.begin_page(crawl_id, seed.page_id)
     await crawls.retry_page(seed.page_id, code="timeout", error="timed out")
     assert [ref.page_id for ref in await crawls.queued_pages(crawl_id)] == [seed.page_id]
+    (page,) = await crawls.pages(crawl_id, limit=1)
+    assert (page.state, page.last_failure_code) == (CrawlPageState.QUEUED, "timeout")
     start = await crawls.begin_page(crawl_id, seed.page_id)
     assert start is not None
     assert (start.attempts, start.crawl_state) == (2, CrawlState.RUNNING)
+
+
+async def test_a_page_is_fetching_while_claimed_and_queued_again_once_its_lease_expired(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls)
+    await crawls.begin_page(crawl_id, seed.page_id)
+    assert [p.state for p in await crawls.pages(crawl_id, limit=5)] == [CrawlPageState.FETCHING]
+    assert await crawls.expire_leases(utcnow()) == []  # the lease still holds
+    later = utcnow() + timedelta(days=1)
+    swept = await asyncio.gather(crawls.expire_leases(later), crawls.expire_leases(later))
+    assert sorted(swept, key=len) == [[], [(crawl_id, seed)]]  # handed to exactly one sweeper
+    (page,) = await crawls.pages(crawl_id, limit=5)
+    assert (page.state, page.attempts, page.error_code, page.last_failure_code) == (
+        CrawlPageState.QUEUED,
+        1,
+        "lease_expired",
+        "lease_expired",
+    )
+    crawl = await crawls.get(crawl_id)
+    assert crawl is not None
+    assert (crawl.state, crawl.in_flight) == (CrawlState.RUNNING, 1)  # still in the window
+
+
+async def test_a_crawl_whose_only_page_expired_completes_when_it_is_fetched_again_and_keeps_the_failure(
+    stores: Stores,
+) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls)
+    await crawls.begin_page(crawl_id, seed.page_id)
+    await crawls.expire_leases(utcnow() + timedelta(days=1))
+    # The hung worker's late outcome is not written: the page is no longer its to settle.
+    assert await crawls.finish_page(crawl_id, seed.page_id, PageOutcome(DONE, title="late")) is None
+    start = await crawls.begin_page(crawl_id, seed.page_id)
+    assert start is not None
+    assert start.attempts == 2
+    result = await crawls.finish_page(crawl_id, seed.page_id, PageOutcome(DONE, title="second worker"))
+    assert result is not None
+    assert (result.completed_now, result.crawl_state) == (True, CrawlState.COMPLETED)
+    (page,) = await crawls.pages(crawl_id, limit=5)
+    assert (page.state, page.title, page.error_code, page.last_failure_code) == (
+        DONE,
+        "second worker",
+        None,
+        "lease_expired",
+    )
+    assert await crawls.expire_leases(utcnow() + timedelta(days=2)) == []  # a settled page holds no lease
 
 
 async def test_a_released_window_stalls_the_crawl_until_it_is_reopened(stores: Stores) -> None:

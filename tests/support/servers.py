@@ -108,6 +108,9 @@ class RabbitServer:
             "disk_free_limit.absolute = 50MB\n"
             # management stats every second so unacked counts are fresh for the scaler tests
             "collect_statistics_interval = 1000\n"
+            # RabbitMQ's default, written out as docs/queues.md ("Leases and the consumer timeout") asks: longer
+            # than the longest lease, so the lease sweep hands a hung worker's page on first
+            "consumer_timeout = 1800000\n"
         )
         (self.base / "advanced.config").write_text("[].\n")
         log = (self.base / "server.log").open("ab")

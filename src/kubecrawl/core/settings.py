@@ -6,6 +6,7 @@ public contract (Helm values and docs use them).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
@@ -14,6 +15,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubecrawl.core.backoff import DEFAULT_JITTER, Backoff
 from kubecrawl.core.urls import TargetPolicy
+
+# The longest a crawl's host is paused by a 429/503 Retry-After (a page waits for it while holding its lease).
+MAX_HOST_PAUSE_SECONDS = 600.0
+# How long a worker waits for another worker's robots.txt fetch of the same host before crawling without it.
+ROBOTS_WAIT_SECONDS = 30.0
+# A claim's margin beyond its fetches and waits: the database writes and the publishes around them.
+_LEASE_MARGIN_SECONDS = 60.0
+
+
+def derived_lease(fetch_timeout_seconds: float) -> timedelta:
+    """The default lease (``Settings.lease``) for a fetch timeout: 12 minutes for the default 15 s."""
+    waits = ROBOTS_WAIT_SECONDS + MAX_HOST_PAUSE_SECONDS + _LEASE_MARGIN_SECONDS
+    return timedelta(seconds=2 * fetch_timeout_seconds + waits)
 
 
 class PublisherSettings(BaseModel):
@@ -64,6 +78,10 @@ class FetchSettings(BaseModel):
     max_connections: int = Field(default=100, ge=1)
 
 
+# The lease of the default fetch timeout (12 minutes), for stores built without settings.
+DEFAULT_LEASE = derived_lease(FetchSettings().timeout_seconds)
+
+
 class RetrySettings(BaseModel):
     """Retry policy for transient failures of a message."""
 
@@ -96,6 +114,10 @@ class Settings(BaseSettings):
     # longest retry tier (300 s) plus a deep backlog's wait, so duplicates stay rare (they are harmless).
     lost_page_seconds: float = Field(default=900.0, gt=0)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # How long a worker's claim of a crawl page (FETCHING) or a metadata record (begin_attempt) holds; after it
+    # the sweep gives the work to another worker with ``lease_expired`` recorded (docs/crawls.md, "Leases").
+    # Unset: derived from the fetch settings (``lease()``).
+    lease_seconds: float | None = Field(default=None, gt=0)
     # On SIGTERM a worker stops consuming and waits this long for its in-flight messages; the ones still running
     # then (a long politeness wait, a slow site) are given back to the queue unacked, so the process exits on its
     # own before Kubernetes' grace period ends in a SIGKILL. The chart sets it from that grace period.
@@ -126,6 +148,15 @@ class Settings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     pod_name: str | None = Field(default=None, validation_alias="POD_NAME")
+
+    def lease(self) -> timedelta:
+        """How long a claim holds. By default everything a worker may do while holding one page: wait for
+        another worker's robots.txt, fetch robots.txt and the page (each bounded by the fetch timeout, every
+        redirect included), wait out the longest Retry-After pause of the host, and write and publish. A retry is
+        a new claim (through a retry tier), so retries never lengthen one."""
+        if self.lease_seconds is not None:
+            return timedelta(seconds=self.lease_seconds)
+        return derived_lease(self.fetch.timeout_seconds)
 
     def target_policy(self) -> TargetPolicy:
         return TargetPolicy(self.allow_private_targets, tuple(self.allowed_private_networks))

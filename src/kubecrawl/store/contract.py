@@ -16,6 +16,11 @@ The rules every implementation keeps:
   ``finish_page`` reports the completion; counters and the SSE sequence (``version``/``seq``) move with outcomes.
 - Hosts: one claimer fetches a host's robots.txt per crawl; request times are reserved ``spacing`` apart across
   every worker.
+- Leases: a claim (``begin_attempt``, ``begin_page``) holds until its lease ends, the store's ``lease`` after the
+  claim (its opener is given it); ``expire_leases(now)`` hands every claim whose lease ended before ``now`` to
+  exactly one caller, back in the queue (QUEUED, its attempt already counted), with ``lease_expired`` as its
+  error and as its ``last_failure``. ``last_failure``/``last_failure_code`` keep the latest failure (also a
+  retried one) and no success erases them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from kubecrawl.core.models import Crawl, CrawlPage, CrawlPageState, CrawlState, FetchedPage, PageMetadataRecord
+
+# The error code of a claim whose lease ended before its worker settled it.
+LEASE_EXPIRED = "lease_expired"
 
 # (url, request_id): one POST /metadata in a batch.
 Request = tuple[str, str]
@@ -148,6 +156,11 @@ class PageMetadataStore(Protocol):
 
     async def complete(self, url: str, request_id: str, page: FetchedPage) -> None: ...
 
+    async def expire_leases(self, now: datetime) -> list[Request]:
+        """Claims whose lease ended before ``now``: back to QUEUED (a stored result stays readable) with
+        ``lease_expired`` recorded, each returned to exactly one caller, which publishes it again."""
+        ...
+
     async def fail(
         self,
         url: str,
@@ -264,12 +277,19 @@ class CrawlStore(Protocol):
         """QUEUED pages untouched for ``older_than``, each handed to exactly one caller for re-publishing."""
         ...
 
+    async def expire_leases(self, now: datetime) -> list[tuple[str, PageRef]]:
+        """FETCHING pages whose lease ended before ``now``: QUEUED again (still in the window, the attempt
+        counted) with ``lease_expired`` recorded, each handed to exactly one caller for re-publishing."""
+        ...
+
     async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
-        """Mark the page FETCHING (one more attempt) and return what fetching it needs; None if settled."""
+        """Mark the page FETCHING (one more attempt, a new lease) and return what fetching it needs; None if
+        settled."""
         ...
 
     async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
-        """A transient failure: the FETCHING page waits for its retry inside the window (QUEUED)."""
+        """A transient failure: the FETCHING page waits for its retry inside the window (QUEUED); the failure
+        is its ``last_failure`` too."""
         ...
 
     async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:

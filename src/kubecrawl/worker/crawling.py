@@ -27,7 +27,7 @@ from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.errors import FetchPermanent, KubecrawlError, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_CRAWL_STATES, CrawlPageState, PageReport
-from kubecrawl.core.settings import FetchSettings, RetrySettings
+from kubecrawl.core.settings import MAX_HOST_PAUSE_SECONDS, ROBOTS_WAIT_SECONDS, FetchSettings, RetrySettings
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import url_host
 from kubecrawl.fetch.extracting import PageMeta, extract_metadata, robots_directives
@@ -41,13 +41,9 @@ from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
-# Another worker is fetching this host's robots.txt: wait for it at most this long, then crawl as if absent.
-_ROBOTS_WAIT_SECONDS = 30.0
 _ROBOTS_POLL_SECONDS = 0.1
 # Sitemap indexes can nest; follow at most this many sitemap documents per crawl seed.
 _MAX_SITEMAPS = 20
-# Cap Retry-After pauses so one misbehaving header cannot stall a crawl for a day.
-_MAX_HOST_PAUSE_SECONDS = 600.0
 # Parsed specs of this many recent crawls are kept per process.
 _SITES_CACHED = 64
 
@@ -239,7 +235,7 @@ class PagePipeline:
         error = response_error(result.status_code, response_headers)
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
-                pause = min(error.retry_after, _MAX_HOST_PAUSE_SECONDS)
+                pause = min(error.retry_after, MAX_HOST_PAUSE_SECONDS)
                 await self._crawls.hosts.pause(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=pause))
             raise error
         meta = extract_metadata(result.body, content_type=result.content_type, base_url=result.final_url)
@@ -302,7 +298,7 @@ class PagePipeline:
                 delay = robots.crawl_delay(spec.fetch.user_agent or self._fetch.user_agent)
             await self._crawls.hosts.set_robots(crawl_id, host, text, delay)
         else:
-            deadline = asyncio.get_running_loop().time() + _ROBOTS_WAIT_SECONDS
+            deadline = asyncio.get_running_loop().time() + ROBOTS_WAIT_SECONDS
             while row.robots_state != "READY" and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(_ROBOTS_POLL_SECONDS)
                 _, row = await self._crawls.hosts.claim_robots(crawl_id, host)

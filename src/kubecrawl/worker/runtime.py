@@ -58,7 +58,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
     name = settings.pod_name or socket.gethostname()
     engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
-    stores = sql_stores(engine)
+    stores = sql_stores(engine, lease=settings.lease())
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher(
         rabbit_url,
@@ -97,12 +97,18 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
             sweeper = asyncio.create_task(
                 sweep_forever(
                     stores.crawls,
+                    stores.pages,
                     publisher,
                     lost_after=timedelta(seconds=settings.lost_page_seconds),
                     interval_seconds=settings.sweep_interval_seconds,
                 )
             )
-            log.info("worker_started", connection_name=name, prefetch=settings.prefetch_count)
+            log.info(
+                "worker_started",
+                connection_name=name,
+                prefetch=settings.prefetch_count,
+                lease_s=settings.lease().total_seconds(),
+            )
             await stop.wait()
             log.info("worker_draining")
             sweeper.cancel()

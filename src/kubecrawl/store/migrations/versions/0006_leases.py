@@ -1,0 +1,45 @@
+"""Leases (docs/crawls.md, "Leases"): a claimed crawl page or metadata record holds its claim until
+``lease_until``; the sweep gives expired claims back to the queue. ``last_failure_code``/``last_failure`` keep the
+latest failure of a page or record (``lease_expired`` among them), which a later success does not erase.
+
+The partial indexes hold only claimed rows (FETCHING pages, records with a lease), so the sweep reads a handful
+of entries however large the tables grow.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+FETCHING = sa.text("state = 'FETCHING'")
+LEASED = sa.text("lease_until IS NOT NULL")
+
+
+def upgrade() -> None:
+    for table in ("crawl_pages", "page_metadata"):
+        op.add_column(table, sa.Column("lease_until", sa.DateTime(timezone=True)))
+        op.add_column(table, sa.Column("last_failure_code", sa.String(64)))
+        op.add_column(table, sa.Column("last_failure", sa.Text))
+    op.create_index(
+        "ix_crawl_pages_leases", "crawl_pages", ["lease_until"], postgresql_where=FETCHING, sqlite_where=FETCHING
+    )
+    op.create_index(
+        "ix_page_metadata_leases", "page_metadata", ["lease_until"], postgresql_where=LEASED, sqlite_where=LEASED
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_page_metadata_leases", table_name="page_metadata")
+    op.drop_index("ix_crawl_pages_leases", table_name="crawl_pages")
+    for table in ("page_metadata", "crawl_pages"):
+        for column in ("last_failure", "last_failure_code", "lease_until"):
+            op.drop_column(table, column)
