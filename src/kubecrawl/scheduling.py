@@ -19,7 +19,7 @@ import yaml
 from croniter import croniter
 
 from kubecrawl.broker.base import Publisher
-from kubecrawl.core.errors import Conflict, KubecrawlError
+from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.sites import CrawlSiteSpec, schedule_key
 from kubecrawl.store.contract import CrawlStore, SiteStore
@@ -100,8 +100,5 @@ class Scheduler:
                 trigger="schedule",
                 idempotency_key=schedule_key(site.namespace, site.name, moment),
             )
-        except Conflict as exc:
-            if exc.code != "crawl_overlap":
-                log.warning("schedule_trigger_failed", site=f"{site.namespace}/{site.name}", code=exc.code)
         except KubecrawlError as exc:
             log.warning("schedule_trigger_failed", site=f"{site.namespace}/{site.name}", code=exc.code)

@@ -290,16 +290,20 @@ def scheduled(name: str, minute: int) -> dict[str, str]:
     return {"trigger": "schedule", "idempotency_key": f"site:default/{name}:cron:2026-11-26T10:{minute:02d}:00+00:00"}
 
 
-async def test_overlap_policy_forbid_refuses_a_scheduled_run_while_the_last_crawl_is_active(
-    api: ApiHandle, site: Site
+async def test_overlap_policy_forbid_answers_a_scheduled_run_with_the_active_crawl_and_starts_nothing(
+    api: ApiHandle, site: Site, rabbit: RabbitServer, vhost: str
 ) -> None:
     site.html("/")
     await put_site(api.client, "forbid", {"url": site.url("/"), "schedule": "* * * * *", "overlapPolicy": "Forbid"})
     first = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 1))
     assert first.status_code == 202  # no worker runs: it stays active
-    refused = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 2))
-    assert (refused.status_code, refused.json()["code"]) == (409, "crawl_overlap")
-    assert first.json()["id"] in refused.json()["detail"]
+    skipped = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 2))
+    assert (skipped.status_code, skipped.json()["id"], skipped.json()["skipped"]) == (
+        200,
+        first.json()["id"],
+        "crawl_overlap",
+    )
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1  # the first crawl's seed only
     retried = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 1))
     assert (retried.status_code, retried.json()["id"]) == (200, first.json()["id"])  # its own minute: idempotent
     manual = await api.client.post("/sites/default/forbid/crawls", json={"trigger": "manual"})

@@ -83,7 +83,7 @@ async def trigger_crawl(
     body = body or TriggerRequest()
     if body.idempotency_key is not None and not _KEY.match(body.idempotency_key):
         raise PermanentError("idempotency_key must be 1-512 printable characters", code="invalid_idempotency_key")
-    crawl, created = await start_crawl(
+    triggered = await start_crawl(
         sites,
         crawls,
         publisher,
@@ -92,7 +92,11 @@ async def trigger_crawl(
         trigger=body.trigger,
         idempotency_key=body.idempotency_key,
     )
-    return JSONResponse(crawl.model_dump(mode="json"), status_code=202 if created else 200)
+    answer = triggered.crawl.model_dump(mode="json")
+    if triggered.skipped is not None:
+        # overlapPolicy Forbid: nothing started; the body is the crawl still running, and says so.
+        answer["skipped"] = triggered.skipped
+    return JSONResponse(answer, status_code=202 if triggered.created else 200)
 
 
 @router.get("/sites/{namespace}/{name}/crawls")
