@@ -26,7 +26,7 @@ from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import connect_with_backoff
+from kubecrawl.store.connection import DatabaseConnection
 from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.opening import sql_stores
 
@@ -50,10 +50,15 @@ def create_app(
 ) -> FastAPI:
     """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the engine."""
 
+    # The database's connection state (readiness reads it); its watch runs while the app does.
+    database = DatabaseConnection(
+        engine, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await database.connect()
         if manage_lifecycle:
-            await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
             await publisher.start()
         # Everything built so far (modules, the app, its routes, pools, connections) lives as long as the process:
         # out of the collector's sight it is no longer scanned by every full collection. Those scans of the
@@ -66,6 +71,7 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # a process that starts apps again (tests) collects the old ones
+            await database.close()
             if manage_lifecycle:
                 await publisher.close()
                 await engine.dispose()
@@ -81,6 +87,7 @@ def create_app(
     app.state.settings = settings
     app.state.publisher = publisher
     app.state.engine = engine
+    app.state.database = database
     stores = sql_stores(engine)
     app.state.pages = stores.pages
     app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)

@@ -29,6 +29,9 @@ PUBLISH_LATENCY = Histogram(
 PUBLISHER_STATE = Gauge(
     "kubecrawl_publisher_state", "1 for the publisher's current state, 0 for the others.", ["state"]
 )
+DATABASE_STATE = Gauge(
+    "kubecrawl_database_state", "1 for the database connection's current state, 0 for the others.", ["state"]
+)
 PUBLISHER_RECONNECTS = Counter("kubecrawl_publisher_reconnects", "Successful publisher reconnections.")
 WORKER_MESSAGES = Counter("kubecrawl_worker_messages", "Messages handled by workers by outcome.", ["queue", "outcome"])
 WORKER_IN_FLIGHT = Gauge("kubecrawl_worker_in_flight", "Messages being processed right now.", ["queue"])

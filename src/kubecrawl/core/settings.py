@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # Database connection pool per process.
     db_pool_size: int = Field(default=10, ge=1)
     db_connect_attempts: int = Field(default=10, ge=1)
+    # A connected process pings its database this often; readiness reads the result (store/connection.py). The
+    # chart probes readiness every 10 s, so an outage shows within one probe; a SELECT 1 per 5 s costs nothing.
+    db_check_interval_seconds: float = Field(default=5.0, gt=0)
     # A crawl page QUEUED this long without news has lost its message and is re-published; longer than the
     # longest retry tier (300 s) plus a deep backlog's wait, so duplicates stay rare (they are harmless).
     lost_page_seconds: float = Field(default=900.0, gt=0)
@@ -148,6 +151,17 @@ class Settings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     pod_name: str | None = Field(default=None, validation_alias="POD_NAME")
+
+    def db_backoff(self) -> Backoff:
+        """The database's (re)connect schedule: the broker's waits and jitter, ``db_connect_attempts`` tries at
+        start-up (reconnects later are not limited)."""
+        return Backoff(
+            initial=self.publisher.initial_backoff_seconds,
+            multiplier=self.publisher.backoff_multiplier,
+            maximum=self.publisher.max_backoff_seconds,
+            attempts=self.db_connect_attempts,
+            jitter=self.publisher.backoff_jitter,
+        )
 
     def lease(self) -> timedelta:
         """How long a claim holds. By default everything a worker may do while holding one page: wait for
