@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -16,7 +17,9 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from kubecrawl.core.settings import Settings
+from kubecrawl.core.urls import url_host
 from kubecrawl.store.database import create_engine
+from kubecrawl.store.opening import sql_stores
 from kubecrawl.store.schema import crawl_pages
 from tests.integration.conftest import ApiHandle, running_api
 from tests.support.polling import eventually
@@ -204,6 +207,56 @@ async def test_a_robots_txt_redirect_loop_counts_as_no_robots_txt(api: ApiHandle
     done, pages = await crawl_site(api.client, "robots-loop", {"url": site.url("/")})
     assert done["counters"]["fetched"] == 2
     assert paths(site, pages) == {"/", "/a"}
+
+
+async def test_a_robots_claim_left_by_a_killed_worker_is_taken_over_and_robots_txt_still_honoured(
+    api: ApiHandle, site: Site, settings: Settings
+) -> None:
+    site.pages["/robots.txt"] = Page("User-agent: *\nDisallow: /private\n", headers={"Content-Type": "text/plain"})
+    site.html("/", body=links("/a", "/private"))
+    site.html("/a")
+    site.html("/private")
+    await put_site(api.client, "orphan", {"url": site.url("/")})
+    crawl = await trigger(api.client, "orphan")  # no worker yet: the seed waits in the queue
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:  # a worker claims the host's robots.txt and is killed before it stores any result
+        claimed, _ = await sql_stores(engine).crawls.hosts.claim_robots(
+            crawl["id"], url_host(site.url("/")), lease=timedelta(seconds=1)
+        )
+    finally:
+        await engine.dispose()
+    assert claimed
+
+    from kubecrawl.worker.runtime import run_worker
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        done = await wait_crawl(api.client, crawl["id"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    pages = await all_pages(api.client, crawl["id"])
+    assert (done["state"], paths(site, pages), paths(site, pages, "SKIPPED")) == (
+        "COMPLETED",
+        {"/", "/a"},
+        {"/private"},
+    )
+    assert (site.hits["/robots.txt"], site.hits["/private"]) == (1, 0)
+
+
+async def test_a_robots_txt_server_error_disallows_the_host_and_a_404_allows_it(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    # RFC 9309 section 2.3.1: 5xx is "unreachable" (a complete disallow), 4xx "unavailable" (allow all)
+    site.pages["/robots.txt"] = Page("down", status=503)
+    site.html("/", body=links("/a"))
+    done, pages = await crawl_site(api.client, "robots-503", {"url": site.url("/")})
+    assert (done["counters"]["skipped_robots"], paths(site, pages, "SKIPPED"), site.hits["/"]) == (1, {"/"}, 0)
+    site.pages["/robots.txt"] = Page("gone", status=410)
+    site.html("/a")
+    done, pages = await crawl_site(api.client, "robots-410", {"url": site.url("/")})
+    assert (done["counters"]["skipped_robots"], paths(site, pages)) == (0, {"/", "/a"})
 
 
 async def test_robots_crawl_delay_spaces_requests_to_the_host(api: ApiHandle, site: Site, worker: None) -> None:

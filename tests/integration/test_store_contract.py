@@ -23,6 +23,7 @@ from kubecrawl.store.contract import CrawlStore, PageOutcome, PageRef, Stores
 from tests.support.stores import BACKENDS, Backend, Place
 
 DONE, FAILED = CrawlPageState.DONE, CrawlPageState.FAILED
+_ROBOTS_LEASE = timedelta(seconds=30)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -453,18 +454,48 @@ async def test_a_sites_crawls_are_listed_newest_first_and_a_later_crawl_sees_the
 async def test_one_caller_claims_a_hosts_robots_txt_and_the_others_read_it_when_ready(stores: Stores) -> None:
     crawl_id, _ = await _crawl(stores.crawls)
     hosts = stores.crawls.hosts
-    claims = await asyncio.gather(*(hosts.claim_robots(crawl_id, "site.test") for _ in range(4)))
+    claims = await asyncio.gather(*(hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE) for _ in range(4)))
     assert sorted(claimed for claimed, _ in claims) == [False, False, False, True]
     assert all(state.robots_state == "PENDING" for _, state in claims)
     await hosts.set_robots(crawl_id, "site.test", "User-agent: *\nDisallow: /x", 2.0)
-    claimed, state = await hosts.claim_robots(crawl_id, "site.test")
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
     assert (claimed, state.robots_state, state.robots_txt) == (False, "READY", "User-agent: *\nDisallow: /x")
+
+
+async def test_a_robots_claim_whose_lease_ran_out_is_taken_over_by_exactly_one_caller(stores: Stores) -> None:
+    # The claimer was killed (or hangs) between its claim and its result: the host must not stay PENDING.
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    assert (await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE))[0]
+    assert not (await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE))[0]  # the lease holds
+    later = utcnow() + 2 * _ROBOTS_LEASE
+    claims = await asyncio.gather(
+        *(hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE, now=later) for _ in range(4))
+    )
+    assert sorted(claimed for claimed, _ in claims) == [False, False, False, True]
+    await hosts.set_robots(crawl_id, "site.test", "", None)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE, now=later + _ROBOTS_LEASE)
+    assert (claimed, state.robots_state, state.robots_txt, state.expires_at) == (False, "READY", "", None)
+
+
+async def test_a_robots_result_that_expires_is_claimed_again_after_it(stores: Stores) -> None:
+    # An unreachable robots.txt disallows the host for a while, then the next page fetches robots.txt again.
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
+    expires = utcnow() + timedelta(minutes=10)
+    await hosts.set_robots(crawl_id, "site.test", "User-agent: *\nDisallow: /\n", None, expires_at=expires)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
+    assert (claimed, state.robots_state, state.expires_at) == (False, "READY", expires)
+    after = expires + timedelta(seconds=1)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE, now=after)
+    assert (claimed, state.robots_state) == (True, "PENDING")
 
 
 async def test_request_slots_are_reserved_spacing_apart_and_a_pause_holds_the_host(stores: Stores) -> None:
     crawl_id, (seed,) = await _crawl(stores.crawls)
     hosts = stores.crawls.hosts
-    await hosts.claim_robots(crawl_id, "site.test")
+    await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
     waits = [await hosts.reserve_slot(crawl_id, "site.test", 10.0) for _ in range(3)]
     # Each reservation is 10 s after the previous one; the waits are measured from each call's own "now".
     assert waits[0] == 0.0

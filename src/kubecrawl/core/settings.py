@@ -18,16 +18,18 @@ from kubecrawl.core.urls import TargetPolicy
 
 # The longest a crawl's host is paused by a 429/503 Retry-After (a page waits for it while holding its lease).
 MAX_HOST_PAUSE_SECONDS = 600.0
-# How long a worker waits for another worker's robots.txt fetch of the same host before crawling without it.
-ROBOTS_WAIT_SECONDS = 30.0
+# A host's robots.txt claim covers one fetch (the fetch timeout) and this margin for the database writes around it;
+# a page waits for at most ROBOTS_CLAIMS_WAITED successive claims (claimers that die or hang) before its retry.
+ROBOTS_CLAIM_MARGIN_SECONDS = 15.0
+ROBOTS_CLAIMS_WAITED = 3
 # A claim's margin beyond its fetches and waits: the database writes and the publishes around them.
 _LEASE_MARGIN_SECONDS = 60.0
 
 
 def derived_lease(fetch_timeout_seconds: float) -> timedelta:
-    """The default lease (``Settings.lease``) for a fetch timeout: 12 minutes for the default 15 s."""
-    waits = ROBOTS_WAIT_SECONDS + MAX_HOST_PAUSE_SECONDS + _LEASE_MARGIN_SECONDS
-    return timedelta(seconds=2 * fetch_timeout_seconds + waits)
+    """The default lease (``Settings.lease``) for a fetch timeout: 765 s for the default 15 s."""
+    robots = ROBOTS_CLAIMS_WAITED * (fetch_timeout_seconds + ROBOTS_CLAIM_MARGIN_SECONDS)
+    return timedelta(seconds=robots + fetch_timeout_seconds + MAX_HOST_PAUSE_SECONDS + _LEASE_MARGIN_SECONDS)
 
 
 class PublisherSettings(BaseModel):
@@ -78,7 +80,7 @@ class FetchSettings(BaseModel):
     max_connections: int = Field(default=100, ge=1)
 
 
-# The lease of the default fetch timeout (12 minutes), for stores built without settings.
+# The lease of the default fetch timeout (765 s), for stores built without settings.
 DEFAULT_LEASE = derived_lease(FetchSettings().timeout_seconds)
 
 
@@ -164,8 +166,8 @@ class Settings(BaseSettings):
         )
 
     def lease(self) -> timedelta:
-        """How long a claim holds. By default everything a worker may do while holding one page: wait for
-        another worker's robots.txt, fetch robots.txt and the page (each bounded by the fetch timeout, every
+        """How long a claim holds. By default everything a worker may do while holding one page: wait for (or
+        take over) up to three claims of its host's robots.txt, fetch the page (bounded by the fetch timeout, every
         redirect included), wait out the longest Retry-After pause of the host, and write and publish. A retry is
         a new claim (through a retry tier), so retries never lengthen one."""
         if self.lease_seconds is not None:

@@ -14,8 +14,9 @@ The rules every implementation keeps:
 - Crawls: one crawl per idempotency key; ``in_flight`` (published, unfinished pages) never exceeds the crawl's
   ``politeness.maxConcurrency``; a page's outcome is written once, only while it is FETCHING; exactly one
   ``finish_page`` reports the completion; counters and the SSE sequence (``version``/``seq``) move with outcomes.
-- Hosts: one claimer fetches a host's robots.txt per crawl; request times are reserved ``spacing`` apart across
-  every worker.
+- Hosts: one claimer at a time fetches a host's robots.txt per crawl, and its claim is a lease: once it ran out
+  (the claimer died or hung) or the robots.txt it stored expired, the next caller claims it; request times are
+  reserved ``spacing`` apart across every worker.
 - Leases: a claim (``begin_attempt``, ``begin_page``) holds until its lease ends, the store's ``lease`` after the
   claim (its opener is given it); ``expire_leases(now)`` hands every claim whose lease ended before ``now`` to
   exactly one caller, back in the queue (QUEUED, its attempt already counted), with ``lease_expired`` as its
@@ -109,6 +110,7 @@ class HostState:
 
     robots_state: Literal["PENDING", "READY"]
     robots_txt: str | None
+    expires_at: datetime | None = None  # READY until then (``set_robots``); None: for the whole crawl
 
 
 # -- page metadata (GET/POST /metadata, the metadata worker) ----------------------------------------------
@@ -194,12 +196,25 @@ class SiteStore(Protocol):
 class HostStore(Protocol):
     """Per crawl and host: robots.txt fetched once, request times spaced across every worker."""
 
-    async def claim_robots(self, crawl_id: str, host: str) -> tuple[bool, HostState]:
-        """True for the one caller that must fetch the host's robots.txt (then ``set_robots``)."""
+    async def claim_robots(
+        self, crawl_id: str, host: str, *, lease: timedelta, now: datetime | None = None
+    ) -> tuple[bool, HostState]:
+        """True for the one caller that must fetch the host's robots.txt (then ``set_robots``) before ``now +
+        lease``: the first caller, or the first after the last claim's lease or the stored result ran out (as of
+        ``now``, the current time when not given); else False and the host's state."""
         ...
 
-    async def set_robots(self, crawl_id: str, host: str, robots_txt: str | None, crawl_delay: float | None) -> None:
-        """The claimer's result: the host's robots.txt is READY for every worker."""
+    async def set_robots(
+        self,
+        crawl_id: str,
+        host: str,
+        robots_txt: str | None,
+        crawl_delay: float | None,
+        *,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """The claimer's result: the host's robots.txt is READY for every worker (until ``expires_at``, when
+        given: then the next ``claim_robots`` fetches it again)."""
         ...
 
     async def reserve_slot(

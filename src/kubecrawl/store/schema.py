@@ -192,6 +192,10 @@ crawl_hosts = Table(
     Column("host", String(300), primary_key=True),
     Column("robots_state", String(16), nullable=False),  # PENDING | READY
     Column("robots_txt", Text),
+    # A PENDING claim holds until then; after it, the next worker takes the fetch over (migration 0006).
+    Column("robots_claimed_until", DateTime(timezone=True)),
+    # READY until then (a complete disallow for an unreachable robots.txt lasts a while); null: for the crawl.
+    Column("robots_expires_at", DateTime(timezone=True)),
     Column("crawl_delay", Float),
     Column("next_fetch_at", DateTime(timezone=True)),
 )

@@ -2,6 +2,10 @@
 ``lease_until``; the sweep gives expired claims back to the queue. ``last_failure_code``/``last_failure`` keep the
 latest failure of a page or record (``lease_expired`` among them), which a later success does not erase.
 
+A host's robots.txt claim is a lease too: ``crawl_hosts.robots_claimed_until`` (another worker takes over a claim
+whose worker died or hung), and ``robots_expires_at`` ends a complete disallow after a while (an unreachable
+robots.txt, RFC 9309 section 2.3.1.4), when the next page fetches robots.txt again.
+
 The partial indexes hold only claimed rows (FETCHING pages, records with a lease), so the sweep reads a handful
 of entries however large the tables grow.
 
@@ -29,6 +33,8 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("lease_until", sa.DateTime(timezone=True)))
         op.add_column(table, sa.Column("last_failure_code", sa.String(64)))
         op.add_column(table, sa.Column("last_failure", sa.Text))
+    op.add_column("crawl_hosts", sa.Column("robots_claimed_until", sa.DateTime(timezone=True)))
+    op.add_column("crawl_hosts", sa.Column("robots_expires_at", sa.DateTime(timezone=True)))
     op.create_index(
         "ix_crawl_pages_leases", "crawl_pages", ["lease_until"], postgresql_where=FETCHING, sqlite_where=FETCHING
     )
@@ -40,6 +46,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_page_metadata_leases", table_name="page_metadata")
     op.drop_index("ix_crawl_pages_leases", table_name="crawl_pages")
+    op.drop_column("crawl_hosts", "robots_expires_at")
+    op.drop_column("crawl_hosts", "robots_claimed_until")
     for table in ("page_metadata", "crawl_pages"):
         for column in ("last_failure", "last_failure_code", "lease_until"):
             op.drop_column(table, column)
