@@ -22,7 +22,7 @@ from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import Event
 from kubecrawl.operator.group import API_VERSION, GROUP, VERSION
 from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, unavailable
-from kubecrawl.operator.pool.conflicts import autoscalers_of
+from kubecrawl.operator.pool.conflicts import scaled_objects_of
 from kubecrawl.operator.pool.costs import DELETION_COST_ANNOTATION
 
 log = get_logger(__name__)
@@ -66,7 +66,6 @@ class Workloads:
         self._client = api_client
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
-        self._autoscaling = client.AutoscalingV2Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
@@ -126,12 +125,9 @@ class Workloads:
             except TRANSPORT_ERRORS as exc:
                 raise unavailable(exc, f"annotating pod {namespace}/{pod}") from exc
 
-    async def autoscalers(self, namespace: str, deployment: str) -> list[str]:
-        """HPAs and KEDA ScaledObjects targeting the Deployment (no KEDA CRD installed: no ScaledObjects)."""
-        try:
-            hpas = self._plain(await self._autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace))
-        except (ApiException, *TRANSPORT_ERRORS) as exc:
-            raise unavailable(exc, f"listing HorizontalPodAutoscalers in {namespace}") from exc
+    async def scaled_objects(self, namespace: str, deployment: str) -> list[str]:
+        """KEDA ScaledObjects targeting the Deployment (no KEDA CRD installed: none). HPAs come from the operator's
+        index of them (``conflicts.py``)."""
         try:
             scaled: dict[str, Any] = await self._custom.list_namespaced_custom_object(
                 "keda.sh", "v1alpha1", namespace, "scaledobjects"
@@ -142,7 +138,7 @@ class Workloads:
             scaled = {"items": []}
         except TRANSPORT_ERRORS as exc:
             raise unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
-        return autoscalers_of(deployment, hpas.get("items") or [], scaled.get("items") or [])
+        return scaled_objects_of(deployment, scaled.get("items") or [])
 
     async def post_event(self, pool: PoolObject, event: Event) -> None:
         """A core/v1 Event on the pool (what ``kubectl describe crawlworkerpool`` lists). Best effort: an Event that
