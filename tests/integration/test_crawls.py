@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import signal
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -51,6 +51,19 @@ async def wait_crawl(client: httpx.AsyncClient, crawl_id: str, timeout: float = 
         return crawl if crawl["state"] in ("COMPLETED", "FAILED", "CANCELLED") else None
 
     return await eventually(finished, timeout=timeout, what=f"crawl {crawl_id} to finish")
+
+
+async def crawl_with_worker(client: httpx.AsyncClient, settings: Settings, crawl_id: str) -> dict[str, Any]:
+    """Start an in-process worker only now (the test prepared something first), and wait for the crawl."""
+    from kubecrawl.worker.runtime import run_worker
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        return await wait_crawl(client, crawl_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
 
 
 async def all_pages(client: httpx.AsyncClient, crawl_id: str, **params: Any) -> list[dict[str, Any]]:
@@ -226,16 +239,7 @@ async def test_a_robots_claim_left_by_a_killed_worker_is_taken_over_and_robots_t
     finally:
         await engine.dispose()
     assert claimed
-
-    from kubecrawl.worker.runtime import run_worker
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop=stop))
-    try:
-        done = await wait_crawl(api.client, crawl["id"])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    done = await crawl_with_worker(api.client, settings, crawl["id"])
     pages = await all_pages(api.client, crawl["id"])
     assert (done["state"], paths(site, pages), paths(site, pages, "SKIPPED")) == (
         "COMPLETED",
@@ -623,6 +627,19 @@ async def test_cancel_stops_a_running_crawl(api: ApiHandle, site: Site, worker: 
     assert sum(site.hits.values()) < 31
 
 
+async def test_the_site_api_shows_the_next_scheduled_run_in_the_sites_time_zone(api: ApiHandle) -> None:
+    # 09:30 in Kolkata (UTC+05:30, no daylight saving) is 04:00 UTC, within the next day
+    spec = {"url": "https://example.com/", "schedule": "30 9 * * *", "timeZone": "Asia/Kolkata"}
+    await put_site(api.client, "daily", spec)
+    upcoming = datetime.fromisoformat((await api.client.get("/sites/default/daily")).json()["next_run_at"])
+    assert (upcoming.utcoffset(), upcoming.hour, upcoming.minute) == (timedelta(0), 4, 0)
+    assert timedelta(0) < upcoming - datetime.now(UTC) <= timedelta(days=1)
+    await put_site(api.client, "daily", {**spec, "suspend": True})
+    assert (await api.client.get("/sites/default/daily")).json()["next_run_at"] is None
+    await put_site(api.client, "manual", {"url": "https://example.com/"})
+    assert (await api.client.get("/sites/default/manual")).json()["next_run_at"] is None
+
+
 async def test_unknown_crawl_and_site_answer_404_with_codes(api: ApiHandle) -> None:
     missing = await api.client.get("/crawls/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404
@@ -652,16 +669,8 @@ async def test_page_whose_message_was_lost_is_republished_by_the_sweeper_and_the
     await asyncio.to_thread(rabbit.api, f"/api/queues/{vhost}/kubecrawl.pages/contents", method="DELETE")
     assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 0  # the seed's message is gone
 
-    from kubecrawl.worker.runtime import run_worker
-
-    stop = asyncio.Event()
     quick = settings.model_copy(update={"lost_page_seconds": 1.0, "sweep_interval_seconds": 0.5})
-    task = asyncio.create_task(run_worker(quick, stop=stop))
-    try:
-        done = await wait_crawl(api.client, crawl["id"])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    done = await crawl_with_worker(api.client, quick, crawl["id"])
     assert done["state"] == "COMPLETED"
     assert done["counters"]["fetched"] == 2
     assert site.hits["/"] == 1

@@ -6,6 +6,9 @@ bounded sets (routes are templates, outcomes and reasons are codes), never URLs 
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets in seconds: an enqueue answers in milliseconds, a page fetch in tenths to tens of seconds.
@@ -84,3 +87,10 @@ OPERATOR_RECONCILE_ERRORS = Counter(
     "Failed operator reconciliation steps by object kind (CrawlSite, CrawlWorkerPool) and reason.",
     ["kind", "reason"],
 )
+
+
+def set_state(gauge: Gauge, states: Iterable[enum.Enum], current: enum.Enum) -> None:
+    """A state-machine gauge (``kubecrawl_publisher_state``, ``kubecrawl_database_state``): 1 for ``current``,
+    0 for every other state, so each state is one series whatever it was before."""
+    for state in states:
+        gauge.labels(state=state.value).set(1 if state is current else 0)

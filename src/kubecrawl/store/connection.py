@@ -77,8 +77,7 @@ class DatabaseConnection:
         self._export()
 
     def _export(self) -> None:
-        for state in DatabaseState:
-            metrics.DATABASE_STATE.labels(state=state.value).set(1 if state is self.state else 0)
+        metrics.set_state(metrics.DATABASE_STATE, DatabaseState, self.state)
 
     async def _try(self) -> None:
         self._move(DatabaseState.CONNECTING)

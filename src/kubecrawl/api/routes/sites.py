@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from kubecrawl.api.deps import CrawlsDep, PublisherDep, SitesDep
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import NotFound, PermanentError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.core.sites import CrawlSiteSpec, next_run_at
 from kubecrawl.core.urls import normalise_url
 from kubecrawl.triggers import start_crawl
 
@@ -111,10 +112,13 @@ async def site_crawls(
 
 
 def _site_body(site: dict[str, Any]) -> dict[str, Any]:
+    upcoming = next_run_at(site["spec"], utcnow())
     return {
         "namespace": site["namespace"],
         "name": site["name"],
         "spec": site["spec"],
+        # the next scheduled minute (UTC) by the site's cron and timeZone; null without a schedule or suspended
+        "next_run_at": None if upcoming is None else upcoming.isoformat(),
         "created_at": site["created_at"].isoformat(),
         "updated_at": site["updated_at"].isoformat(),
     }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
@@ -146,9 +147,9 @@ class Reconciler:
     async def refresh(
         self, site: SiteRef, spec: dict[str, Any], current: dict[str, Any], generation: int | None
     ) -> tuple[dict[str, Any], bool]:
-        """Timer: the status fields that moved (lastScheduleTime, lastCrawl), and whether the world drifted from
-        the spec (CronJob or API site gone) so a full reconciliation is due."""
-        desired: dict[str, Any] = {}
+        """Timer: the status fields that moved (nextScheduleTime, lastScheduleTime, lastCrawl), and whether the
+        world drifted from the spec (CronJob or API site gone) so a full reconciliation is due."""
+        desired: dict[str, Any] = {"nextScheduleTime": st.next_schedule_time(spec, utcnow())}
         drifted = False
         settled = current.get("observedGeneration") == generation  # a handler is not mid-flight for this spec
         if spec.get("schedule"):

@@ -1,4 +1,5 @@
-"""A CrawlSite's status, computed from what the reconciler saw: conditions, lastCrawl, lastScheduleTime.
+"""A CrawlSite's status, computed from what the reconciler saw: conditions, lastCrawl, lastScheduleTime,
+nextScheduleTime.
 
 Its conditions are ``Scheduled``, ``Synced`` and ``Ready``; how a condition and a status patch are built (the
 Kubernetes convention, merge patches of what changed) is shared with CrawlWorkerPools in ``operator.conditions``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from kubecrawl.core.sites import next_run_at
 from kubecrawl.operator.conditions import Outcome, condition, timestamp
 
 SCHEDULED = "Scheduled"
@@ -76,6 +78,13 @@ def last_crawl(crawl: dict[str, Any] | None) -> dict[str, Any] | None:
         "startedAt": _rfc3339(crawl.get("started_at")),
         "finishedAt": _rfc3339(crawl.get("finished_at")),
     }
+
+
+def next_schedule_time(spec: dict[str, Any], now: datetime) -> str | None:
+    """``status.nextScheduleTime``: the next minute the schedule fires (the site API's ``next_run_at``); None
+    without a schedule or while suspended."""
+    upcoming = next_run_at(spec, now)
+    return None if upcoming is None else timestamp(upcoming)
 
 
 def last_schedule_time(cronjob: dict[str, Any] | None) -> str | None:
