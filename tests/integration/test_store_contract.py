@@ -206,6 +206,29 @@ async def test_an_expired_claim_of_a_record_is_queued_again_once_and_a_later_suc
     )
 
 
+async def test_a_waiting_record_whose_message_may_be_lost_is_handed_out_once_and_a_claimed_one_never(
+    stores: Stores,
+) -> None:
+    pages = stores.pages
+    await pages.enqueue_if_missing("http://a.test/queued", "r1")
+    await pages.enqueue_if_missing("http://a.test/retrying", "r2")
+    await pages.begin_attempt("http://a.test/retrying", "r2")
+    await pages.fail("http://a.test/retrying", "r2", code="timeout", detail="timed out", permanent=False)
+    await pages.enqueue_if_missing("http://a.test/claimed", "r3")
+    await pages.begin_attempt("http://a.test/claimed", "r3")
+    await pages.enqueue_if_missing("http://a.test/done", "r4")
+    await pages.begin_attempt("http://a.test/done", "r4")
+    await pages.complete("http://a.test/done", "r4", _fetched("t"))
+    assert await pages.requeue_lost(timedelta(hours=1)) == []  # nothing is that old
+    assert sorted(await pages.requeue_lost(timedelta(0))) == [
+        ("http://a.test/queued", "r1"),
+        ("http://a.test/retrying", "r2"),
+    ]
+    # Handing a record out touches it: other sweepers leave it alone for ``older_than``.
+    later = await asyncio.gather(pages.requeue_lost(timedelta(hours=1)), pages.requeue_lost(timedelta(hours=1)))
+    assert all(found == [] for found in later)
+
+
 async def test_an_expired_refresh_of_a_stored_result_keeps_it_readable(stores: Stores) -> None:
     pages, url = stores.pages, "http://a.test/"
     await pages.enqueue_if_missing(url, "r1")

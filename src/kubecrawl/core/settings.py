@@ -115,8 +115,9 @@ class Settings(BaseSettings):
     # A connected process pings its database this often; readiness reads the result (store/connection.py). The
     # chart probes readiness every 10 s, so an outage shows within one probe; a SELECT 1 per 5 s costs nothing.
     db_check_interval_seconds: float = Field(default=5.0, gt=0)
-    # A crawl page QUEUED this long without news has lost its message and is re-published; longer than the
-    # longest retry tier (300 s) plus a deep backlog's wait, so duplicates stay rare (they are harmless).
+    # A crawl page QUEUED (or a metadata record QUEUED or FAILED_RETRYABLE) this long without news has lost its
+    # message and is re-published; longer than the longest retry tier (300 s) plus a deep backlog's wait, so
+    # duplicates stay rare (they are harmless).
     lost_page_seconds: float = Field(default=900.0, gt=0)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     # How long a worker's claim of a crawl page (FETCHING) or a metadata record (begin_attempt) holds; after it

@@ -163,6 +163,12 @@ class PageMetadataStore(Protocol):
         ``lease_expired`` recorded, each returned to exactly one caller, which publishes it again."""
         ...
 
+    async def requeue_lost(self, older_than: timedelta) -> list[Request]:
+        """Records waiting for a fetch (QUEUED, FAILED_RETRYABLE) without a claim and untouched for
+        ``older_than``, whose message may be lost (a retry tier expiring into a full work queue): each handed to
+        exactly one caller (which touches it) for re-publishing."""
+        ...
+
     async def fail(
         self,
         url: str,

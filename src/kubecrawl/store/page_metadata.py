@@ -397,6 +397,24 @@ class SqlPageMetadataStore:
             rows = (await conn.execute(self._sql.expire_leases, {"now": now, "detail": detail})).all()
         return [(row.url, row.last_request_id) for row in rows]
 
+    async def requeue_lost(self, older_than: timedelta) -> list[Request]:
+        """Waiting records (QUEUED, FAILED_RETRYABLE), unclaimed and untouched for ``older_than``: touched and
+        returned for re-publishing, each to the one sweeper whose update changed it."""
+        now = utcnow()
+        stmt = (
+            update(pm)
+            .where(
+                or_(pm.c.status == PageStatus.QUEUED.value, pm.c.status == PageStatus.FAILED_RETRYABLE.value),
+                pm.c.updated_at < now - older_than,
+                pm.c.lease_until.is_(None),
+            )
+            .values(updated_at=now)
+            .returning(pm.c.url, pm.c.last_request_id)
+        )
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(row.url, row.last_request_id) for row in rows]
+
     async def _upsert(self, url: str, values: dict[str, Any], now: datetime) -> None:
         stmt = self._insert(pm).values(url=url, created_at=now, queued_at=now, attempts=1, **values)
         stmt = stmt.on_conflict_do_update(index_elements=["url"], set_=values)

@@ -81,6 +81,13 @@ page_metadata = Table(
         postgresql_where=text("lease_until IS NOT NULL"),
         sqlite_where=text("lease_until IS NOT NULL"),
     ),
+    # The lost-record sweep's look-up: records waiting for a fetch only.
+    Index(
+        "ix_page_metadata_waiting",
+        "updated_at",
+        postgresql_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
+        sqlite_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
+    ),
 )
 
 sites = Table(

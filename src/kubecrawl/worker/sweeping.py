@@ -8,7 +8,10 @@ much later; the sweep does not wait for that: ``expire_leases`` returns each exp
 another worker fetches it. The late worker, if it ever finishes, finds its page no longer FETCHING and its
 outcome is not written (a page's outcome is written once).
 
-**Lost messages.** A page enters a crawl's window (QUEUED) in one transaction and is published after it commits.
+**Lost messages.** A metadata record waiting for a fetch (QUEUED, or FAILED_RETRYABLE between its retries) whose
+message is gone — a retry tier expiring into a full classic work queue is dropped by RabbitMQ, which dead-letters
+classic queues at most once — is published again once untouched for ``lost_after``. A page enters a crawl's
+window (QUEUED) in one transaction and is published after it commits.
 If the process dies in between, or a broker loses a non-replicated queue, that page has no message and its crawl
 would wait forever: pages QUEUED and untouched for ``lost_after`` are re-published. ``lost_after`` must exceed the
 longest retry tier, since a page waiting in a delay queue is QUEUED too.
@@ -47,18 +50,23 @@ async def _publish_by_crawl(
         log.warning(event, crawl_id=crawl_id, pages=len(refs))
 
 
+async def _publish_records(publisher: Publisher, records: list[tuple[str, str]], event: str) -> None:
+    if not records:
+        return
+    tasks = [MetadataTask(url=url, request_id=request_id) for url, request_id in records]
+    outcomes = await publish_metadata_tasks(publisher, tasks)
+    for (url, request_id), failed in zip(records, outcomes, strict=True):
+        # A failed publish leaves the record waiting: a later sweep (or GET /metadata) publishes it again.
+        log.warning(event, url=url, request_id=request_id, republished=failed is None)
+
+
 async def expire_leases(pages: PageMetadataStore, crawls: CrawlStore, publisher: Publisher) -> int:
     """Give every expired claim back to the queue; returns how many messages were published."""
     now = utcnow()
     expired_pages = await crawls.expire_leases(now)
     await _publish_by_crawl(crawls, publisher, expired_pages, "page_lease_expired")
     records = await pages.expire_leases(now)
-    if records:
-        tasks = [MetadataTask(url=url, request_id=request_id) for url, request_id in records]
-        outcomes = await publish_metadata_tasks(publisher, tasks)
-        for (url, request_id), failed in zip(records, outcomes, strict=True):
-            # A failed publish leaves the record QUEUED: the next GET /metadata after 15 minutes queues it again.
-            log.warning("record_lease_expired", url=url, request_id=request_id, republished=failed is None)
+    await _publish_records(publisher, records, "record_lease_expired")
     return len(expired_pages) + len(records)
 
 
@@ -67,7 +75,14 @@ async def sweep_once(
 ) -> int:
     """Expire leases (when given the records' store too), re-publish every lost page once and reopen stalled
     crawls; returns how many messages were published."""
-    published = 0 if pages is None else await expire_leases(pages, crawls, publisher)
+    published = 0
+    if pages is not None:
+        published += await expire_leases(pages, crawls, publisher)
+        # A retry whose tier expired into a full classic work queue was dropped by the broker (at-most-once
+        # dead-lettering): its record still waits (FAILED_RETRYABLE), with nothing to move it on.
+        records = await pages.requeue_lost(lost_after)
+        await _publish_records(publisher, records, "lost_records_republished")
+        published += len(records)
     lost = await crawls.requeue_lost(lost_after)
     await _publish_by_crawl(crawls, publisher, lost, "lost_pages_republished")
     published += len(lost)

@@ -6,8 +6,8 @@ A host's robots.txt claim is a lease too: ``crawl_hosts.robots_claimed_until`` (
 whose worker died or hung), and ``robots_expires_at`` ends a complete disallow after a while (an unreachable
 robots.txt, RFC 9309 section 2.3.1.4), when the next page fetches robots.txt again.
 
-The partial indexes hold only claimed rows (FETCHING pages, records with a lease), so the sweep reads a handful
-of entries however large the tables grow.
+The partial indexes hold only claimed rows (FETCHING pages, records with a lease) and records waiting for a fetch
+(the lost-record sweep), so the sweep reads a handful of entries however large the tables grow.
 
 Revision ID: 0006
 Revises: 0005
@@ -26,6 +26,7 @@ depends_on = None
 
 FETCHING = sa.text("state = 'FETCHING'")
 LEASED = sa.text("lease_until IS NOT NULL")
+WAITING = sa.text("status IN ('QUEUED', 'FAILED_RETRYABLE')")
 
 
 def upgrade() -> None:
@@ -41,9 +42,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_page_metadata_leases", "page_metadata", ["lease_until"], postgresql_where=LEASED, sqlite_where=LEASED
     )
+    op.create_index(
+        "ix_page_metadata_waiting", "page_metadata", ["updated_at"], postgresql_where=WAITING, sqlite_where=WAITING
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_page_metadata_waiting", table_name="page_metadata")
     op.drop_index("ix_page_metadata_leases", table_name="page_metadata")
     op.drop_index("ix_crawl_pages_leases", table_name="crawl_pages")
     op.drop_column("crawl_hosts", "robots_expires_at")
