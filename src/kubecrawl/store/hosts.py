@@ -50,7 +50,11 @@ class SqlHostStore:
             ).first()
             if claimed is None:
                 ended = or_(
-                    and_(crawl_hosts.c.robots_state == "PENDING", crawl_hosts.c.robots_claimed_until < now),
+                    # a claim without a deadline was left by a version without leases (before migration 0006)
+                    and_(
+                        crawl_hosts.c.robots_state == "PENDING",
+                        or_(crawl_hosts.c.robots_claimed_until.is_(None), crawl_hosts.c.robots_claimed_until < now),
+                    ),
                     and_(crawl_hosts.c.robots_state == "READY", crawl_hosts.c.robots_expires_at < now),
                 )
                 claimed = (
