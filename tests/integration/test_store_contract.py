@@ -281,6 +281,8 @@ async def test_the_window_holds_at_most_max_concurrency_pages_in_flight(stores: 
     seeds = [f"http://site.test/{i}" for i in range(5)]
     crawl_id, window = await _crawl(crawls, seeds, max_concurrency=2)
     assert [ref.url for ref in window] == seeds[:2]
+    states = {page.url: page.state for page in await crawls.pages(crawl_id, limit=10)}
+    assert states == {url: CrawlPageState.QUEUED if url in seeds[:2] else CrawlPageState.PENDING for url in seeds}
     links = [f"http://site.test/new/{i}" for i in range(3)]
     refilled = await _fetch(crawls, crawl_id, window[0], PageOutcome(DONE, new_links=links))
     assert len(refilled) == 1  # one page left the window, one came in: the shallowest PENDING
