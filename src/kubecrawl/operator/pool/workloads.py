@@ -9,9 +9,7 @@ Errors are wrapped here: 404 on reads → ``None``; everything else → :class:`
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -21,16 +19,13 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import Event
 from kubecrawl.operator.group import API_VERSION, GROUP, VERSION
-from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, unavailable
+from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, event_body, unavailable
 from kubecrawl.operator.pool.conflicts import scaled_objects_of
 from kubecrawl.operator.pool.costs import DELETION_COST_ANNOTATION
 
 log = get_logger(__name__)
 PLURAL = "crawlworkerpools"
 KIND = "CrawlWorkerPool"
-EVENT_SOURCE = "kubecrawl-operator"
-_INSTANCE = socket.gethostname()
-_EVENT_MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,26 +138,14 @@ class Workloads:
     async def post_event(self, pool: PoolObject, event: Event) -> None:
         """A core/v1 Event on the pool (what ``kubectl describe crawlworkerpool`` lists). Best effort: an Event that
         cannot be posted is logged and counted, never fails the poll."""
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "metadata": {"generateName": f"{pool.name}.", "namespace": pool.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "namespace": pool.namespace,
-                "name": pool.name,
-                "uid": pool.uid,
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message[:_EVENT_MESSAGE_LIMIT],
-            "source": {"component": EVENT_SOURCE},
-            "reportingComponent": EVENT_SOURCE,
-            "reportingInstance": _INSTANCE,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "namespace": pool.namespace,
+            "name": pool.name,
+            "uid": pool.uid,
         }
+        body = event_body(involved, type_=event.type, reason=event.reason, message=event.message)
         try:
             await self._core.create_namespaced_event(pool.namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
         except (ApiException, *TRANSPORT_ERRORS) as exc:
