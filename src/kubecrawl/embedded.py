@@ -59,7 +59,7 @@ async def embedded_runtime(
     url = settings.database_url.get_secret_value()
     await upgrade_async(url)
     engine = create_engine(url)
-    stores = sql_stores(engine)
+    stores = sql_stores(engine, lease=settings.lease())
     broker = MemoryBroker(
         max_lengths={
             METADATA_QUEUE: settings.metadata_queue_max_length,
@@ -96,9 +96,11 @@ async def crawl_once(
         sites, crawls = runtime.stores.sites, runtime.stores.crawls
         name = cli_site_name(spec.url)
         await sites.put(CLI_NAMESPACE, name, spec.model_dump(mode="json", by_alias=True))
-        crawl, _ = await start_crawl(
-            sites, crawls, runtime.broker, CLI_NAMESPACE, name, trigger="manual", idempotency_key=None
-        )
+        crawl = (
+            await start_crawl(
+                sites, crawls, runtime.broker, CLI_NAMESPACE, name, trigger="manual", idempotency_key=None
+            )
+        ).crawl
         while crawl.state not in FINAL_CRAWL_STATES:
             await asyncio.sleep(_PROGRESS_SECONDS)
             current = await crawls.get(crawl.id)

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import yaml
-from croniter import croniter
 
 from kubecrawl.broker.base import Publisher
-from kubecrawl.core.errors import Conflict, KubecrawlError
+from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.sites import CrawlSiteSpec, schedule_key
+from kubecrawl.core.sites import CrawlSiteSpec, next_run, schedule_key
 from kubecrawl.store.contract import CrawlStore, SiteStore
 from kubecrawl.triggers import start_crawl
 
@@ -53,12 +51,6 @@ def load_sites(directory: Path) -> list[SiteFile]:
                 )
             )
     return found
-
-
-def next_run(schedule: str, time_zone: str | None, after: datetime) -> datetime:
-    zone = ZoneInfo(time_zone) if time_zone else UTC
-    fire: datetime = croniter(schedule, after.astimezone(zone)).get_next(datetime)
-    return fire.astimezone(UTC)
 
 
 class Scheduler:
@@ -100,8 +92,5 @@ class Scheduler:
                 trigger="schedule",
                 idempotency_key=schedule_key(site.namespace, site.name, moment),
             )
-        except Conflict as exc:
-            if exc.code != "crawl_overlap":
-                log.warning("schedule_trigger_failed", site=f"{site.namespace}/{site.name}", code=exc.code)
         except KubecrawlError as exc:
             log.warning("schedule_trigger_failed", site=f"{site.namespace}/{site.name}", code=exc.code)

@@ -6,15 +6,17 @@ minute (CronJob retries, two schedulers) create one crawl.
 
 ``overlapPolicy`` is enforced here, for scheduled triggers (``trigger="schedule"``), whichever scheduler sent them
 (the embedded one, or a CronJob's ``kubecrawl trigger``): the CronJob's ``concurrencyPolicy`` only covers its
-seconds-long trigger Job, never the crawl it starts. With a crawl of the site still active, Forbid refuses the run
-(``Conflict``, ``crawl_overlap``: the trigger treats it as a skipped run, not a failure), Replace cancels the
-active crawls first, Allow starts another. A retry of the same scheduled minute finds its own crawl, as before.
-Manual triggers are never refused, like ``kubectl create job --from=cronjob/…``.
+seconds-long trigger Job, never the crawl it starts. With a crawl of the site still active, Forbid starts nothing
+and answers with the active crawl, marked ``skipped="crawl_overlap"`` (the API answers 200 with it, the trigger
+Job succeeds: a skipped run is not a failure), Replace cancels the active crawls first (their pages still in
+flight settle as SKIPPED ``crawl_cancelled``), Allow starts another. A retry of the same scheduled minute finds
+its own crawl, as before. Manual triggers are never refused, like ``kubectl create job --from=cronjob/…``.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.tasks import publish_pages
@@ -26,6 +28,17 @@ from kubecrawl.core.urls import normalise_url
 from kubecrawl.store.contract import CrawlStore, SiteStore
 
 log = get_logger(__name__)
+SKIPPED_OVERLAP = "crawl_overlap"
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    """What a trigger did: ``created`` a crawl, found the one holding its key, or ``skipped`` (a reason code)
+    because the site's overlapPolicy Forbid let its active ``crawl`` run on."""
+
+    crawl: Crawl
+    created: bool
+    skipped: str | None = None
 
 
 async def start_crawl(
@@ -37,8 +50,9 @@ async def start_crawl(
     *,
     trigger: str,
     idempotency_key: str | None,
-) -> tuple[Crawl, bool]:
-    """Create (and enqueue) a crawl, or return the one of this site already holding ``idempotency_key``.
+) -> Triggered:
+    """Create (and enqueue) a crawl, or return the one of this site already holding ``idempotency_key`` (or,
+    overlapPolicy Forbid, the site's active crawl, ``skipped``).
 
     Keys are per site (:func:`site_key`): a key one site uses can never name, or block, another site's crawl.
     """
@@ -48,7 +62,9 @@ async def start_crawl(
         raise NotFound(f"site {namespace}/{name} not found", code="site_not_found")
     spec = CrawlSiteSpec.model_validate(site["spec"])
     if trigger == "schedule" and spec.overlap_policy != "Allow":
-        await _settle_overlap(crawls, namespace, name, spec, idempotency_key)
+        running = await _settle_overlap(crawls, namespace, name, spec, idempotency_key)
+        if running is not None:
+            return Triggered(running, created=False, skipped=SKIPPED_OVERLAP)
     crawl, created, to_publish = await crawls.create(
         namespace,
         name,
@@ -71,7 +87,7 @@ async def start_crawl(
     await publish_pages(publisher, crawl.id, to_publish, release=crawls.release)
     if created:
         log.info("crawl_enqueued", crawl_id=crawl.id, site=crawl.site, trigger=trigger)
-    return crawl, created
+    return Triggered(crawl, created)
 
 
 # The store's idempotency_key column holds 512 characters.
@@ -98,19 +114,16 @@ _OVERLAP_LOOKBACK = 20
 
 async def _settle_overlap(
     crawls: CrawlStore, namespace: str, name: str, spec: CrawlSiteSpec, idempotency_key: str | None
-) -> None:
-    """Forbid: refuse while another crawl of the site is active; Replace: cancel the active ones."""
+) -> Crawl | None:
+    """Forbid: the active crawl of the site, if any (this run is skipped); Replace: cancel the active ones."""
     recent = await crawls.list_for_site(namespace, name, limit=_OVERLAP_LOOKBACK)
     active = [c for c in recent if c.state not in FINAL_CRAWL_STATES and c.idempotency_key != idempotency_key]
     if not active:
-        return
+        return None
     if spec.overlap_policy == "Forbid":
-        log.info("schedule_skipped_overlap", site=f"{namespace}/{name}", crawl_id=active[0].id)
-        raise Conflict(
-            f"crawl {active[0].id} of site {namespace}/{name} is still {active[0].state}; "
-            "overlapPolicy Forbid skips this scheduled run",
-            code="crawl_overlap",
-        )
+        log.info("schedule_skipped_overlap", site=f"{namespace}/{name}", crawl_id=active[0].id, key=idempotency_key)
+        return active[0]
     for crawl in active:
         await crawls.cancel(crawl.id)
         log.info("crawl_replaced", site=f"{namespace}/{name}", crawl_id=crawl.id, idempotency_key=idempotency_key)
+    return None

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,12 +231,18 @@ async def test_schedule_edit_patches_the_same_cronjob(kube: Kube, namespace: str
 async def test_suspend_suspends_the_cronjob_and_resume_unsuspends_it(kube: Kube, namespace: str) -> None:
     await kube.aapply(crawlsite("pause", schedule="*/5 * * * *"), namespace)
     await wait_cronjob(kube, namespace, "pause")
+    site = await wait_status(kube, namespace, "pause", lambda cs: bool(cs["status"].get("nextScheduleTime")))
+    upcoming = datetime.fromisoformat(site["status"]["nextScheduleTime"])
+    # the next multiple of five minutes, within five minutes from now
+    assert (upcoming.minute % 5, upcoming.second) == (0, 0)
+    assert timedelta(0) < upcoming - datetime.now(UTC) <= timedelta(minutes=5)
     await kube.arun("patch", "crawlsite", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
     await wait_cronjob(kube, namespace, "pause", lambda cj: cj["spec"]["suspend"] is True)
     site = await wait_status(
         kube, namespace, "pause", lambda cs: condition(cs, "Scheduled").get("reason") == "Suspended"
     )
     assert condition(site, "Ready")["status"] == "True"
+    assert "nextScheduleTime" not in site["status"]  # a suspended schedule fires never
     await kube.arun("patch", "crawlsite", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     await wait_cronjob(kube, namespace, "pause", lambda cj: cj["spec"]["suspend"] is False)
 

@@ -73,7 +73,9 @@ def pools(cluster: Cluster, operator: OperatorProcess, rabbit: RabbitServer) -> 
     operator.restart(
         KUBECRAWL_RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{amqp.port}/{vhost}",
         KUBECRAWL_RABBITMQ_MANAGEMENT_URL=f"http://127.0.0.1:{management.port}",
-        KUBECRAWL_OPERATOR_POOL_CONFLICT_CHECK_SECONDS="1",
+        # HPAs come from the operator's watch; ScaledObjects are listed at a pool's first poll and then hourly, so
+        # a conflict found later was found by the watch (test_an_hpa_created_while_a_pool_scales_…).
+        KUBECRAWL_OPERATOR_POOL_CONFLICT_CHECK_SECONDS="3600",
         KUBECRAWL_OPERATOR_POOL_BROKER_TIMEOUT_SECONDS="2",
     )
     yield Pools(cluster.admin, rabbit, vhost, amqp, management, operator)
@@ -618,6 +620,34 @@ async def test_a_pool_refuses_to_scale_a_deployment_an_hpa_or_scaled_object_scal
     await kube.arun("delete", "hpa", "cpu", "-n", namespace)
     await wait_replicas(kube, namespace, "contested", 6)
     await wait_event(kube, namespace, "contested", "Resumed")
+
+
+async def test_an_hpa_created_while_a_pool_scales_is_known_before_its_next_write(
+    pools: Pools, namespace: str, broker: aio_pika.abc.AbstractChannel
+) -> None:
+    kube = pools.kube
+    await declare(broker, f"{namespace}.late")
+    await kube.aapply(deployment("late", 1), namespace)
+    await kube.aapply(pool("late", "late", f"{namespace}.late", targetPerReplica=5, maxReplicas=20), namespace)
+    await publish(broker, f"{namespace}.late", 15)
+    await wait_replicas(kube, namespace, "late", 3)
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "late-cpu"},
+        "spec": {"scaleTargetRef": {**HPA_REF, "name": "late"}, "minReplicas": 1, "maxReplicas": 5},
+    }
+    await kube.aapply(hpa, namespace)
+    # The pool lists autoscalers hourly here (the fixture): only its watch of HPAs can tell it in time.
+    refused = await wait_pool(
+        kube, namespace, "late", lambda p: condition(p, "Active").get("reason") == "AutoscalerConflict", "conflict"
+    )
+    assert "HorizontalPodAutoscaler/late-cpu" in condition(refused, "Active")["message"]
+    await publish(broker, f"{namespace}.late", 30)
+    await wait_pool(
+        kube, namespace, "late", lambda p: p["status"].get("observed", {}).get("ready") == 45, "the larger backlog"
+    )
+    assert await replicas(kube, namespace, "late") == 3  # 45 messages would ask for 9: nothing was written
 
 
 SCALED_OBJECT_CRD = {

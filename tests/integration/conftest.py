@@ -79,7 +79,10 @@ def env_for(settings: Settings) -> dict[str, str]:
         KUBECRAWL_RETRY__MAX_ATTEMPTS=str(settings.retry.max_attempts),
         KUBECRAWL_RETRY__BASE_DELAY_SECONDS=str(settings.retry.base_delay_seconds),
         KUBECRAWL_RETRY__MAX_DELAY_SECONDS=str(settings.retry.max_delay_seconds),
+        KUBECRAWL_SWEEP_INTERVAL_SECONDS=str(settings.sweep_interval_seconds),
     )
+    if settings.lease_seconds is not None:
+        env["KUBECRAWL_LEASE_SECONDS"] = str(settings.lease_seconds)
     return env
 
 

@@ -337,25 +337,6 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
 # --- readiness and GET /metadata?max_age= -----------------------------------------------------------------------
 
 
-async def test_ready_is_503_database_unavailable_and_logged_when_the_database_does_not_answer(
-    api: ApiHandle, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from kubecrawl.store.database import create_engine
-
-    unreachable = create_engine("postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl")  # nothing listens on port 1
-    monkeypatch.setattr(api.app.state, "engine", unreachable)
-    try:
-        with capture_logs() as logs:
-            ready = await api.client.get("/health/ready")
-    finally:
-        await unreachable.dispose()
-    assert ready.status_code == 503
-    assert ready.json()["reason"] == "database_unavailable"
-    [line] = [entry for entry in logs if entry["event"] == "readiness_failed"]
-    assert line["reason"] == "database_unavailable"
-    assert (await api.client.get("/health/live")).status_code == 200
-
-
 async def _completed(api: ApiHandle, url: str) -> None:
     from kubecrawl.core.models import FetchedPage
 

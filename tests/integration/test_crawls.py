@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -16,7 +17,9 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from kubecrawl.core.settings import Settings
+from kubecrawl.core.urls import url_host
 from kubecrawl.store.database import create_engine
+from kubecrawl.store.opening import sql_stores
 from kubecrawl.store.schema import crawl_pages
 from tests.integration.conftest import ApiHandle, running_api
 from tests.support.polling import eventually
@@ -48,6 +51,19 @@ async def wait_crawl(client: httpx.AsyncClient, crawl_id: str, timeout: float = 
         return crawl if crawl["state"] in ("COMPLETED", "FAILED", "CANCELLED") else None
 
     return await eventually(finished, timeout=timeout, what=f"crawl {crawl_id} to finish")
+
+
+async def crawl_with_worker(client: httpx.AsyncClient, settings: Settings, crawl_id: str) -> dict[str, Any]:
+    """Start an in-process worker only now (the test prepared something first), and wait for the crawl."""
+    from kubecrawl.worker.runtime import run_worker
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        return await wait_crawl(client, crawl_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
 
 
 async def all_pages(client: httpx.AsyncClient, crawl_id: str, **params: Any) -> list[dict[str, Any]]:
@@ -206,6 +222,47 @@ async def test_a_robots_txt_redirect_loop_counts_as_no_robots_txt(api: ApiHandle
     assert paths(site, pages) == {"/", "/a"}
 
 
+async def test_a_robots_claim_left_by_a_killed_worker_is_taken_over_and_robots_txt_still_honoured(
+    api: ApiHandle, site: Site, settings: Settings
+) -> None:
+    site.pages["/robots.txt"] = Page("User-agent: *\nDisallow: /private\n", headers={"Content-Type": "text/plain"})
+    site.html("/", body=links("/a", "/private"))
+    site.html("/a")
+    site.html("/private")
+    await put_site(api.client, "orphan", {"url": site.url("/")})
+    crawl = await trigger(api.client, "orphan")  # no worker yet: the seed waits in the queue
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:  # a worker claims the host's robots.txt and is killed before it stores any result
+        claimed, _ = await sql_stores(engine).crawls.hosts.claim_robots(
+            crawl["id"], url_host(site.url("/")), lease=timedelta(seconds=1)
+        )
+    finally:
+        await engine.dispose()
+    assert claimed
+    done = await crawl_with_worker(api.client, settings, crawl["id"])
+    pages = await all_pages(api.client, crawl["id"])
+    assert (done["state"], paths(site, pages), paths(site, pages, "SKIPPED")) == (
+        "COMPLETED",
+        {"/", "/a"},
+        {"/private"},
+    )
+    assert (site.hits["/robots.txt"], site.hits["/private"]) == (1, 0)
+
+
+async def test_a_robots_txt_server_error_disallows_the_host_and_a_404_allows_it(
+    api: ApiHandle, site: Site, worker: None
+) -> None:
+    # RFC 9309 section 2.3.1: 5xx is "unreachable" (a complete disallow), 4xx "unavailable" (allow all)
+    site.pages["/robots.txt"] = Page("down", status=503)
+    site.html("/", body=links("/a"))
+    done, pages = await crawl_site(api.client, "robots-503", {"url": site.url("/")})
+    assert (done["counters"]["skipped_robots"], paths(site, pages, "SKIPPED"), site.hits["/"]) == (1, {"/"}, 0)
+    site.pages["/robots.txt"] = Page("gone", status=410)
+    site.html("/a")
+    done, pages = await crawl_site(api.client, "robots-410", {"url": site.url("/")})
+    assert (done["counters"]["skipped_robots"], paths(site, pages)) == (0, {"/", "/a"})
+
+
 async def test_robots_crawl_delay_spaces_requests_to_the_host(api: ApiHandle, site: Site, worker: None) -> None:
     site.pages["/robots.txt"] = Page("User-agent: *\nCrawl-delay: 1\n", headers={"Content-Type": "text/plain"})
     site.html("/", body=links("/1", "/2", "/3"))
@@ -300,16 +357,20 @@ def scheduled(name: str, minute: int) -> dict[str, str]:
     return {"trigger": "schedule", "idempotency_key": f"site:default/{name}:cron:2026-11-26T10:{minute:02d}:00+00:00"}
 
 
-async def test_overlap_policy_forbid_refuses_a_scheduled_run_while_the_last_crawl_is_active(
-    api: ApiHandle, site: Site
+async def test_overlap_policy_forbid_answers_a_scheduled_run_with_the_active_crawl_and_starts_nothing(
+    api: ApiHandle, site: Site, rabbit: RabbitServer, vhost: str
 ) -> None:
     site.html("/")
     await put_site(api.client, "forbid", {"url": site.url("/"), "schedule": "* * * * *", "overlapPolicy": "Forbid"})
     first = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 1))
     assert first.status_code == 202  # no worker runs: it stays active
-    refused = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 2))
-    assert (refused.status_code, refused.json()["code"]) == (409, "crawl_overlap")
-    assert first.json()["id"] in refused.json()["detail"]
+    skipped = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 2))
+    assert (skipped.status_code, skipped.json()["id"], skipped.json()["skipped"]) == (
+        200,
+        first.json()["id"],
+        "crawl_overlap",
+    )
+    assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 1  # the first crawl's seed only
     retried = await api.client.post("/sites/default/forbid/crawls", json=scheduled("forbid", 1))
     assert (retried.status_code, retried.json()["id"]) == (200, first.json()["id"])  # its own minute: idempotent
     manual = await api.client.post("/sites/default/forbid/crawls", json={"trigger": "manual"})
@@ -444,6 +505,46 @@ async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored
     assert all(count == 1 for _, count in rows)
 
 
+async def test_a_page_held_by_a_stopped_worker_is_fetched_by_another_after_its_lease_with_lease_expired_recorded(
+    api: ApiHandle, site: Site, worker_process
+) -> None:
+    # A worker that is hung but connected (SIGSTOP) keeps its unacked message until RabbitMQ's consumer timeout;
+    # its page's lease ends much sooner, and another worker's sweep hands the page on.
+    entered, release = asyncio.Event(), asyncio.Event()
+    fetches = itertools.count(1)
+
+    async def held(_: web.Request) -> web.StreamResponse:
+        fetch = next(fetches)
+        if fetch == 1:
+            entered.set()
+            await release.wait()
+        return web.Response(text=f"<title>fetch {fetch}</title>", content_type="text/html")
+
+    site.html("/", body=links("/held"))
+    site.handlers["/held"] = held
+    leased = {"lease_seconds": 2.0, "sweep_interval_seconds": 0.5}
+    # Prefetch 1: a stopped worker with free prefetch slots would be handed the re-published message too, and
+    # only the broker's heartbeat timeout (a minute) gives that back (docs/queues.md, "Leases").
+    first = await asyncio.to_thread(worker_process, prefetch_count=1, **leased)
+    await put_site(api.client, "hung", {"url": site.url("/"), "politeness": {"respectRobotsTxt": False}})
+    crawl = await trigger(api.client, "hung")
+    await asyncio.wait_for(entered.wait(), 30)
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        fetching = await all_pages(api.client, crawl["id"], state="FETCHING")
+        assert [p["url"] for p in fetching] == [site.url("/held")]
+        await asyncio.to_thread(worker_process, **leased)
+        done = await wait_crawl(api.client, crawl["id"])
+        assert first.proc.poll() is None  # still stopped: the other worker did it
+    finally:
+        release.set()
+        os.kill(first.proc.pid, signal.SIGCONT)
+    assert (done["state"], done["counters"]["fetched"]) == ("COMPLETED", 2)
+    page = {p["url"]: p for p in await all_pages(api.client, crawl["id"])}[site.url("/held")]
+    assert (page["state"], page["title"], page["attempts"]) == ("DONE", "fetch 2", 2)
+    assert (page["error_code"], page["last_failure_code"]) == (None, "lease_expired")
+
+
 async def test_always_failing_page_fails_after_max_attempts_is_dead_lettered_and_crawl_completes(
     api: ApiHandle, site: Site, worker: None, rabbit: RabbitServer, vhost: str, settings: Settings
 ) -> None:
@@ -536,6 +637,19 @@ async def test_cancel_stops_a_running_crawl(api: ApiHandle, site: Site, worker: 
     assert sum(site.hits.values()) < 31
 
 
+async def test_the_site_api_shows_the_next_scheduled_run_in_the_sites_time_zone(api: ApiHandle) -> None:
+    # 09:30 in Kolkata (UTC+05:30, no daylight saving) is 04:00 UTC, within the next day
+    spec = {"url": "https://example.com/", "schedule": "30 9 * * *", "timeZone": "Asia/Kolkata"}
+    await put_site(api.client, "daily", spec)
+    upcoming = datetime.fromisoformat((await api.client.get("/sites/default/daily")).json()["next_run_at"])
+    assert (upcoming.utcoffset(), upcoming.hour, upcoming.minute) == (timedelta(0), 4, 0)
+    assert timedelta(0) < upcoming - datetime.now(UTC) <= timedelta(days=1)
+    await put_site(api.client, "daily", {**spec, "suspend": True})
+    assert (await api.client.get("/sites/default/daily")).json()["next_run_at"] is None
+    await put_site(api.client, "manual", {"url": "https://example.com/"})
+    assert (await api.client.get("/sites/default/manual")).json()["next_run_at"] is None
+
+
 async def test_unknown_crawl_and_site_answer_404_with_codes(api: ApiHandle) -> None:
     missing = await api.client.get("/crawls/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404
@@ -565,16 +679,8 @@ async def test_page_whose_message_was_lost_is_republished_by_the_sweeper_and_the
     await asyncio.to_thread(rabbit.api, f"/api/queues/{vhost}/kubecrawl.pages/contents", method="DELETE")
     assert await queued_messages(rabbit, vhost, "kubecrawl.pages") == 0  # the seed's message is gone
 
-    from kubecrawl.worker.runtime import run_worker
-
-    stop = asyncio.Event()
     quick = settings.model_copy(update={"lost_page_seconds": 1.0, "sweep_interval_seconds": 0.5})
-    task = asyncio.create_task(run_worker(quick, stop=stop))
-    try:
-        done = await wait_crawl(api.client, crawl["id"])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    done = await crawl_with_worker(api.client, quick, crawl["id"])
     assert done["state"] == "COMPLETED"
     assert done["counters"]["fetched"] == 2
     assert site.hits["/"] == 1

@@ -23,6 +23,7 @@ from kubecrawl.store.contract import CrawlStore, PageOutcome, PageRef, Stores
 from tests.support.stores import BACKENDS, Backend, Place
 
 DONE, FAILED = CrawlPageState.DONE, CrawlPageState.FAILED
+_ROBOTS_LEASE = timedelta(seconds=30)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -156,6 +157,91 @@ async def test_a_request_batch_queues_each_url_for_its_last_request(stores: Stor
 # -- sites ----------------------------------------------------------------------------------------------------
 
 
+async def test_a_record_is_in_progress_while_claimed_and_failed_retryable_after_a_transient_failure(
+    stores: Stores,
+) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    assert (await pages.get(url)).status is PageStatus.QUEUED  # type: ignore[union-attr]
+    await pages.begin_attempt(url, "r1")
+    assert (await pages.get(url)).status is PageStatus.IN_PROGRESS  # type: ignore[union-attr]
+    await pages.fail(url, "r1", code="timeout", detail="timed out", permanent=False)
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.last_error_code, record.last_failure_code) == (
+        PageStatus.FAILED_RETRYABLE,
+        "timeout",
+        "timeout",
+    )
+
+
+async def test_an_expired_claim_of_a_record_is_queued_again_once_and_a_later_success_keeps_lease_expired(
+    stores: Stores,
+) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(url, "r1")
+    assert await pages.expire_leases(utcnow()) == []  # the lease still holds
+    later = utcnow() + timedelta(days=1)
+    swept = await asyncio.gather(pages.expire_leases(later), pages.expire_leases(later))
+    assert sorted(swept, key=len) == [[], [(url, "r1")]]  # handed to exactly one sweeper
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.attempts, record.last_error_code, record.last_failure_code) == (
+        PageStatus.QUEUED,
+        1,
+        "lease_expired",
+        "lease_expired",
+    )
+    assert (await pages.begin_attempt(url, "r1")).attempts == 2
+    await pages.complete(url, "r1", _fetched("second try"))
+    assert await pages.expire_leases(later) == []  # a settled record holds no lease
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.last_error_code, record.last_failure_code, record.attempts) == (
+        PageStatus.COMPLETED,
+        None,
+        "lease_expired",
+        2,
+    )
+
+
+async def test_a_waiting_record_whose_message_may_be_lost_is_handed_out_once_and_a_claimed_one_never(
+    stores: Stores,
+) -> None:
+    pages = stores.pages
+    await pages.enqueue_if_missing("http://a.test/queued", "r1")
+    await pages.enqueue_if_missing("http://a.test/retrying", "r2")
+    await pages.begin_attempt("http://a.test/retrying", "r2")
+    await pages.fail("http://a.test/retrying", "r2", code="timeout", detail="timed out", permanent=False)
+    await pages.enqueue_if_missing("http://a.test/claimed", "r3")
+    await pages.begin_attempt("http://a.test/claimed", "r3")
+    await pages.enqueue_if_missing("http://a.test/done", "r4")
+    await pages.begin_attempt("http://a.test/done", "r4")
+    await pages.complete("http://a.test/done", "r4", _fetched("t"))
+    assert await pages.requeue_lost(timedelta(hours=1)) == []  # nothing is that old
+    assert sorted(await pages.requeue_lost(timedelta(0))) == [
+        ("http://a.test/queued", "r1"),
+        ("http://a.test/retrying", "r2"),
+    ]
+    # Handing a record out touches it: other sweepers leave it alone for ``older_than``.
+    later = await asyncio.gather(pages.requeue_lost(timedelta(hours=1)), pages.requeue_lost(timedelta(hours=1)))
+    assert all(found == [] for found in later)
+
+
+async def test_an_expired_refresh_of_a_stored_result_keeps_it_readable(stores: Stores) -> None:
+    pages, url = stores.pages, "http://a.test/"
+    await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(url, "r1")
+    await pages.complete(url, "r1", _fetched("first"))
+    await pages.request_refresh(url, "r2", stale_before=utcnow() + timedelta(hours=1), stuck_before=utcnow())
+    await pages.begin_attempt(url, "r2")
+    assert await pages.expire_leases(utcnow() + timedelta(days=1)) == [(url, "r2")]
+    record = await pages.get(url)
+    assert record is not None
+    assert (record.status, record.title, record.last_failure_code) == (PageStatus.COMPLETED, "first", "lease_expired")
+
+
 async def test_a_site_is_created_replaced_listed_and_deleted(stores: Stores) -> None:
     sites = stores.sites
     assert (await sites.put("ns", "b", {"url": "http://b.test/"}))[1]
@@ -195,6 +281,8 @@ async def test_the_window_holds_at_most_max_concurrency_pages_in_flight(stores: 
     seeds = [f"http://site.test/{i}" for i in range(5)]
     crawl_id, window = await _crawl(crawls, seeds, max_concurrency=2)
     assert [ref.url for ref in window] == seeds[:2]
+    states = {page.url: page.state for page in await crawls.pages(crawl_id, limit=10)}
+    assert states == {url: CrawlPageState.QUEUED if url in seeds[:2] else CrawlPageState.PENDING for url in seeds}
     links = [f"http://site.test/new/{i}" for i in range(3)]
     refilled = await _fetch(crawls, crawl_id, window[0], PageOutcome(DONE, new_links=links))
     assert len(refilled) == 1  # one page left the window, one came in: the shallowest PENDING
@@ -283,9 +371,57 @@ async def test_a_retried_page_waits_in_the_window_and_counts_its_attempts(stores
     await crawls.begin_page(crawl_id, seed.page_id)
     await crawls.retry_page(seed.page_id, code="timeout", error="timed out")
     assert [ref.page_id for ref in await crawls.queued_pages(crawl_id)] == [seed.page_id]
+    (page,) = await crawls.pages(crawl_id, limit=1)
+    assert (page.state, page.last_failure_code) == (CrawlPageState.QUEUED, "timeout")
     start = await crawls.begin_page(crawl_id, seed.page_id)
     assert start is not None
     assert (start.attempts, start.crawl_state) == (2, CrawlState.RUNNING)
+
+
+async def test_a_page_is_fetching_while_claimed_and_queued_again_once_its_lease_expired(stores: Stores) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls)
+    await crawls.begin_page(crawl_id, seed.page_id)
+    assert [p.state for p in await crawls.pages(crawl_id, limit=5)] == [CrawlPageState.FETCHING]
+    assert await crawls.expire_leases(utcnow()) == []  # the lease still holds
+    later = utcnow() + timedelta(days=1)
+    swept = await asyncio.gather(crawls.expire_leases(later), crawls.expire_leases(later))
+    assert sorted(swept, key=len) == [[], [(crawl_id, seed)]]  # handed to exactly one sweeper
+    (page,) = await crawls.pages(crawl_id, limit=5)
+    assert (page.state, page.attempts, page.error_code, page.last_failure_code) == (
+        CrawlPageState.QUEUED,
+        1,
+        "lease_expired",
+        "lease_expired",
+    )
+    crawl = await crawls.get(crawl_id)
+    assert crawl is not None
+    assert (crawl.state, crawl.in_flight) == (CrawlState.RUNNING, 1)  # still in the window
+
+
+async def test_a_crawl_whose_only_page_expired_completes_when_it_is_fetched_again_and_keeps_the_failure(
+    stores: Stores,
+) -> None:
+    crawls = stores.crawls
+    crawl_id, (seed,) = await _crawl(crawls)
+    await crawls.begin_page(crawl_id, seed.page_id)
+    await crawls.expire_leases(utcnow() + timedelta(days=1))
+    # The hung worker's late outcome is not written: the page is no longer its to settle.
+    assert await crawls.finish_page(crawl_id, seed.page_id, PageOutcome(DONE, title="late")) is None
+    start = await crawls.begin_page(crawl_id, seed.page_id)
+    assert start is not None
+    assert start.attempts == 2
+    result = await crawls.finish_page(crawl_id, seed.page_id, PageOutcome(DONE, title="second worker"))
+    assert result is not None
+    assert (result.completed_now, result.crawl_state) == (True, CrawlState.COMPLETED)
+    (page,) = await crawls.pages(crawl_id, limit=5)
+    assert (page.state, page.title, page.error_code, page.last_failure_code) == (
+        DONE,
+        "second worker",
+        None,
+        "lease_expired",
+    )
+    assert await crawls.expire_leases(utcnow() + timedelta(days=2)) == []  # a settled page holds no lease
 
 
 async def test_a_released_window_stalls_the_crawl_until_it_is_reopened(stores: Stores) -> None:
@@ -343,18 +479,48 @@ async def test_a_sites_crawls_are_listed_newest_first_and_a_later_crawl_sees_the
 async def test_one_caller_claims_a_hosts_robots_txt_and_the_others_read_it_when_ready(stores: Stores) -> None:
     crawl_id, _ = await _crawl(stores.crawls)
     hosts = stores.crawls.hosts
-    claims = await asyncio.gather(*(hosts.claim_robots(crawl_id, "site.test") for _ in range(4)))
+    claims = await asyncio.gather(*(hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE) for _ in range(4)))
     assert sorted(claimed for claimed, _ in claims) == [False, False, False, True]
     assert all(state.robots_state == "PENDING" for _, state in claims)
     await hosts.set_robots(crawl_id, "site.test", "User-agent: *\nDisallow: /x", 2.0)
-    claimed, state = await hosts.claim_robots(crawl_id, "site.test")
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
     assert (claimed, state.robots_state, state.robots_txt) == (False, "READY", "User-agent: *\nDisallow: /x")
+
+
+async def test_a_robots_claim_whose_lease_ran_out_is_taken_over_by_exactly_one_caller(stores: Stores) -> None:
+    # The claimer was killed (or hangs) between its claim and its result: the host must not stay PENDING.
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    assert (await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE))[0]
+    assert not (await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE))[0]  # the lease holds
+    later = utcnow() + 2 * _ROBOTS_LEASE
+    claims = await asyncio.gather(
+        *(hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE, now=later) for _ in range(4))
+    )
+    assert sorted(claimed for claimed, _ in claims) == [False, False, False, True]
+    await hosts.set_robots(crawl_id, "site.test", "", None)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE, now=later + _ROBOTS_LEASE)
+    assert (claimed, state.robots_state, state.robots_txt, state.expires_at) == (False, "READY", "", None)
+
+
+async def test_a_robots_result_that_expires_is_claimed_again_after_it(stores: Stores) -> None:
+    # An unreachable robots.txt disallows the host for a while, then the next page fetches robots.txt again.
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
+    expires = utcnow() + timedelta(minutes=10)
+    await hosts.set_robots(crawl_id, "site.test", "User-agent: *\nDisallow: /\n", None, expires_at=expires)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
+    assert (claimed, state.robots_state, state.expires_at) == (False, "READY", expires)
+    after = expires + timedelta(seconds=1)
+    claimed, state = await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE, now=after)
+    assert (claimed, state.robots_state) == (True, "PENDING")
 
 
 async def test_request_slots_are_reserved_spacing_apart_and_a_pause_holds_the_host(stores: Stores) -> None:
     crawl_id, (seed,) = await _crawl(stores.crawls)
     hosts = stores.crawls.hosts
-    await hosts.claim_robots(crawl_id, "site.test")
+    await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
     waits = [await hosts.reserve_slot(crawl_id, "site.test", 10.0) for _ in range(3)]
     # Each reservation is 10 s after the previous one; the waits are measured from each call's own "now".
     assert waits[0] == 0.0

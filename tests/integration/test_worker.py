@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+from typing import Any
 
 import httpx
 from aiohttp import web
@@ -120,6 +121,35 @@ async def test_always_failing_page_is_failed_permanent_after_max_attempts_and_de
     headers = dead[0]["properties"]["headers"]  # type: ignore[index]
     assert headers["x-kubecrawl-code"] == "http_503"
     assert "gave up after 3 attempts" in headers["x-kubecrawl-reason"]
+
+
+async def test_a_record_whose_message_was_lost_is_published_again_by_the_sweep_and_fetched(
+    api: ApiHandle, site: Site, settings: Settings
+) -> None:
+    # What a retry tier expiring into a full classic queue leaves behind: a record waiting, and no message.
+    url = site.url("/lost")
+    site.html("/lost", title="found again")
+    assert await api.app.state.pages.enqueue_if_missing(url, "lost-request")
+    from kubecrawl.worker.runtime import run_worker
+
+    stop = asyncio.Event()
+    quick = settings.model_copy(update={"lost_page_seconds": 0.5, "sweep_interval_seconds": 0.5})
+    task = asyncio.create_task(run_worker(quick, stop=stop))
+    try:
+
+        async def completed() -> dict[str, Any] | None:
+            answer = await api.client.get("/metadata", params={"url": url})
+            return answer.json() if answer.status_code == 200 else None
+
+        record = await eventually(completed, timeout=30, what="the lost record fetched")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert (record["status"], record["title"], record["last_request_id"]) == (
+        "COMPLETED",
+        "found again",
+        "lost-request",
+    )
 
 
 async def test_404_is_permanent_at_once_and_dead_lettered(

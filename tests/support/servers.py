@@ -108,6 +108,9 @@ class RabbitServer:
             "disk_free_limit.absolute = 50MB\n"
             # management stats every second so unacked counts are fresh for the scaler tests
             "collect_statistics_interval = 1000\n"
+            # RabbitMQ's default, written out as docs/queues.md ("Leases and the consumer timeout") asks: longer
+            # than the longest lease, so the lease sweep hands a hung worker's page on first
+            "consumer_timeout = 1800000\n"
         )
         (self.base / "advanced.config").write_text("[].\n")
         log = (self.base / "server.log").open("ab")
@@ -238,6 +241,12 @@ class PostgresServer:
                     path.chmod(path.stat().st_mode | 0o111)
             os.chown(self.base, user.pw_uid, user.pw_gid)
         self._run(str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.resume()
+        self.create_database("kubecrawl")
+
+    def resume(self) -> None:
+        """Start the server on its existing cluster (after ``start`` made it, and ``halt`` stopped it)."""
+        bin_dir = _pg_bin()
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
@@ -253,7 +262,10 @@ class PostgresServer:
             "-w",
             "start",
         )
-        self.create_database("kubecrawl")
+
+    def halt(self) -> None:
+        """An outage: stop the server (fast shutdown: every client connection is cut), keeping its data."""
+        self._run(str(_pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run one SQL command as the superuser; returns its unaligned, tuples-only output."""

@@ -28,7 +28,8 @@ from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import connect_with_backoff, create_engine
+from kubecrawl.store.connection import DatabaseConnection
+from kubecrawl.store.database import create_engine
 from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.opening import sql_stores
 
@@ -53,10 +54,15 @@ def create_app(
     """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the engine."""
     kubernetes_auth = "kubernetes" in settings.auth
 
+    # The database's connection state (readiness reads it); its watch runs while the app does.
+    database = DatabaseConnection(
+        engine, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await database.connect()
         if manage_lifecycle:
-            await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
             await publisher.start()
         if kubernetes_auth:  # in a cluster its ServiceAccount, else KUBECONFIG; fails the start-up without either
             app.state.reviews = await KubernetesReviews.connect(
@@ -75,6 +81,7 @@ def create_app(
             gc.unfreeze()  # a process that starts apps again (tests) collects the old ones
             if kubernetes_auth:
                 await app.state.reviews.aclose()
+            await database.close()
             if manage_lifecycle:
                 await publisher.close()
                 await engine.dispose()
@@ -91,6 +98,7 @@ def create_app(
     app.state.settings = settings
     app.state.publisher = publisher
     app.state.engine = engine
+    app.state.database = database
     stores = sql_stores(engine)
     app.state.pages = stores.pages
     app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)

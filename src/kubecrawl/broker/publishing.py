@@ -207,8 +207,7 @@ class RabbitPublisher:
         self._export_state()
 
     def _export_state(self) -> None:
-        for state in PublisherState:
-            metrics.PUBLISHER_STATE.labels(state=state.value).set(1 if state is self._state else 0)
+        metrics.set_state(metrics.PUBLISHER_STATE, PublisherState, self._state)
 
     async def start(self) -> None:
         """Connect with backoff; after ``max_connection_attempts`` failures raise ``ConnectionLost``."""

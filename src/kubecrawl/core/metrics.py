@@ -6,7 +6,9 @@ bounded sets (routes are templates, outcomes and reasons are codes), never URLs 
 
 from __future__ import annotations
 
+import enum
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -37,6 +39,9 @@ PUBLISH_LATENCY = Histogram(
 )
 PUBLISHER_STATE = Gauge(
     "kubecrawl_publisher_state", "1 for the publisher's current state, 0 for the others.", ["state"]
+)
+DATABASE_STATE = Gauge(
+    "kubecrawl_database_state", "1 for the database connection's current state, 0 for the others.", ["state"]
 )
 PUBLISHER_RECONNECTS = Counter("kubecrawl_publisher_reconnects", "Successful publisher reconnections.")
 WORKER_MESSAGES = Counter("kubecrawl_worker_messages", "Messages handled by workers by outcome.", ["queue", "outcome"])
@@ -121,3 +126,10 @@ DEAD_LETTER_MESSAGES = Gauge(
     "Messages waiting in the dead-letter queue (dead letters not yet inspected or replayed).",
     ["queue"],
 )
+
+
+def set_state(gauge: Gauge, states: Iterable[enum.Enum], current: enum.Enum) -> None:
+    """A state-machine gauge (``kubecrawl_publisher_state``, ``kubecrawl_database_state``): 1 for ``current``,
+    0 for every other state, so each state is one series whatever it was before."""
+    for state in states:
+        gauge.labels(state=state.value).set(1 if state is current else 0)

@@ -50,6 +50,9 @@ class PageMetadataRecord(BaseModel):
     attempts: int = 0
     last_error: str | None = None
     last_error_code: str | None = None
+    # The latest failed attempt (``lease_expired`` when a worker held it past its lease), kept after a success.
+    last_failure: str | None = None
+    last_failure_code: str | None = None
     last_request_id: str | None = None
     created_at: datetime
     updated_at: datetime
@@ -144,6 +147,9 @@ class CrawlPage(BaseModel):
     links: int | None = None
     error_code: str | None = None
     error: str | None = None
+    # The latest failed attempt (a retried error, ``lease_expired``), kept after the page succeeded.
+    last_failure_code: str | None = None
+    last_failure: str | None = None
     seq: int | None = None
     fetched_at: datetime | None = None
 

@@ -6,6 +6,7 @@ public contract (Helm values and docs use them).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubecrawl.core.backoff import DEFAULT_JITTER, Backoff
 from kubecrawl.core.urls import TargetPolicy
+
+# The longest a crawl's host is paused by a 429/503 Retry-After (a page waits for it while holding its lease).
+MAX_HOST_PAUSE_SECONDS = 600.0
+# A host's robots.txt claim covers one fetch (the fetch timeout) and this margin for the database writes around it;
+# a page waits for at most ROBOTS_CLAIMS_WAITED successive claims (claimers that die or hang) before its retry.
+ROBOTS_CLAIM_MARGIN_SECONDS = 15.0
+ROBOTS_CLAIMS_WAITED = 3
+# A claim's margin beyond its fetches and waits: the database writes and the publishes around them.
+_LEASE_MARGIN_SECONDS = 60.0
+
+
+def derived_lease(fetch_timeout_seconds: float) -> timedelta:
+    """The default lease (``Settings.lease``) for a fetch timeout: 765 s for the default 15 s."""
+    robots = ROBOTS_CLAIMS_WAITED * (fetch_timeout_seconds + ROBOTS_CLAIM_MARGIN_SECONDS)
+    return timedelta(seconds=robots + fetch_timeout_seconds + MAX_HOST_PAUSE_SECONDS + _LEASE_MARGIN_SECONDS)
 
 
 class PublisherSettings(BaseModel):
@@ -78,6 +94,10 @@ class FetchSettings(BaseModel):
         return value
 
 
+# The lease of the default fetch timeout (765 s), for stores built without settings.
+DEFAULT_LEASE = derived_lease(FetchSettings().timeout_seconds)
+
+
 class RetrySettings(BaseModel):
     """Retry policy for transient failures of a message."""
 
@@ -122,10 +142,18 @@ class Settings(BaseSettings):
     # Database connection pool per process.
     db_pool_size: int = Field(default=10, ge=1)
     db_connect_attempts: int = Field(default=10, ge=1)
-    # A crawl page QUEUED this long without news has lost its message and is re-published; longer than the
-    # longest retry tier (300 s) plus a deep backlog's wait, so duplicates stay rare (they are harmless).
+    # A connected process pings its database this often; readiness reads the result (store/connection.py). The
+    # chart probes readiness every 10 s, so an outage shows within one probe; a SELECT 1 per 5 s costs nothing.
+    db_check_interval_seconds: float = Field(default=5.0, gt=0)
+    # A crawl page QUEUED (or a metadata record QUEUED or FAILED_RETRYABLE) this long without news has lost its
+    # message and is re-published; longer than the longest retry tier (300 s) plus a deep backlog's wait, so
+    # duplicates stay rare (they are harmless).
     lost_page_seconds: float = Field(default=900.0, gt=0)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # How long a worker's claim of a crawl page (FETCHING) or a metadata record (begin_attempt) holds; after it
+    # the sweep gives the work to another worker with ``lease_expired`` recorded (docs/crawls.md, "Leases").
+    # Unset: derived from the fetch settings (``lease()``).
+    lease_seconds: float | None = Field(default=None, gt=0)
     # On SIGTERM a worker stops consuming and waits this long for its in-flight messages; the ones still running
     # then (a long politeness wait, a slow site) are given back to the queue unacked, so the process exits on its
     # own before Kubernetes' grace period ends in a SIGKILL. The chart sets it from that grace period.
@@ -166,6 +194,26 @@ class Settings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     pod_name: str | None = Field(default=None, validation_alias="POD_NAME")
+
+    def db_backoff(self) -> Backoff:
+        """The database's (re)connect schedule: the broker's waits and jitter, ``db_connect_attempts`` tries at
+        start-up (reconnects later are not limited)."""
+        return Backoff(
+            initial=self.publisher.initial_backoff_seconds,
+            multiplier=self.publisher.backoff_multiplier,
+            maximum=self.publisher.max_backoff_seconds,
+            attempts=self.db_connect_attempts,
+            jitter=self.publisher.backoff_jitter,
+        )
+
+    def lease(self) -> timedelta:
+        """How long a claim holds. By default everything a worker may do while holding one page: wait for (or
+        take over) up to three claims of its host's robots.txt, fetch the page (bounded by the fetch timeout, every
+        redirect included), wait out the longest Retry-After pause of the host, and write and publish. A retry is
+        a new claim (through a retry tier), so retries never lengthen one."""
+        if self.lease_seconds is not None:
+            return timedelta(seconds=self.lease_seconds)
+        return derived_lease(self.fetch.timeout_seconds)
 
     def target_policy(self) -> TargetPolicy:
         return TargetPolicy(self.allow_private_targets, tuple(self.allowed_private_networks))

@@ -14,7 +14,9 @@ kubernetes_asyncio's typed calls, whose errors :func:`unavailable` wraps the sam
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -82,3 +84,28 @@ def unavailable(exc: Exception, action: str) -> KubernetesUnavailable:
     if isinstance(exc, ApiException):
         return KubernetesUnavailable(f"{action}: HTTP {exc.status} {exc.reason}", code=f"kubernetes_http_{exc.status}")
     return KubernetesUnavailable(f"{action}: {exc.__class__.__name__}: {exc}")
+
+
+EVENT_SOURCE = "kubecrawl-operator"
+_INSTANCE = socket.gethostname()
+_EVENT_MESSAGE_LIMIT = 1024
+
+
+def event_body(involved: dict[str, str], *, type_: str, reason: str, message: str) -> dict[str, Any]:
+    """A core/v1 Event about one of our objects (what ``kubectl describe`` lists), posted by our own client:
+    ``kopf.event`` only works inside kopf's per-object handler context. ``involved``: apiVersion, kind,
+    namespace, name and uid of the object."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"generateName": f"{involved['name']}.", "namespace": involved["namespace"]},
+        "involvedObject": involved,
+        "type": type_,
+        "reason": reason,
+        "message": message[:_EVENT_MESSAGE_LIMIT],
+        "source": {"component": EVENT_SOURCE},
+        "reportingComponent": EVENT_SOURCE,
+        "reportingInstance": _INSTANCE,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

@@ -78,7 +78,7 @@ class OperatorSettings(BaseSettings):
     # One depth read (AMQP and management calls together) gives up after this, so a hung broker is reported as
     # unavailable within a few polls instead of stalling the pool.
     pool_broker_timeout_seconds: float = Field(default=5.0, gt=0)
-    # How often each pool looks for an HPA or KEDA ScaledObject on its Deployment (two list calls per look).
+    # How often each pool lists KEDA ScaledObjects on its Deployment (HPAs are watched: pool/conflicts.py).
     pool_conflict_check_seconds: float = Field(default=10.0, gt=0)
 
     # The dead-letter queue whose depth the operator exports (kubecrawl_dead_letter_messages): broker/topology.py's

@@ -14,8 +14,14 @@ The rules every implementation keeps:
 - Crawls: one crawl per idempotency key; ``in_flight`` (published, unfinished pages) never exceeds the crawl's
   ``politeness.maxConcurrency``; a page's outcome is written once, only while it is FETCHING; exactly one
   ``finish_page`` reports the completion; counters and the SSE sequence (``version``/``seq``) move with outcomes.
-- Hosts: one claimer fetches a host's robots.txt per crawl; request times are reserved ``spacing`` apart across
-  every worker.
+- Hosts: one claimer at a time fetches a host's robots.txt per crawl, and its claim is a lease: once it ran out
+  (the claimer died or hung) or the robots.txt it stored expired, the next caller claims it; request times are
+  reserved ``spacing`` apart across every worker.
+- Leases: a claim (``begin_attempt``, ``begin_page``) holds until its lease ends, the store's ``lease`` after the
+  claim (its opener is given it); ``expire_leases(now)`` hands every claim whose lease ended before ``now`` to
+  exactly one caller, back in the queue (QUEUED, its attempt already counted), with ``lease_expired`` as its
+  error and as its ``last_failure``. ``last_failure``/``last_failure_code`` keep the latest failure (also a
+  retried one) and no success erases them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from kubecrawl.core.models import Crawl, CrawlPage, CrawlPageState, CrawlState, FetchedPage, PageMetadataRecord
+
+# The error code of a claim whose lease ended before its worker settled it.
+LEASE_EXPIRED = "lease_expired"
 
 # (url, request_id): one POST /metadata in a batch.
 Request = tuple[str, str]
@@ -101,6 +110,7 @@ class HostState:
 
     robots_state: Literal["PENDING", "READY"]
     robots_txt: str | None
+    expires_at: datetime | None = None  # READY until then (``set_robots``); None: for the whole crawl
 
 
 # -- page metadata (GET/POST /metadata, the metadata worker) ----------------------------------------------
@@ -148,6 +158,17 @@ class PageMetadataStore(Protocol):
 
     async def complete(self, url: str, request_id: str, page: FetchedPage) -> None: ...
 
+    async def expire_leases(self, now: datetime) -> list[Request]:
+        """Claims whose lease ended before ``now``: back to QUEUED (a stored result stays readable) with
+        ``lease_expired`` recorded, each returned to exactly one caller, which publishes it again."""
+        ...
+
+    async def requeue_lost(self, older_than: timedelta) -> list[Request]:
+        """Records waiting for a fetch (QUEUED, FAILED_RETRYABLE) without a claim and untouched for
+        ``older_than``, whose message may be lost (a retry tier expiring into a full work queue): each handed to
+        exactly one caller (which touches it) for re-publishing."""
+        ...
+
     async def fail(
         self,
         url: str,
@@ -181,12 +202,25 @@ class SiteStore(Protocol):
 class HostStore(Protocol):
     """Per crawl and host: robots.txt fetched once, request times spaced across every worker."""
 
-    async def claim_robots(self, crawl_id: str, host: str) -> tuple[bool, HostState]:
-        """True for the one caller that must fetch the host's robots.txt (then ``set_robots``)."""
+    async def claim_robots(
+        self, crawl_id: str, host: str, *, lease: timedelta, now: datetime | None = None
+    ) -> tuple[bool, HostState]:
+        """True for the one caller that must fetch the host's robots.txt (then ``set_robots``) before ``now +
+        lease``: the first caller, or the first after the last claim's lease or the stored result ran out (as of
+        ``now``, the current time when not given); else False and the host's state."""
         ...
 
-    async def set_robots(self, crawl_id: str, host: str, robots_txt: str | None, crawl_delay: float | None) -> None:
-        """The claimer's result: the host's robots.txt is READY for every worker."""
+    async def set_robots(
+        self,
+        crawl_id: str,
+        host: str,
+        robots_txt: str | None,
+        crawl_delay: float | None,
+        *,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """The claimer's result: the host's robots.txt is READY for every worker (until ``expires_at``, when
+        given: then the next ``claim_robots`` fetches it again)."""
         ...
 
     async def reserve_slot(
@@ -264,12 +298,19 @@ class CrawlStore(Protocol):
         """QUEUED pages untouched for ``older_than``, each handed to exactly one caller for re-publishing."""
         ...
 
+    async def expire_leases(self, now: datetime) -> list[tuple[str, PageRef]]:
+        """FETCHING pages whose lease ended before ``now``: QUEUED again (still in the window, the attempt
+        counted) with ``lease_expired`` recorded, each handed to exactly one caller for re-publishing."""
+        ...
+
     async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
-        """Mark the page FETCHING (one more attempt) and return what fetching it needs; None if settled."""
+        """Mark the page FETCHING (one more attempt, a new lease) and return what fetching it needs; None if
+        settled."""
         ...
 
     async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
-        """A transient failure: the FETCHING page waits for its retry inside the window (QUEUED)."""
+        """A transient failure: the FETCHING page waits for its retry inside the window (QUEUED); the failure
+        is its ``last_failure`` too."""
         ...
 
     async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:

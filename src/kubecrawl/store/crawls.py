@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
+from kubecrawl.core.settings import DEFAULT_LEASE
 from kubecrawl.store.batching import GroupCommit
-from kubecrawl.store.contract import FinishResult, PageOutcome, PageRef, PageStart
+from kubecrawl.store.contract import LEASE_EXPIRED, FinishResult, PageOutcome, PageRef, PageStart
 from kubecrawl.store.dialects import as_utc, dialect_insert, transactions
 from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
@@ -73,7 +74,7 @@ _LOCK_CRAWL = select(crawls).where(crawls.c.id == bindparam("p_crawl_id")).with_
 class SqlCrawlStore:
     """``CrawlStore`` (store/contract.py) on PostgreSQL or SQLite."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
         self._engine = engine
         self._insert = dialect_insert(engine)
         # One per store: on SQLite its lock serialises this store's transactions, hosts' included.
@@ -81,7 +82,7 @@ class SqlCrawlStore:
         self._frontier = Frontier(engine)
         self._finisher = batch_finisher(engine, self._tx, self._frontier)
         self._hosts = SqlHostStore(engine, self._tx)
-        self._starts = PageStarts(self._tx, self._frontier)
+        self._starts = PageStarts(self._tx, self._frontier, lease=lease)
         # Group commit per crawl for the two per-page transactions (store/batching.py).
         self._beginning = GroupCommit[str, int, PageStart | None](self._starts.start)
         self._finishing = GroupCommit[str, tuple[int, PageOutcome], FinishResult | None](self._finish_batch)
@@ -291,6 +292,33 @@ class SqlCrawlStore:
             ).all()
         return [(row.crawl_id, PageRef(row.id, row.url, row.depth)) for row in rows]
 
+    async def expire_leases(self, now: datetime) -> list[tuple[str, PageRef]]:
+        """FETCHING pages whose lease ended before ``now``: QUEUED again with ``lease_expired`` recorded.
+
+        One ``UPDATE … RETURNING`` (row locks decide between concurrent sweepers, and between a sweeper and a
+        late ``finish_page``: whichever comes second finds the page no longer FETCHING). The page stays in the
+        window (``in_flight`` counts QUEUED and FETCHING alike), its attempt was counted when it started.
+        """
+        detail = "the worker holding this page did not finish it before its lease ended"
+        async with self._tx.single() as conn:
+            rows = (
+                await conn.execute(
+                    update(crawl_pages)
+                    .where(crawl_pages.c.state == P.FETCHING.value, crawl_pages.c.lease_until < now)
+                    .values(
+                        state=P.QUEUED.value,
+                        lease_until=None,
+                        error_code=LEASE_EXPIRED,
+                        error=detail,
+                        last_failure_code=LEASE_EXPIRED,
+                        last_failure=detail,
+                        updated_at=now,
+                    )
+                    .returning(crawl_pages.c.crawl_id, crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
+                )
+            ).all()
+        return [(row.crawl_id, PageRef(row.id, row.url, row.depth)) for row in rows]
+
     # -- pages (worker side) ------------------------------------------------------------------------------
 
     async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
@@ -307,7 +335,14 @@ class SqlCrawlStore:
             await conn.execute(
                 update(crawl_pages)
                 .where(crawl_pages.c.id == page_id, crawl_pages.c.state == P.FETCHING.value)
-                .values(state=P.QUEUED.value, error_code=code, error=error[:ERROR_CHARS], updated_at=utcnow())
+                .values(
+                    state=P.QUEUED.value,
+                    error_code=code,
+                    error=error[:ERROR_CHARS],
+                    last_failure_code=code,
+                    last_failure=error[:ERROR_CHARS],
+                    updated_at=utcnow(),
+                )
             )
 
     async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:

@@ -2,8 +2,10 @@
 request times reserved ``spacing`` apart across every worker (``politeness.delaySeconds``, Crawl-delay), pushed
 back by a 429/503 Retry-After.
 
-- One claimer per host: ``INSERT … ON CONFLICT DO NOTHING RETURNING`` inserts the row for exactly one caller,
-  who fetches robots.txt and marks it READY; the others read the row and wait for READY.
+- One claimer per host at a time: ``INSERT … ON CONFLICT DO NOTHING RETURNING`` inserts the row for exactly one
+  caller, who fetches robots.txt and marks it READY; the others read the row and wait for READY. The claim is a
+  lease (``robots_claimed_until``): a conditional ``UPDATE … RETURNING`` hands a claim whose lease ran out (its
+  worker was killed or hangs), or a READY result past ``robots_expires_at``, to exactly one next caller.
 - Spacing: ``reserve_slot`` locks the row (``FOR UPDATE``; SQLite: the store's in-process lock), takes the later
   of now, the reserved time and any pause, and moves the reservation on by ``spacing``.
 - A pause never shortens an earlier, longer one (a conditional ``UPDATE``).
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.core.clock import utcnow
@@ -31,32 +33,69 @@ class SqlHostStore:
         self._insert = dialect_insert(engine)
         self._transactions = transactions
 
-    async def claim_robots(self, crawl_id: str, host: str) -> tuple[bool, HostState]:
+    async def claim_robots(
+        self, crawl_id: str, host: str, *, lease: timedelta, now: datetime | None = None
+    ) -> tuple[bool, HostState]:
         """Claim the host's robots.txt fetch: True for the one claimer; else False and the host's state."""
+        now = now or utcnow()
+        until = now + lease
         async with self._transactions.begin() as conn:
             claimed = (
                 await conn.execute(
                     self._insert(crawl_hosts)
-                    .values(crawl_id=crawl_id, host=host, robots_state="PENDING")
+                    .values(crawl_id=crawl_id, host=host, robots_state="PENDING", robots_claimed_until=until)
                     .on_conflict_do_nothing(index_elements=["crawl_id", "host"])
                     .returning(crawl_hosts.c.host)
                 )
             ).first()
+            if claimed is None:
+                ended = or_(
+                    # a claim without a deadline was left by a version without leases (before migration 0006)
+                    and_(
+                        crawl_hosts.c.robots_state == "PENDING",
+                        or_(crawl_hosts.c.robots_claimed_until.is_(None), crawl_hosts.c.robots_claimed_until < now),
+                    ),
+                    and_(crawl_hosts.c.robots_state == "READY", crawl_hosts.c.robots_expires_at < now),
+                )
+                claimed = (
+                    await conn.execute(
+                        update(crawl_hosts)
+                        .where(*_this(crawl_id, host), ended)
+                        .values(robots_state="PENDING", robots_claimed_until=until, robots_expires_at=None)
+                        .returning(crawl_hosts.c.host)
+                    )
+                ).first()
             if claimed is not None:
                 return True, HostState("PENDING", None)
             row = (
                 await conn.execute(
-                    select(crawl_hosts.c.robots_state, crawl_hosts.c.robots_txt).where(*_this(crawl_id, host))
+                    select(crawl_hosts.c.robots_state, crawl_hosts.c.robots_txt, crawl_hosts.c.robots_expires_at).where(
+                        *_this(crawl_id, host)
+                    )
                 )
             ).one()
-        return False, HostState(row.robots_state, row.robots_txt)
+        return False, HostState(row.robots_state, row.robots_txt, as_utc(row.robots_expires_at))
 
-    async def set_robots(self, crawl_id: str, host: str, robots_txt: str | None, crawl_delay: float | None) -> None:
+    async def set_robots(
+        self,
+        crawl_id: str,
+        host: str,
+        robots_txt: str | None,
+        crawl_delay: float | None,
+        *,
+        expires_at: datetime | None = None,
+    ) -> None:
         async with self._transactions.single() as conn:
             await conn.execute(
                 update(crawl_hosts)
                 .where(*_this(crawl_id, host))
-                .values(robots_state="READY", robots_txt=robots_txt, crawl_delay=crawl_delay)
+                .values(
+                    robots_state="READY",
+                    robots_txt=robots_txt,
+                    crawl_delay=crawl_delay,
+                    robots_claimed_until=None,
+                    robots_expires_at=expires_at,
+                )
             )
 
     async def reserve_slot(

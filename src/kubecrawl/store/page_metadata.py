@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Text, and_, bindparam, case, delete, func, or_, select, update
@@ -39,7 +39,8 @@ from sqlalchemy.sql.selectable import Select
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
-from kubecrawl.store.contract import AttemptStart, Request
+from kubecrawl.core.settings import DEFAULT_LEASE
+from kubecrawl.store.contract import LEASE_EXPIRED, AttemptStart, Request
 from kubecrawl.store.database import DATABASE_ERRORS, store_error
 from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import page_metadata as pm
@@ -51,6 +52,7 @@ _IS_FINAL = or_(pm.c.status == PageStatus.COMPLETED.value, pm.c.status == PageSt
 _NOW = bindparam("now", type_=pm.c.updated_at.type)
 _URL = bindparam("page_url", type_=pm.c.url.type)
 _REQUEST_ID = bindparam("request_id", type_=pm.c.last_request_id.type)
+_LEASE_UNTIL = bindparam("lease_until", type_=pm.c.lease_until.type)
 
 
 def _status_unless_final(status: PageStatus) -> ColumnElement[Any]:
@@ -71,6 +73,7 @@ class _Statements:
     release_fetched: Update
     attempt_state: Select[Any]
     begin_attempt: Insert
+    expire_leases: Update
 
     @classmethod
     def build(cls, insert: Any) -> _Statements:
@@ -121,16 +124,30 @@ class _Statements:
             .values(queued_at=pm.c.fetched_at, updated_at=_NOW),
             attempt_state=select(pm.c.last_request_id, pm.c.queued_at, pm.c.fetched_at).where(pm.c.url == _URL),
             begin_attempt=insert(pm)
-            .values(**{**queued, "status": PageStatus.IN_PROGRESS.value, "attempts": 1})
+            .values(**{**queued, "status": PageStatus.IN_PROGRESS.value, "attempts": 1, "lease_until": _LEASE_UNTIL})
             .on_conflict_do_update(
                 index_elements=["url"],
                 set_={
                     "attempts": pm.c.attempts + 1,
                     "updated_at": _NOW,
                     "status": _status_unless_final(PageStatus.IN_PROGRESS),
+                    "lease_until": _LEASE_UNTIL,
                 },
             )
             .returning(pm.c.attempts),
+            # One statement: concurrent sweepers each get the rows their own update changed, never the same one.
+            expire_leases=update(pm)
+            .where(pm.c.lease_until < _NOW)
+            .values(
+                lease_until=None,
+                status=_status_unless_final(PageStatus.QUEUED),
+                last_error=bindparam("detail"),
+                last_error_code=LEASE_EXPIRED,
+                last_failure=bindparam("detail"),
+                last_failure_code=LEASE_EXPIRED,
+                updated_at=_NOW,
+            )
+            .returning(pm.c.url, pm.c.last_request_id),
         )
 
 
@@ -236,8 +253,9 @@ def _record(row: Any) -> PageMetadataRecord:
 class SqlPageMetadataStore:
     """``PageMetadataStore`` (store/contract.py) on PostgreSQL or SQLite."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
         self._engine = engine
+        self._lease = lease
         # Shares the engine's pool; each checkout runs without a transaction (see the module docstring).
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = dialect_insert(engine)
@@ -316,7 +334,8 @@ class SqlPageMetadataStore:
 
         ``already_done`` tells a redelivered message whose result was already written (ack it, do nothing).
         """
-        params = {"page_url": url, "request_id": request_id, "now": utcnow()}
+        now = utcnow()
+        params = {"page_url": url, "request_id": request_id, "now": now, "lease_until": now + self._lease}
         async with self._engine.begin() as conn:
             row = (await conn.execute(self._sql.attempt_state, params)).first()
             if row is not None and row.last_request_id == request_id and row.fetched_at is not None:
@@ -336,6 +355,7 @@ class SqlPageMetadataStore:
             last_request_id=request_id,
             updated_at=now,
             fetched_at=now,
+            lease_until=None,
         )
         await self._upsert(url, values, now)
 
@@ -353,8 +373,11 @@ class SqlPageMetadataStore:
         values: dict[str, Any] = {
             "last_error": detail[:4000],
             "last_error_code": code,
+            "last_failure": detail[:4000],
+            "last_failure_code": code,
             "last_request_id": request_id,
             "updated_at": now,
+            "lease_until": None,
         }
         if http_status is not None:
             values["http_status"] = http_status
@@ -365,6 +388,32 @@ class SqlPageMetadataStore:
             values["status"] = _status_unless_final(PageStatus.FAILED_RETRYABLE)
         async with self._autocommit.connect() as conn:
             await conn.execute(update(pm).where(pm.c.url == url).values(**values))
+
+    async def expire_leases(self, now: datetime) -> list[Request]:
+        """Claims whose lease ended before ``now`` go back to QUEUED with ``lease_expired``; each is returned to
+        the one sweeper whose update changed it, to publish again for its last request."""
+        detail = "the worker holding this record did not finish it before its lease ended"
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(self._sql.expire_leases, {"now": now, "detail": detail})).all()
+        return [(row.url, row.last_request_id) for row in rows]
+
+    async def requeue_lost(self, older_than: timedelta) -> list[Request]:
+        """Waiting records (QUEUED, FAILED_RETRYABLE), unclaimed and untouched for ``older_than``: touched and
+        returned for re-publishing, each to the one sweeper whose update changed it."""
+        now = utcnow()
+        stmt = (
+            update(pm)
+            .where(
+                or_(pm.c.status == PageStatus.QUEUED.value, pm.c.status == PageStatus.FAILED_RETRYABLE.value),
+                pm.c.updated_at < now - older_than,
+                pm.c.lease_until.is_(None),
+            )
+            .values(updated_at=now)
+            .returning(pm.c.url, pm.c.last_request_id)
+        )
+        async with self._autocommit.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(row.url, row.last_request_id) for row in rows]
 
     async def _upsert(self, url: str, values: dict[str, Any], now: datetime) -> None:
         stmt = self._insert(pm).values(url=url, created_at=now, queued_at=now, attempts=1, **values)

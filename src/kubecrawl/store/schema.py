@@ -69,7 +69,25 @@ page_metadata = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("queued_at", DateTime(timezone=True)),
     Column("fetched_at", DateTime(timezone=True)),
+    # Leases (migration 0006): set while a worker holds the record (begin_attempt), cleared by its outcome.
+    Column("lease_until", DateTime(timezone=True)),
+    # The latest failure (lease_expired among them), kept by a later success, unlike last_error.
+    Column("last_failure_code", String(64)),
+    Column("last_failure", Text),
     Index("ix_page_metadata_created_at", "created_at"),
+    Index(
+        "ix_page_metadata_leases",
+        "lease_until",
+        postgresql_where=text("lease_until IS NOT NULL"),
+        sqlite_where=text("lease_until IS NOT NULL"),
+    ),
+    # The lost-record sweep's look-up: records waiting for a fetch only.
+    Index(
+        "ix_page_metadata_waiting",
+        "updated_at",
+        postgresql_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
+        sqlite_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
+    ),
 )
 
 sites = Table(
@@ -141,6 +159,11 @@ crawl_pages = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("fetched_at", DateTime(timezone=True)),
+    # Leases (migration 0006): a FETCHING page's claim holds until then; the sweep gives it back after.
+    Column("lease_until", DateTime(timezone=True)),
+    # The latest failure (a retry's, lease_expired), kept by a later success, unlike error_code/error.
+    Column("last_failure_code", String(64)),
+    Column("last_failure", Text),
     UniqueConstraint("crawl_id", "url", name="uq_crawl_pages_crawl_id_url"),
     Index("ix_crawl_pages_crawl_state", "crawl_id", "state", "depth", "id"),
     # Partial (migration 0004): settled pages only, what the SSE resume reads.
@@ -160,6 +183,13 @@ crawl_pages = Table(
         postgresql_where=text("state = 'PENDING'"),
         sqlite_where=text("state = 'PENDING'"),
     ),
+    # The lease sweep's look-up: FETCHING pages only.
+    Index(
+        "ix_crawl_pages_leases",
+        "lease_until",
+        postgresql_where=text("state = 'FETCHING'"),
+        sqlite_where=text("state = 'FETCHING'"),
+    ),
 )
 
 crawl_hosts = Table(
@@ -169,6 +199,10 @@ crawl_hosts = Table(
     Column("host", String(300), primary_key=True),
     Column("robots_state", String(16), nullable=False),  # PENDING | READY
     Column("robots_txt", Text),
+    # A PENDING claim holds until then; after it, the next worker takes the fetch over (migration 0006).
+    Column("robots_claimed_until", DateTime(timezone=True)),
+    # READY until then (a complete disallow for an unreachable robots.txt lasts a while); null: for the crawl.
+    Column("robots_expires_at", DateTime(timezone=True)),
     Column("crawl_delay", Float),
     Column("next_fetch_at", DateTime(timezone=True)),
 )

@@ -5,14 +5,15 @@ A batch is one ``UPDATE … RETURNING`` and one read of the crawl's state; the p
 conditional requests and change detection) and the hosts a ``Retry-After`` has paused are read only when there
 are some. None of it needs a transaction around it: the pages are FETCHING once their update commits, and what
 is read after it may change at any moment anyway, so on PostgreSQL the statements run in autocommit (no
-BEGIN/COMMIT round trips). Only pages QUEUED or FETCHING start (a redelivered message of a FETCHING page after a
-worker died is fetched again); a settled page never does.
+BEGIN/COMMIT round trips). Each start is a claim with a lease (``lease_until``, docs/crawls.md "Leases"). Only
+pages QUEUED or FETCHING start (a redelivered message of a FETCHING page after a worker died is fetched again); a
+settled page never does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -37,7 +38,12 @@ _BEGIN_PAGES = (
         crawl_pages.c.crawl_id.concat("") == bindparam("p_crawl_id"),
         crawl_pages.c.state.in_((P.QUEUED.value, P.FETCHING.value)),
     )
-    .values(state=P.FETCHING.value, attempts=crawl_pages.c.attempts + 1, updated_at=bindparam("p_now"))
+    .values(
+        state=P.FETCHING.value,
+        attempts=crawl_pages.c.attempts + 1,
+        updated_at=bindparam("p_now"),
+        lease_until=bindparam("p_lease_until"),
+    )
     .returning(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth, crawl_pages.c.attempts)
 )
 _MARK_RUNNING = (
@@ -73,9 +79,10 @@ _HELD_HOSTS = select(crawl_hosts.c.host, crawl_hosts.c.next_fetch_at).where(
 
 
 class PageStarts:
-    def __init__(self, transactions: Transactions, frontier: Frontier) -> None:
+    def __init__(self, transactions: Transactions, frontier: Frontier, *, lease: timedelta) -> None:
         self._transactions = transactions
         self._frontier = frontier
+        self._lease = lease
 
     async def start(self, crawl_id: str, page_ids: Sequence[int]) -> list[PageStart | None]:
         """One result per page id, in order: what fetching it needs, or None if it is settled (or a second
@@ -85,7 +92,10 @@ class PageStarts:
             ids = sorted(set(page_ids))
             pages = {
                 row.id: row
-                for row in await conn.execute(_BEGIN_PAGES, {"p_ids": ids, "p_crawl_id": crawl_id, "p_now": now})
+                for row in await conn.execute(
+                    _BEGIN_PAGES,
+                    {"p_ids": ids, "p_crawl_id": crawl_id, "p_now": now, "p_lease_until": now + self._lease},
+                )
             }
             if not pages:
                 return [None] * len(page_ids)

@@ -27,7 +27,13 @@ from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.errors import FetchPermanent, KubecrawlError, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FINAL_CRAWL_STATES, CrawlPageState, PageReport
-from kubecrawl.core.settings import FetchSettings, RetrySettings
+from kubecrawl.core.settings import (
+    MAX_HOST_PAUSE_SECONDS,
+    ROBOTS_CLAIM_MARGIN_SECONDS,
+    ROBOTS_CLAIMS_WAITED,
+    FetchSettings,
+    RetrySettings,
+)
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import url_host
 from kubecrawl.fetch.extracting import PageMeta, extract_metadata, robots_directives
@@ -38,18 +44,23 @@ from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap
 from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
 from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
+from kubecrawl.worker.memo import Memo
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
 
 log = get_logger(__name__)
-# Another worker is fetching this host's robots.txt: wait for it at most this long, then crawl as if absent.
-_ROBOTS_WAIT_SECONDS = 30.0
-_ROBOTS_POLL_SECONDS = 0.1
+# A page whose host's robots.txt another worker is fetching reads the host row this often until it is READY (or
+# the claim's lease ran out and this worker takes it over).
+_ROBOTS_POLL_SECONDS = 0.25
 # Sitemap indexes can nest; follow at most this many sitemap documents per crawl seed.
 _MAX_SITEMAPS = 20
-# Cap Retry-After pauses so one misbehaving header cannot stall a crawl for a day.
-_MAX_HOST_PAUSE_SECONDS = 600.0
 # Parsed specs of this many recent crawls are kept per process.
 _SITES_CACHED = 64
+# Parsed robots.txt of this many (crawl, host) pairs are kept per process: a crawl spanning many hosts
+# (sameHost: false) must not grow a worker's memory without end.
+_ROBOTS_CACHED = 1024
+# An unreachable robots.txt (5xx, no connection) disallows the whole host this long, then it is fetched again
+# (RFC 9309 section 2.3.1.4 asks for a complete disallow; a crawl lasts hours, a server error often minutes).
+ROBOTS_UNREACHABLE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +126,9 @@ class PagePipeline:
         self._publisher = publisher
         self._retry = retry
         self._fetch = fetch
-        self._robots: dict[tuple[str, str], Robots | None] = {}
-        self._sites: dict[str, tuple[CrawlSiteSpec, Scope]] = {}
+        # (crawl, host) → the parsed robots.txt (None: not respected) and until when (loop time; None: the crawl)
+        self._robots = Memo[tuple[str, str], tuple[Robots | None, float | None]](_ROBOTS_CACHED)
+        self._sites = Memo[str, tuple[CrawlSiteSpec, Scope]](_SITES_CACHED)
 
     async def handle(self, delivery: Delivery) -> None:
         await handle_guarded(delivery, self._handle)
@@ -188,9 +200,7 @@ class PagePipeline:
         site = self._sites.get(crawl_id)
         if site is None:
             spec = CrawlSiteSpec.model_validate(config)
-            site = self._sites[crawl_id] = (spec, Scope.for_site(spec.url, spec.scope))
-            while len(self._sites) > _SITES_CACHED:
-                del self._sites[next(iter(self._sites))]
+            site = self._sites.put(crawl_id, (spec, Scope.for_site(spec.url, spec.scope)))
         return site
 
     async def _crawl_page(
@@ -239,7 +249,7 @@ class PagePipeline:
         error = response_error(result.status_code, response_headers)
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
-                pause = min(error.retry_after, _MAX_HOST_PAUSE_SECONDS)
+                pause = min(error.retry_after, MAX_HOST_PAUSE_SECONDS)
                 await self._crawls.hosts.pause(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=pause))
             raise error
         meta = extract_metadata(result.body, content_type=result.content_type, base_url=result.final_url)
@@ -281,35 +291,56 @@ class PagePipeline:
             await asyncio.sleep(wait)
 
     async def _robots_for(self, crawl_id: str, host: str, url: str, spec: CrawlSiteSpec) -> Robots | None:
+        """The host's robots.txt for this crawl: from this process's cache, else from the store once READY, else
+        fetched by this worker when it holds the host's claim (the first, or the next after a claim's lease ran
+        out: a claimer killed or hung between claim and result never blocks the host for good)."""
         key = (crawl_id, host)
-        if key in self._robots:
-            return self._robots[key]
-        claimed, row = await self._crawls.hosts.claim_robots(crawl_id, host)
+        loop = asyncio.get_running_loop()
+        cached = self._robots.get(key)
+        if cached is not None and (cached[1] is None or cached[1] > loop.time()):
+            return cached[0]
+        # The claim covers one robots.txt fetch, bounded by the fetch timeout (every redirect included).
+        lease = timedelta(seconds=self._fetch.timeout_seconds + ROBOTS_CLAIM_MARGIN_SECONDS)
+        give_up = loop.time() + ROBOTS_CLAIMS_WAITED * lease.total_seconds()
+        claimed, row = await self._crawls.hosts.claim_robots(crawl_id, host, lease=lease)
+        while not claimed and row.robots_state != "READY":
+            if loop.time() > give_up:  # claimers keep dying: try this page again later rather than ignore robots
+                raise TransientError(f"robots.txt of {host} is still being fetched", code="robots_pending")
+            await asyncio.sleep(_ROBOTS_POLL_SECONDS)
+            claimed, row = await self._crawls.hosts.claim_robots(crawl_id, host, lease=lease)
+        expires: float | None = None
         if claimed:
-            text: str | None = None
-            delay: float | None = None
-            if spec.politeness.respect_robots_txt:
-                try:
-                    response = await self._fetcher.fetch(robots_url(url))
-                    text = robots_text_for(response.status_code, response.body)
-                except TransientError as exc:  # unreachable: a complete disallow (RFC 9309 section 2.3.1.4)
-                    log.info("robots_unreachable", host=host, code=exc.code)
-                    text = DISALLOW_ALL
-                except FetchPermanent as exc:  # a redirect loop, garbage: unavailable (RFC 9309 section 2.3.1.2)
-                    log.info("robots_unavailable", host=host, code=exc.code)
-                    text = ""
-                robots = Robots(text)
-                delay = robots.crawl_delay(spec.fetch.user_agent or self._fetch.user_agent)
-            await self._crawls.hosts.set_robots(crawl_id, host, text, delay)
+            text, ttl = await self._fetch_robots(host, url, spec)
+            delay = Robots(text).crawl_delay(spec.fetch.user_agent or self._fetch.user_agent) if text else None
+            expires_at = None if ttl is None else datetime.now(UTC) + timedelta(seconds=ttl)
+            await self._crawls.hosts.set_robots(crawl_id, host, text, delay, expires_at=expires_at)
+            expires = None if ttl is None else loop.time() + ttl
         else:
-            deadline = asyncio.get_running_loop().time() + _ROBOTS_WAIT_SECONDS
-            while row.robots_state != "READY" and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(_ROBOTS_POLL_SECONDS)
-                _, row = await self._crawls.hosts.claim_robots(crawl_id, host)
             text = row.robots_txt
+            if row.expires_at is not None:  # an unreachable robots.txt's disallow: read the store again after it
+                expires = loop.time() + max(0.0, (row.expires_at - datetime.now(UTC)).total_seconds())
         robots_ = Robots(text) if spec.politeness.respect_robots_txt and text is not None else None
-        self._robots[key] = robots_
+        self._robots.put(key, (robots_, expires))
         return robots_
+
+    async def _fetch_robots(self, host: str, url: str, spec: CrawlSiteSpec) -> tuple[str | None, float | None]:
+        """What the claimer stores: the text (None when robots.txt is not respected) and how long it holds
+        (None: for the crawl). Every outcome ends the claim (RFC 9309 section 2.3.1)."""
+        if not spec.politeness.respect_robots_txt:
+            return None, None
+        try:
+            response = await self._fetcher.fetch(robots_url(url))
+        except FetchPermanent as exc:  # a redirect loop, garbage: unavailable (RFC 9309 section 2.3.1.2)
+            log.info("robots_unavailable", host=host, code=exc.code)
+            return "", None
+        except KubecrawlError as exc:  # unreachable: a complete disallow for a while (RFC 9309 section 2.3.1.4)
+            log.info("robots_unreachable", host=host, code=exc.code)
+            return DISALLOW_ALL, ROBOTS_UNREACHABLE_SECONDS
+        text = robots_text_for(response.status_code, response.body)
+        if response.status_code >= 500:  # a server error: the same complete disallow, for a while
+            log.info("robots_unreachable", host=host, code=f"http_{response.status_code}")
+            return text, ROBOTS_UNREACHABLE_SECONDS
+        return text, None
 
     async def _sitemap_links(self, url: str, robots: Robots | None, scope: Scope) -> list[str]:
         queue = (robots.sitemaps() if robots else []) or [robots_url(url).replace("/robots.txt", "/sitemap.xml")]

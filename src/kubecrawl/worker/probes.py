@@ -6,8 +6,8 @@ never returns) consumes nothing, and a probe answered by a helper thread would c
 probe cannot be answered until the loop runs again, so the kubelet's liveness timeout restarts the container.
 
 Readiness: the consumer is connected and consuming, the publisher (retries, crawl links) is READY, and the database
-answers a ping. A worker that is not ready keeps running and reconnecting; readiness only tells rollouts (and
-people) that it is not working right now.
+is CONNECTED (``store/connection.py``'s state machine, which pings it in the background). A worker that is not
+ready keeps running and reconnecting; readiness only tells rollouts (and people) that it is not working right now.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.base import Publisher, PublisherState
-from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.database import ping
+from kubecrawl.store.connection import DatabaseConnection
 
 log = get_logger(__name__)
 
@@ -33,10 +31,10 @@ class Consumer(Protocol):
 
 
 class WorkerProbes:
-    def __init__(self, consumer: Consumer, publisher: Publisher, engine: AsyncEngine) -> None:
+    def __init__(self, consumer: Consumer, publisher: Publisher, database: DatabaseConnection) -> None:
         self._consumer = consumer
         self._publisher = publisher
-        self._engine = engine
+        self._database = database
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_get("/metrics", self.metrics)
@@ -70,10 +68,8 @@ class WorkerProbes:
             reasons["consumer_not_consuming"] = "the consumer is not connected or not consuming"
         if self._publisher.state is not PublisherState.READY:
             reasons["publisher_not_ready"] = f"publisher is {self._publisher.state}"
-        try:
-            await ping(self._engine)
-        except StoreUnavailable as exc:
-            reasons["database_unavailable"] = exc.detail
+        if not self._database.connected:
+            reasons["database_unavailable"] = f"database is {self._database.state}: {self._database.last_error}"
         if reasons:
             reason = ",".join(reasons)
             log.warning("readiness_failed", reason=reason, detail=reasons)

@@ -22,8 +22,9 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import PageReport
 from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
+from kubecrawl.store.connection import DatabaseConnection
 from kubecrawl.store.contract import Stores
-from kubecrawl.store.database import connect_with_backoff, create_engine
+from kubecrawl.store.database import create_engine
 from kubecrawl.store.opening import sql_stores
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.probes import WorkerProbes
@@ -58,7 +59,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
     name = settings.pod_name or socket.gethostname()
     engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
-    stores = sql_stores(engine)
+    stores = sql_stores(engine, lease=settings.lease())
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher(
         rabbit_url,
@@ -76,13 +77,17 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         pages_max_length=settings.pages_queue_max_length,
     )
     # /metrics and the probes answer from the start: alive (not ready) while the database and broker back off.
-    probes = WorkerProbes(consumer, publisher, engine)
+    database = DatabaseConnection(
+        engine, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
+    )
+    probes = WorkerProbes(consumer, publisher, database)
     if metrics_port:
         await probes.start(metrics_port)
     try:
-        await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
+        await database.connect()
         await publisher.start()
     except BaseException:
+        await database.close()
         await probes.close()
         await engine.dispose()
         raise
@@ -97,12 +102,18 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
             sweeper = asyncio.create_task(
                 sweep_forever(
                     stores.crawls,
+                    stores.pages,
                     publisher,
                     lost_after=timedelta(seconds=settings.lost_page_seconds),
                     interval_seconds=settings.sweep_interval_seconds,
                 )
             )
-            log.info("worker_started", connection_name=name, prefetch=settings.prefetch_count)
+            log.info(
+                "worker_started",
+                connection_name=name,
+                prefetch=settings.prefetch_count,
+                lease_s=settings.lease().total_seconds(),
+            )
             await stop.wait()
             log.info("worker_draining")
             sweeper.cancel()
@@ -111,5 +122,6 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         await consumer.close()
         await publisher.close()
         await probes.close()
+        await database.close()
         await engine.dispose()
         log.info("worker_stopped")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from kubecrawl.operator.conditions import Outcome
-from kubecrawl.operator.pool.conflicts import autoscalers_of
+from kubecrawl.operator.pool.conflicts import hpa_index_entry, scaled_objects_of
 from kubecrawl.operator.pool.costs import BUSY_COST, IDLE_COST, cost_changes, deletion_costs
 from kubecrawl.operator.pool.deciding import Observation, decide, initial_state
 from kubecrawl.operator.pool.probing import queue_unacked, unacked_by_connection, vhost_of
@@ -39,13 +39,13 @@ def test_only_pods_whose_cost_differs_are_annotated() -> None:
     ],
 )
 def test_an_hpa_conflicts_only_when_it_targets_the_same_deployment(ref: dict[str, str], targets: bool) -> None:
-    hpa = {"metadata": {"name": "h"}, "spec": {"scaleTargetRef": ref}}
-    assert autoscalers_of("workers", [hpa], []) == (["HorizontalPodAutoscaler/h"] if targets else [])
+    entry = hpa_index_entry("ns", "h", {"scaleTargetRef": ref})
+    assert entry.get(("ns", "workers")) == ("HorizontalPodAutoscaler/h" if targets else None)
 
 
 def test_a_scaled_object_without_kind_targets_a_deployment() -> None:
     scaled = {"metadata": {"name": "so"}, "spec": {"scaleTargetRef": {"name": "workers"}}}
-    assert autoscalers_of("workers", [], [scaled]) == ["ScaledObject/so"]
+    assert scaled_objects_of("workers", [scaled]) == ["ScaledObject/so"]
 
 
 @pytest.mark.parametrize(

@@ -128,3 +128,35 @@ def test_an_applied_cronjob_sets_name_and_last_schedule_and_a_removed_one_clears
     previous = {"cronJobName": "docs", "lastScheduleTime": "2025-01-01T03:00:00Z"}
     patch = status_patch(previous, removed)
     assert (patch["cronJobName"], patch["lastScheduleTime"]) == (None, None)
+
+
+# -- a scheduled run overlapPolicy Forbid skipped ---------------------------------------------------------------
+
+FIRED = "2025-01-01T12:05:00Z"  # the CronJob's lastScheduleTime
+LATER = T1 + timedelta(minutes=2)  # the refresher looks two minutes after the run fired
+
+
+def crawl(**fields: object) -> dict[str, object]:
+    """The site's latest crawl as the API answers it: by default the run of 12:00, still running."""
+    previous_run = "site:ns/docs:cron:2025-01-01T12:00:00+00:00"
+    return {"id": "c1", "idempotency_key": previous_run, "created_at": T0.isoformat(), "finished_at": None, **fields}
+
+
+def test_a_run_that_found_the_last_crawl_running_and_started_nothing_is_told_once_with_its_minute() -> None:
+    event = st.skipped_run("ns", "docs", {}, FIRED, crawl(), LATER)  # overlapPolicy defaults to Forbid
+    assert event is not None
+    assert (event.type, event.reason) == ("Normal", "ScheduledRunSkipped")
+    assert "2025-01-01T12:05:00Z" in event.message
+    assert "c1" in event.message
+
+
+def test_a_run_is_not_judged_skipped_when_it_started_its_crawl_or_could_not_have_overlapped() -> None:
+    own = crawl(id="c2", idempotency_key="site:ns/docs:cron:2025-01-01T12:05:00+00:00", created_at=T1.isoformat())
+    assert st.skipped_run("ns", "docs", {}, FIRED, own, LATER) is None  # it started its crawl
+    finished = crawl(finished_at=(T0 + timedelta(minutes=1)).isoformat())
+    assert st.skipped_run("ns", "docs", {}, FIRED, finished, LATER) is None  # nothing ran: it failed otherwise
+    assert st.skipped_run("ns", "docs", {}, FIRED, crawl(), T1 + timedelta(seconds=10)) is None  # too soon
+    assert st.skipped_run("ns", "docs", {"overlapPolicy": "Allow"}, FIRED, crawl(), LATER) is None
+    assert st.skipped_run("ns", "docs", {}, None, crawl(), LATER) is None  # never fired
+    manual_after = crawl(idempotency_key=None, created_at=(T1 + timedelta(seconds=5)).isoformat())
+    assert st.skipped_run("ns", "docs", {}, FIRED, manual_after, LATER) is None  # a later crawl: no evidence

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from kubecrawl.operator.crawlsite.syncing import ApiRejected, ApiUnavailable, SiteApi
 from kubecrawl.operator.crawlsite.triggering import parse_site, run_trigger, trigger_request
@@ -101,6 +102,16 @@ async def test_a_duplicate_trigger_is_reported_as_not_created() -> None:
     _, created = await api.trigger_crawl("ns", "s", trigger="schedule", idempotency_key="k")
     await api.aclose()
     assert created is False
+
+
+async def test_a_run_the_api_skipped_for_overlap_policy_succeeds() -> None:
+    # overlapPolicy Forbid: the API answers 200 with the crawl still running, marked skipped; the Job succeeds.
+    body = {"id": "c1", "state": "RUNNING", "skipped": "crawl_overlap"}
+    api = _api(httpx.MockTransport(lambda _: httpx.Response(200, json=body)))
+    request = trigger_request("ns/docs", job_name=JOB, job_uid="u", cronjob="docs")
+    with capture_logs() as logs:
+        assert await run_trigger(api, request) == 0
+    assert [(e["event"], e.get("crawl_id")) for e in logs] == [("crawl_trigger_skipped", "c1")]
 
 
 @pytest.mark.parametrize(("code", "exit_code"), [("crawl_overlap", 0), ("idempotency_key_conflict", 1)])

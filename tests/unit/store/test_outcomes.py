@@ -134,6 +134,6 @@ def test_nothing_settled_gives_every_caller_none() -> None:
 
 
 def test_what_the_api_shows_of_a_crawl_page_is_the_page_itself_and_its_stored_outcome() -> None:
-    page_itself = {"id", "url", "depth", "attempts", "seq", "fetched_at"}
+    page_itself = {"id", "url", "depth", "attempts", "seq", "fetched_at", "last_failure_code", "last_failure"}
     assert set(CrawlPage.model_fields) - page_itself <= {"state", *RESULT_FIELDS}
     assert set(CrawlPage.model_fields) <= set(crawl_pages.c.keys())

@@ -1,4 +1,5 @@
-"""Probes: liveness says the process runs; readiness says it can take traffic (publisher READY and DB ping)."""
+"""Probes: liveness says the process runs; readiness says it can take traffic (publisher READY and the database
+CONNECTED, as ``store/connection.py``'s watch last saw it)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from pydantic import BaseModel, Field
 
 from kubecrawl.api.deps import PublisherDep
 from kubecrawl.broker.base import PublisherState
-from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.database import ping
+from kubecrawl.store.connection import DatabaseConnection
 
 router = APIRouter(tags=["health"])
 log = get_logger(__name__)
@@ -49,10 +49,9 @@ async def ready(request: Request, publisher: PublisherDep) -> JSONResponse:
     reasons: dict[str, str] = {}
     if publisher.state is not PublisherState.READY:
         reasons["publisher_not_ready"] = f"publisher is {publisher.state}"
-    try:
-        await ping(request.app.state.engine)
-    except StoreUnavailable as exc:
-        reasons["database_unavailable"] = exc.detail
+    database: DatabaseConnection = request.app.state.database
+    if not database.connected:
+        reasons["database_unavailable"] = f"database is {database.state}: {database.last_error}"
     if reasons:
         reason = ",".join(reasons)
         log.warning("readiness_failed", reason=reason, detail=reasons)

@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubecrawl.api.deps import CrawlsDep, PublisherDep, SitesDep
 from kubecrawl.api.documenting import PUBLISH_CODES, URL_CODES, errors
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import NotFound
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import Crawl
-from kubecrawl.core.sites import CrawlSiteSpec
+from kubecrawl.core.sites import CrawlSiteSpec, next_run_at
 from kubecrawl.core.urls import normalise_url
 from kubecrawl.triggers import start_crawl
 
@@ -44,8 +45,20 @@ class Site(BaseModel):
     namespace: str
     name: str
     spec: CrawlSiteSpec = Field(description="with every default filled in")
+    next_run_at: datetime | None = Field(
+        description="the next minute spec.schedule fires in spec.timeZone (UTC); null without a schedule or while "
+        "suspended"
+    )
     created_at: datetime
     updated_at: datetime
+
+
+class Triggered(Crawl):
+    skipped: Literal["crawl_overlap"] | None = Field(
+        default=None,
+        description="present when this scheduled run started nothing: overlapPolicy Forbid and this crawl, the "
+        "site's active one, still runs",
+    )
 
 
 class Sites(BaseModel):
@@ -141,12 +154,17 @@ async def list_sites(sites: SitesDep) -> JSONResponse:
     status_code=202,
     response_model=Crawl,
     responses={
-        200: {"model": Crawl, "description": "The crawl this idempotency key started before", "links": _CRAWL_LINKS},
+        200: {
+            "model": Triggered,
+            "description": "The crawl this idempotency key started before, or (overlapPolicy Forbid, a scheduled "
+            "trigger) the site's active crawl with skipped: crawl_overlap",
+            "links": _CRAWL_LINKS,
+        },
         202: {"description": "A new crawl, its first pages published", "links": _CRAWL_LINKS},
         **errors(
             bad_request=("invalid_request", "invalid_value"),
             not_found=("site_not_found",),
-            conflict=("idempotency_key_conflict", "crawl_overlap"),
+            conflict=("idempotency_key_conflict",),
             too_large=True,
             unavailable=(*PUBLISH_CODES, *_UNAVAILABLE),
         ),
@@ -162,7 +180,7 @@ async def trigger_crawl(
     body: TriggerRequest | None = None,
 ) -> JSONResponse:
     body = body or TriggerRequest()
-    crawl, created = await start_crawl(
+    triggered = await start_crawl(
         sites,
         crawls,
         publisher,
@@ -171,7 +189,11 @@ async def trigger_crawl(
         trigger=body.trigger,
         idempotency_key=body.idempotency_key,
     )
-    return JSONResponse(crawl.model_dump(mode="json"), status_code=202 if created else 200)
+    answer = triggered.crawl.model_dump(mode="json")
+    if triggered.skipped is not None:
+        # overlapPolicy Forbid: nothing started; the body is the crawl still running, and says so.
+        answer["skipped"] = triggered.skipped
+    return JSONResponse(answer, status_code=202 if triggered.created else 200)
 
 
 @router.get(
@@ -190,10 +212,13 @@ async def site_crawls(
 
 
 def _site_body(site: dict[str, Any]) -> dict[str, Any]:
+    upcoming = next_run_at(site["spec"], utcnow())
     return {
         "namespace": site["namespace"],
         "name": site["name"],
         "spec": site["spec"],
+        # the next scheduled minute (UTC) by the site's cron and timeZone; null without a schedule or suspended
+        "next_run_at": None if upcoming is None else upcoming.isoformat(),
         "created_at": site["created_at"].isoformat(),
         "updated_at": site["updated_at"].isoformat(),
     }

@@ -27,6 +27,7 @@ from kubecrawl.operator.crawlsite.naming import PLURAL, RESYNC_ANNOTATION
 from kubecrawl.operator.crawlsite.patching import CrawlSites
 from kubecrawl.operator.crawlsite.reconciler import Reconciler, Result
 from kubecrawl.operator.crawlsite.refresher import StatusRefresher
+from kubecrawl.operator.crawlsite.status import next_schedule_time
 from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 from kubecrawl.operator.group import GROUP, VERSION
 from kubecrawl.operator.settings import OperatorSettings
@@ -41,6 +42,7 @@ REFRESHER_STATUS_KEYS = (
     "cronJobName",
     "conditions",
     "lastScheduleTime",
+    "nextScheduleTime",
     "lastCrawl",
     "lastSuccessTime",
 )
@@ -68,7 +70,10 @@ def _plain(value: Any) -> dict[str, Any]:
 
 
 def _apply(result: Result, body: kopf.Body, status: dict[str, Any], generation: int | None, patch: kopf.Patch) -> None:
-    patch.status.update(status_patch(status, result.status(status, generation, utcnow())))
+    now = utcnow()
+    desired = result.status(status, generation, now)
+    desired["nextScheduleTime"] = next_schedule_time(_plain(body.get("spec")), now)
+    patch.status.update(status_patch(status, desired))
     for event in result.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 

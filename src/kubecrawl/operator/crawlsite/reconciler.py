@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
@@ -145,10 +146,13 @@ class Reconciler:
 
     async def refresh(
         self, site: SiteRef, spec: dict[str, Any], current: dict[str, Any], generation: int | None
-    ) -> tuple[dict[str, Any], bool]:
-        """Timer: the status fields that moved (lastScheduleTime, lastCrawl), and whether the world drifted from
-        the spec (CronJob or API site gone) so a full reconciliation is due."""
-        desired: dict[str, Any] = {}
+    ) -> tuple[dict[str, Any], bool, Event | None]:
+        """Timer: the status fields that moved (nextScheduleTime, lastScheduleTime, lastCrawl), whether the
+        world drifted from the spec (CronJob or API site gone) so a full reconciliation is due, and the Event for
+        the CronJob's last run if overlapPolicy Forbid skipped it (``status.skipped_run``)."""
+        now = utcnow()
+        desired: dict[str, Any] = {"nextScheduleTime": st.next_schedule_time(spec, now)}
+        skipped: Event | None = None
         drifted = False
         settled = current.get("observedGeneration") == generation  # a handler is not mid-flight for this spec
         if spec.get("schedule"):
@@ -162,6 +166,8 @@ class Reconciler:
             if crawl is not None:
                 desired["lastCrawl"] = st.last_crawl(crawl)
                 desired["lastSuccessTime"] = st.last_success_time(desired["lastCrawl"], current.get("lastSuccessTime"))
+            last_schedule = desired.get("lastScheduleTime") or current.get("lastScheduleTime")
+            skipped = st.skipped_run(site.namespace, site.name, spec, last_schedule, crawl, now)
             if settled and _is_synced(current) and not await self.api.has_site(site.namespace, site.name):
                 drifted = True
         except (TransientError, ApiRejected) as exc:
@@ -169,7 +175,7 @@ class Reconciler:
             # (refresher.py) counts only what fails on its side of this call.
             failures.count(failures.CRAWLSITE, failures.STATUS_REFRESH_FAILED)
             log.warning("status_refresh_failed", site=f"{site.namespace}/{site.name}", error=exc.detail)
-        return status_patch(current, desired), drifted
+        return status_patch(current, desired), drifted, skipped
 
 
 def _is_synced(status: dict[str, Any]) -> bool:

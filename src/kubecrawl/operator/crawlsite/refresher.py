@@ -1,5 +1,6 @@
 """The status refresher: one loop for all CrawlSites, every ``status_interval_seconds``, copying each one's
-``lastScheduleTime`` (from its CronJob) and ``lastCrawl`` (from the API) into its status.
+``lastScheduleTime`` (from its CronJob) and ``lastCrawl`` (from the API) into its status, and telling (an Event,
+``ScheduledRunSkipped``) of a scheduled run that overlapPolicy Forbid skipped.
 
 Why not a kopf timer per object: kopf puts a finalizer on every object with a timer or daemon, so deleting a
 CrawlSite would hang while the operator is down (or uninstalled). The loop reads the CrawlSites from a kopf index
@@ -41,6 +42,8 @@ class StatusRefresher:
         self._index = index
         self._interval = interval
         self._freshness = SiteFreshness()
+        # CrawlSite uid → the last skipped-run Event posted for it, so each skipped run is told once per process.
+        self._skips_told: dict[str, str] = {}
 
     async def run(self) -> None:
         """Refresh every CrawlSite once per interval, until cancelled."""
@@ -67,7 +70,13 @@ class StatusRefresher:
         """One CrawlSite, from its index snapshot (``handlers.index_site``)."""
         site = SiteRef(item["namespace"], item["name"], item["uid"])
         try:
-            changes, drifted = await self._reconciler.refresh(site, item["spec"], item["status"], item["generation"])
+            changes, drifted, skipped = await self._reconciler.refresh(
+                site, item["spec"], item["status"], item["generation"]
+            )
+            if skipped is not None and self._skips_told.get(site.uid) != skipped.message:
+                self._skips_told[site.uid] = skipped.message
+                log.info("scheduled_run_skipped", site=f"{site.namespace}/{site.name}", detail=skipped.message)
+                await self._sites.post_event(site, skipped)
             if changes:
                 await self._sites.patch_status(site.namespace, site.name, changes)
             if drifted:

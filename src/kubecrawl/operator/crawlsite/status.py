@@ -1,4 +1,5 @@
-"""A CrawlSite's status, computed from what the reconciler saw: conditions, lastCrawl, lastScheduleTime.
+"""A CrawlSite's status, computed from what the reconciler saw: conditions, lastCrawl, lastScheduleTime,
+nextScheduleTime.
 
 Its conditions are ``Scheduled``, ``Synced`` and ``Ready``; how a condition and a status patch are built (the
 Kubernetes convention, merge patches of what changed) is shared with CrawlWorkerPools in ``operator.conditions``.
@@ -6,11 +7,12 @@ Kubernetes convention, merge patches of what changed) is shared with CrawlWorker
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubecrawl.core.models import CrawlState
-from kubecrawl.operator.conditions import Outcome, condition, timestamp
+from kubecrawl.core.sites import next_run_at, schedule_key
+from kubecrawl.operator.conditions import Event, Outcome, condition, timestamp
 
 SCHEDULED = "Scheduled"
 SYNCED = "Synced"
@@ -87,6 +89,47 @@ def last_success_time(crawl: dict[str, Any] | None, previous: str | None) -> str
         finished: str = crawl["finishedAt"]
         return max(finished, previous or "")
     return previous
+
+
+def next_schedule_time(spec: dict[str, Any], now: datetime) -> str | None:
+    """``status.nextScheduleTime``: the next minute the schedule fires (the site API's ``next_run_at``); None
+    without a schedule or while suspended."""
+    upcoming = next_run_at(spec, now)
+    return None if upcoming is None else timestamp(upcoming)
+
+
+# A CronJob's run is judged this long after it fired: its trigger pod has started and asked the API by then.
+SKIP_GRACE = timedelta(seconds=60)
+
+
+def skipped_run(
+    namespace: str,
+    name: str,
+    spec: dict[str, Any],
+    last_schedule: str | None,
+    latest: dict[str, Any] | None,
+    now: datetime,
+) -> Event | None:
+    """The Event for a scheduled run that overlapPolicy Forbid skipped, judged from what the refresher reads:
+    the CronJob's last run (``lastScheduleTime``) and the site's latest crawl (the API's JSON). A run was skipped
+    when, a minute after it fired, no crawl holds its idempotency key and the latest crawl, started before it,
+    was still running when it fired. None otherwise (also for runs that failed for another reason)."""
+    if (spec.get("overlapPolicy") or "Forbid") != "Forbid" or not last_schedule or latest is None:
+        return None
+    fired = datetime.fromisoformat(last_schedule)
+    if now - fired < SKIP_GRACE or latest.get("idempotency_key") == schedule_key(namespace, name, fired):
+        return None
+    created, finished = latest.get("created_at"), latest.get("finished_at")
+    if not created or datetime.fromisoformat(created) >= fired:
+        return None
+    if finished and datetime.fromisoformat(finished) <= fired:
+        return None  # nothing ran when it fired: the trigger failed for another reason (its Job says why)
+    return Event(
+        "Normal",
+        "ScheduledRunSkipped",
+        f"overlapPolicy Forbid: the run scheduled for {timestamp(fired)} started nothing while crawl "
+        f"{latest.get('id')} was still running",
+    )
 
 
 def last_schedule_time(cronjob: dict[str, Any] | None) -> str | None:

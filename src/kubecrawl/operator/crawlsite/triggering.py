@@ -63,7 +63,7 @@ async def run_trigger(api: SiteApi, request: TriggerRequest) -> int:
         if exc.code != "crawl_overlap":
             log.error("crawl_trigger_failed", site=site, code=exc.code, error=exc.detail, key=request.idempotency_key)  # noqa: TRY400
             return 1
-        # overlapPolicy Forbid and the previous crawl still runs: this run is skipped, which is not a failure.
+        # An API from before 200-with-the-active-crawl (a rolling upgrade) refused the skipped run with 409.
         log.info("crawl_trigger_skipped", site=site, reason=exc.detail, key=request.idempotency_key)
         return 0
     except KubecrawlError as exc:
@@ -72,6 +72,16 @@ async def run_trigger(api: SiteApi, request: TriggerRequest) -> int:
         return 1
     finally:
         await api.aclose()
+    if crawl.get("skipped"):
+        # overlapPolicy Forbid and the previous crawl still runs: this run is skipped, which is not a failure.
+        log.info(
+            "crawl_trigger_skipped",
+            site=site,
+            reason=crawl["skipped"],
+            crawl_id=crawl.get("id"),
+            key=request.idempotency_key,
+        )
+        return 0
     log.info(
         "crawl_triggered" if created else "crawl_trigger_duplicate",
         site=site,

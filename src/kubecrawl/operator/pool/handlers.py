@@ -10,6 +10,7 @@ operator runs. Deleting a pool leaves the Deployment's replicas and its pods' an
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.operator.group import GROUP, VERSION
 from kubecrawl.operator.pool import deadletters
+from kubecrawl.operator.pool.conflicts import hpa_index_entry
 from kubecrawl.operator.pool.provisioning import ChartPools
 from kubecrawl.operator.pool.scaler import PoolRef, PoolRuntime
 from kubecrawl.operator.pool.supervising import PoolSupervisor, pool_snapshot
@@ -28,12 +30,27 @@ from kubecrawl.operator.settings import ChartPool, OperatorSettings
 
 log = get_logger(__name__)
 INDEX = "crawlworkerpool_index"
+HPA_INDEX = "hpa_index"
 
 
 def index_pool(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[PoolRef, dict[str, Any]]:
     """kopf index: every pool's identity, spec and status; kopf drops the entry when the pool is deleted."""
     snapshot = pool_snapshot(meta["namespace"], meta["name"], meta["uid"], meta.get("generation"), body)
     return {snapshot["ref"]: snapshot}
+
+
+def index_hpa(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    """kopf index: (namespace, Deployment) → the HPAs scaling it; kopf drops the entry when the HPA goes."""
+    return hpa_index_entry(namespace or "", name, dict(spec))
+
+
+def known_hpas(index: Mapping[tuple[str, str], Iterable[str]]) -> Callable[[str, str], list[str]]:
+    """A pool scaler's view of the HPA index (read without an await, right before it decides to write)."""
+
+    def lookup(namespace: str, deployment: str) -> list[str]:
+        return sorted(set(index.get((namespace, deployment), ())))
+
+    return lookup
 
 
 def wake(memo: kopf.Memo, **_: Any) -> None:
@@ -72,7 +89,7 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
 
     @kopf.on.startup(registry=registry)
     async def open_pools(memo: kopf.Memo, **kwargs: Any) -> None:
-        runtime = await PoolRuntime.open(shared, options)
+        runtime = await PoolRuntime.open(shared, options, known_hpas(kwargs[HPA_INDEX]))
         memo.pool_runtime = runtime
         # kopf passes every index to start-up handlers by its id, as a live view. (The pools' Events are posted by
         # our own client, workloads.py: kopf.event only works inside kopf's per-object handler context.)
@@ -102,4 +119,6 @@ def register(registry: kopf.OperatorRegistry, shared: Settings, options: Operato
         await memo.pool_runtime.close()
 
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX)(index_pool)
+    # HPAs on any Deployment, so a pool knows one on its own before its next /scale write (conflicts.py).
+    kopf.index("autoscaling", "v2", "horizontalpodautoscalers", registry=registry, id=HPA_INDEX)(index_hpa)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake")(wake)

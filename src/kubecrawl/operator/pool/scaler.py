@@ -70,6 +70,7 @@ class PoolScaler:
         post: PostEvent,
         status: Mapping[str, Any],
         conflict_check_seconds: float,
+        known_hpas: Callable[[str, str], list[str]] = lambda _namespace, _deployment: [],
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -79,12 +80,15 @@ class PoolScaler:
         self._post = post
         self._status: dict[str, Any] = dict(status)
         self._conflict_check_seconds = conflict_check_seconds
+        # (namespace, deployment) → the HPAs scaling it, from the operator's watch (a kopf index): read right
+        # before deciding to write, so an HPA created a moment ago is known before the next /scale write.
+        self._known_hpas = known_hpas
         self._clock = clock
         self._wallclock = wallclock
         self._state: ScalerState | None = None
         self._activity = _previous_activity(status)
-        self._autoscalers: list[str] = []
-        self._autoscalers_checked: tuple[str, float] | None = None  # (deployment, when)
+        self._scaled_objects: list[str] = []
+        self._scaled_objects_checked: tuple[str, float] | None = None  # (deployment, when)
         self._last_scale: LastScale | None = None
         # Seconds between polls, from the last valid spec.
         self.interval = DEFAULT_POLL_SECONDS
@@ -104,13 +108,15 @@ class PoolScaler:
             return
         if self._state is None:
             self._state = initial_state(scale.replicas, self._clock())
-        autoscalers = await self._check_autoscalers(spec)
+        scaled_objects = await self._check_scaled_objects(spec)
         pods = await self._workloads.pods(self.ref.namespace, scale.selector) if self._probe.knows_unacked else []
         observation, error = await self._observe(spec, pods)
         decision = decide(
             spec, self._state, current=scale.replicas, observation=observation, now=self._clock(), error=error
         )
         self._state = decision.state
+        # No await between this read of the watched HPAs and the decision to write below.
+        autoscalers = sorted([*self._known_hpas(self.ref.namespace, spec.deployment_name), *scaled_objects])
         activity = active(spec, autoscalers=autoscalers)
         events = list(decision.events)
         current = scale.replicas
@@ -121,17 +127,19 @@ class PoolScaler:
         for event in events:
             await self._post(event)
 
-    async def _check_autoscalers(self, spec: PoolSpec) -> list[str]:
+    async def _check_scaled_objects(self, spec: PoolSpec) -> list[str]:
+        """KEDA ScaledObjects on the Deployment, listed every ``conflict_check_seconds`` (conflicts.py: why not
+        watched)."""
         now = self._clock()
-        checked = self._autoscalers_checked
+        checked = self._scaled_objects_checked
         if checked is None or checked[0] != spec.deployment_name or now - checked[1] >= self._conflict_check_seconds:
             try:
-                self._autoscalers = await self._workloads.autoscalers(self.ref.namespace, spec.deployment_name)
+                self._scaled_objects = await self._workloads.scaled_objects(self.ref.namespace, spec.deployment_name)
             except KubernetesUnavailable as exc:
                 # Keep the last answer: a pool that was refusing keeps refusing until a list succeeds.
                 log.warning("pool_autoscaler_check_failed", pool=str(self.ref), error=exc.detail)
-            self._autoscalers_checked = (spec.deployment_name, now)
-        return self._autoscalers
+            self._scaled_objects_checked = (spec.deployment_name, now)
+        return self._scaled_objects
 
     async def _observe(self, spec: PoolSpec, pods: list[Pod]) -> tuple[Observation | None, str]:
         try:
@@ -250,9 +258,13 @@ class PoolRuntime:
     probe: BrokerProbe
     options: OperatorSettings
     api_client: client.ApiClient
+    # (namespace, deployment) → the HPAs scaling it (the kopf index of HPAs, handlers.py)
+    known_hpas: Callable[[str, str], list[str]]
 
     @classmethod
-    async def open(cls, shared: Settings, options: OperatorSettings) -> PoolRuntime:
+    async def open(
+        cls, shared: Settings, options: OperatorSettings, known_hpas: Callable[[str, str], list[str]]
+    ) -> PoolRuntime:
         api_client = await kube.connect()
         amqp_url = shared.rabbitmq_url.get_secret_value()
         timeout = options.pool_broker_timeout_seconds
@@ -265,7 +277,7 @@ class PoolRuntime:
                 timeout=timeout,
             )
         probe = BrokerProbe(AmqpDepth(amqp_url, timeout=timeout), management)
-        return cls(Workloads(api_client), probe, options, api_client)
+        return cls(Workloads(api_client), probe, options, api_client, known_hpas)
 
     def scaler(self, ref: PoolRef, pool: Mapping[str, Any]) -> PoolScaler:
         """The scaler of one pool, from its index snapshot (``supervising.pool_snapshot``: uid, status)."""
@@ -277,6 +289,7 @@ class PoolRuntime:
             post=functools.partial(self.workloads.post_event, involved),
             status=pool["status"],
             conflict_check_seconds=self.options.pool_conflict_check_seconds,
+            known_hpas=self.known_hpas,
         )
 
     async def close(self) -> None:

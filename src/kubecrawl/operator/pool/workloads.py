@@ -9,9 +9,7 @@ Errors are wrapped here: 404 on reads → ``None``; everything else → :class:`
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -21,16 +19,13 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.operator import failures
 from kubecrawl.operator.conditions import Event
 from kubecrawl.operator.group import API_VERSION, GROUP, VERSION
-from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, unavailable
-from kubecrawl.operator.pool.conflicts import autoscalers_of
+from kubecrawl.operator.kube import MERGE_PATCH, TRANSPORT_ERRORS, KubernetesUnavailable, event_body, unavailable
+from kubecrawl.operator.pool.conflicts import scaled_objects_of
 from kubecrawl.operator.pool.costs import DELETION_COST_ANNOTATION
 
 log = get_logger(__name__)
 PLURAL = "crawlworkerpools"
 KIND = "CrawlWorkerPool"
-EVENT_SOURCE = "kubecrawl-operator"
-_INSTANCE = socket.gethostname()
-_EVENT_MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +61,6 @@ class Workloads:
         self._client = api_client
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
-        self._autoscaling = client.AutoscalingV2Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
@@ -126,12 +120,9 @@ class Workloads:
             except TRANSPORT_ERRORS as exc:
                 raise unavailable(exc, f"annotating pod {namespace}/{pod}") from exc
 
-    async def autoscalers(self, namespace: str, deployment: str) -> list[str]:
-        """HPAs and KEDA ScaledObjects targeting the Deployment (no KEDA CRD installed: no ScaledObjects)."""
-        try:
-            hpas = self._plain(await self._autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace))
-        except (ApiException, *TRANSPORT_ERRORS) as exc:
-            raise unavailable(exc, f"listing HorizontalPodAutoscalers in {namespace}") from exc
+    async def scaled_objects(self, namespace: str, deployment: str) -> list[str]:
+        """KEDA ScaledObjects targeting the Deployment (no KEDA CRD installed: none). HPAs come from the operator's
+        index of them (``conflicts.py``)."""
         try:
             scaled: dict[str, Any] = await self._custom.list_namespaced_custom_object(
                 "keda.sh", "v1alpha1", namespace, "scaledobjects"
@@ -142,31 +133,19 @@ class Workloads:
             scaled = {"items": []}
         except TRANSPORT_ERRORS as exc:
             raise unavailable(exc, f"listing ScaledObjects in {namespace}") from exc
-        return autoscalers_of(deployment, hpas.get("items") or [], scaled.get("items") or [])
+        return scaled_objects_of(deployment, scaled.get("items") or [])
 
     async def post_event(self, pool: PoolObject, event: Event) -> None:
         """A core/v1 Event on the pool (what ``kubectl describe crawlworkerpool`` lists). Best effort: an Event that
         cannot be posted is logged and counted, never fails the poll."""
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "metadata": {"generateName": f"{pool.name}.", "namespace": pool.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "namespace": pool.namespace,
-                "name": pool.name,
-                "uid": pool.uid,
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message[:_EVENT_MESSAGE_LIMIT],
-            "source": {"component": EVENT_SOURCE},
-            "reportingComponent": EVENT_SOURCE,
-            "reportingInstance": _INSTANCE,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "namespace": pool.namespace,
+            "name": pool.name,
+            "uid": pool.uid,
         }
+        body = event_body(involved, type_=event.type, reason=event.reason, message=event.message)
         try:
             await self._core.create_namespaced_event(pool.namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
         except (ApiException, *TRANSPORT_ERRORS) as exc:
