@@ -48,7 +48,7 @@ def test_every_error_answer_is_the_one_error_model_with_the_codes_it_can_carry()
         ("post", "/metadata", "413", "body_too_large"),
         ("get", "/metadata", "503", "publish_failed"),
         ("put", "/sites/{namespace}/{name}", "400", "invalid_spec"),
-        ("post", "/sites/{namespace}/{name}/crawls", "409", "crawl_overlap"),
+        ("post", "/sites/{namespace}/{name}/crawls", "409", "idempotency_key_conflict"),
         ("get", "/crawls/{crawl_id}/pages", "400", "invalid_cursor"),
         ("get", "/crawls/{crawl_id}/events", "429", "too_many_subscribers"),
         ("get", "/crawls/{crawl_id}", "401", "unauthenticated"),
