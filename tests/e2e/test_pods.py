@@ -75,7 +75,13 @@ class Release:
     database: str
     postgres: PostgresServer
     prometheus: PrometheusServer
+    token: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+
+    def api(self, *, ready_only: bool = True) -> httpx.Client:
+        """A client of one API Pod, as the test's ServiceAccount (the chart's default auth.mode: kubernetes)."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=api_url(self, ready_only=ready_only), headers=headers, timeout=30)
 
     def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         result = self.helm_cli.run(*args, "--namespace", self.namespace, check=False, timeout=timeout)
@@ -183,8 +189,27 @@ def release(
     discovery = EndpointsDiscovery(kube.json, namespace, home / "targets.json").start()
     scrape = scrape_configs(monitor, discovery.path, interval=SCRAPE_INTERVAL)
     prometheus = PrometheusServer(home / "prometheus", scrape, [rules], interval=SCRAPE_INTERVAL).start()
-    rel = Release(kube, namespace, helm, values_file, rabbit_proxy, site, database, postgres, prometheus)
+    # The test calls the API as a script would in the cluster: a ServiceAccount allowed to fetch metadata
+    # (docs/security.md), with a token for the API's audience, reviewed by the API (TokenReview + RBAC).
+    client_role = f"{namespace}-metadata-client"
+    kube.run("create", "serviceaccount", "e2e-client", "-n", namespace)
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": client_role},
+        "rules": [{"apiGroups": ["kubecrawl.io"], "resources": ["metadata"], "verbs": ["create"]}],
+    }
+    kube.run("apply", "-f", "-", stdin=json.dumps(role))
+    kube.run(
+        "create", "clusterrolebinding", client_role, f"--clusterrole={client_role}",
+        f"--serviceaccount={namespace}:e2e-client",
+    )  # fmt: skip
+    token = kube.run("create", "token", "e2e-client", "-n", namespace, "--audience=kubecrawl", "--duration=2h")
+    rel = Release(
+        kube, namespace, helm, values_file, rabbit_proxy, site, database, postgres, prometheus, token.stdout.strip()
+    )
     yield rel
+    kube.run("delete", "clusterrolebinding,clusterrole", client_role, "--ignore-not-found", check=False)
     prometheus.stop()
     discovery.stop()
     rel.helm("uninstall", RELEASE, "--ignore-not-found")  # already done by the last test, unless it failed earlier
@@ -305,7 +330,7 @@ def test_a_broker_outage_takes_api_pods_out_of_the_service_and_back_without_rest
             what="every API Pod NotReady and out of the Service's endpoints while the broker is unreachable",
         )
         # A client that still reaches a Pod directly is told to come back later; nothing is accepted and lost.
-        with httpx.Client(base_url=api_url(release, ready_only=False), timeout=30) as api:
+        with release.api(ready_only=False) as api:
             refused = api.post("/metadata", json={"url": f"{release.site.base}/p/1"})
         assert refused.status_code == 503, refused.text
         # Prometheus scrapes the Pods and the chart's broker-down alert fires, from the Pods' own metrics.
@@ -346,7 +371,7 @@ def test_a_backlog_scales_worker_pods_up_and_down_and_a_pod_stopped_mid_page_los
     assert worker_replicas(release) == 1
     urls = [f"{site.base}/slow/{i}" for i in range(BACKLOG_PAGES)]
     started = time.monotonic()
-    with httpx.Client(base_url=api_url(release), timeout=30) as api:
+    with release.api() as api:
         for url in urls:
             assert api.post("/metadata", json={"url": url}).status_code == 202
 
@@ -365,7 +390,7 @@ def test_a_backlog_scales_worker_pods_up_and_down_and_a_pod_stopped_mid_page_los
     victim = next(p for p in release.pods("worker") if p["status"].get("podIP") == busy_ip)
     kube.run("delete", "pod", victim["metadata"]["name"], "-n", release.namespace, "--wait=false")
 
-    with httpx.Client(base_url=api_url(release), timeout=30) as api:
+    with release.api() as api:
 
         def stored() -> bool:
             answers = [api.get("/metadata", params={"url": url}) for url in urls]
@@ -430,7 +455,7 @@ def test_prometheus_scrapes_every_pod_and_every_dashboard_query_returns_data(rel
     prometheus, kube = release.prometheus, release.kube
     # What the runs above did not cause yet: a page that keeps failing (retries, then a dead letter) and a
     # CrawlSite whose CronJob name is taken (an operator reconcile error).
-    with httpx.Client(base_url=api_url(release), timeout=30) as api:
+    with release.api() as api:
         assert api.post("/metadata", json={"url": f"{release.site.base}/unavailable/1"}).status_code == 202
     kube.run("create", "cronjob", "taken", "-n", release.namespace, "--image=busybox", "--schedule=0 0 1 1 *")
     taken = {
