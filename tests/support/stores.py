@@ -1,8 +1,8 @@
 """The store backends the contract tests run on (tests/integration/test_store_contract.py).
 
 Each backend opens a fresh, migrated database of its kind and yields its ``Stores`` (store/contract.py); the
-contract tests see nothing else. Another database (MongoDB on FerretDB, issue #15) is one more entry in
-``BACKENDS`` with its own opener.
+contract tests see nothing else. MongoDB runs on the session's FerretDB (tests/support/ferretdb.py), a fresh
+database per test with its indexes made by ``ensure_indexes`` (what ``kubecrawl migrate`` runs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from kubecrawl.embedded import sqlite_url
 from kubecrawl.store.contract import Stores
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
-from kubecrawl.store.opening import sql_stores
+from kubecrawl.store.mongo.database import connect, database, ensure_indexes
+from kubecrawl.store.opening import mongo_stores, sql_stores
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,16 @@ async def sqlite(place: Place) -> AsyncIterator[Stores]:
         yield stores
 
 
+@contextlib.asynccontextmanager
+async def mongodb(place: Place) -> AsyncIterator[Stores]:
+    client = connect(place.fixtures["ferretdb"].database(), pool_size=20)
+    try:
+        await ensure_indexes(database(client))
+        yield mongo_stores(database(client))
+    finally:
+        await client.close()
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     open: Callable[[Place], AbstractAsyncContextManager[Stores]]
@@ -61,4 +72,5 @@ class Backend:
 BACKENDS = {
     "postgresql": Backend(postgresql, fixtures=("database_url",)),
     "sqlite": Backend(sqlite),
+    "mongodb": Backend(mongodb, fixtures=("ferretdb",)),
 }
