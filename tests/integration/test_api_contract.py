@@ -170,7 +170,7 @@ async def test_unexpected_error_answers_500_with_a_code_and_logs_the_traceback(
 
 async def _rows(api: ApiHandle) -> dict[str, tuple[str, str]]:
     """url → (status, last_request_id) of every page_metadata row."""
-    async with api.app.state.engine.connect() as conn:
+    async with api.app.state.database.engine.connect() as conn:
         result = await conn.execute(text("SELECT url, status, last_request_id FROM page_metadata"))
         return {row.url: (row.status, row.last_request_id) for row in result}
 
@@ -226,7 +226,7 @@ async def test_releasing_leaves_a_row_to_the_request_that_owns_it(api: ApiHandle
 async def test_database_failure_during_a_batch_answers_503_database_unavailable_to_all_and_publishes_nothing(
     api: ApiHandle, rabbit: RabbitServer, vhost: str
 ) -> None:
-    async with api.app.state.engine.begin() as conn:
+    async with api.app.state.database.engine.begin() as conn:
         await conn.exec_driver_sql(
             "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$"
@@ -243,7 +243,7 @@ async def test_database_failure_during_a_batch_answers_503_database_unavailable_
     assert {r.headers["retry-after"] for r in responses} == {"1"}
     assert _queued_messages(rabbit, vhost) == []
     assert await _rows(api) == {}
-    async with api.app.state.engine.begin() as conn:
+    async with api.app.state.database.engine.begin() as conn:
         await conn.exec_driver_sql("DROP TRIGGER refuse_writes ON page_metadata")
     after = await api.client.post("/metadata", json={"url": "https://example.com/after-refusal"})
     assert after.status_code == 202
@@ -301,14 +301,16 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
     from kubecrawl.embedded import sqlite_url
     from kubecrawl.store.database import create_engine
     from kubecrawl.store.migrating import upgrade_async
+    from kubecrawl.store.opening import SqlDatabase
 
     url = sqlite_url(tmp_path / "embedded.db")
     await upgrade_async(url)
-    engine = create_engine(url)
+    database = SqlDatabase(create_engine(url))
+    engine = database.engine
     broker = MemoryBroker(max_lengths={"kubecrawl.metadata": 25, "kubecrawl.pages": 10}, concurrency=1)
     await broker.start()
     settings = Settings(database_url=url)  # type: ignore[arg-type]
-    app = create_app(settings, publisher=broker, engine=engine, manage_lifecycle=False)
+    app = create_app(settings, publisher=broker, database=database, manage_lifecycle=False)
     try:
         async with (
             LifespanManager(app),
@@ -338,15 +340,15 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
 async def test_ready_is_503_database_unavailable_and_logged_when_the_database_does_not_answer(
     api: ApiHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kubecrawl.store.database import create_engine
+    from kubecrawl.store.opening import open_database
 
-    unreachable = create_engine("postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl")  # nothing listens on port 1
-    monkeypatch.setattr(api.app.state, "engine", unreachable)
+    unreachable = open_database("postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl")  # nothing listens on port 1
+    monkeypatch.setattr(api.app.state, "database", unreachable)
     try:
         with capture_logs() as logs:
             ready = await api.client.get("/health/ready")
     finally:
-        await unreachable.dispose()
+        await unreachable.close()
     assert ready.status_code == 503
     assert ready.json()["reason"] == "database_unavailable"
     [line] = [entry for entry in logs if entry["event"] == "readiness_failed"]

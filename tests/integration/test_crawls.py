@@ -13,15 +13,13 @@ from typing import Any
 import aio_pika
 import httpx
 from aiohttp import web
-from sqlalchemy import func, select
 
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import create_engine
-from kubecrawl.store.schema import crawl_pages
 from tests.integration.conftest import ApiHandle, running_api
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 from tests.support.sites import Page, Site
+from tests.support.stores import ON_EVERY_DATABASE, stored_copies
 
 
 def links(*paths: str) -> str:
@@ -73,6 +71,7 @@ def paths(site: Site, pages: list[dict[str, Any]], state: str = "DONE") -> set[s
     return {p["url"].removeprefix(site.base) for p in pages if p["state"] == state}
 
 
+@ON_EVERY_DATABASE
 async def test_crawl_follows_in_scope_links_to_max_depth_and_completes(
     api: ApiHandle, site: Site, worker: None
 ) -> None:
@@ -139,6 +138,7 @@ async def test_nofollow_meta_and_header_are_recorded_and_links_not_followed(
     assert by_path["/header"]["noindex"] is False
 
 
+@ON_EVERY_DATABASE
 async def test_max_concurrency_holds_across_two_worker_processes(api: ApiHandle, site: Site, worker_process) -> None:
     site.delay = 0.3
     site.html("/", body=links(*(f"/p{i}" for i in range(12))))
@@ -336,6 +336,7 @@ async def queued_messages(rabbit: RabbitServer, vhost: str, queue: str) -> int:
         return int(declared.declaration_result.message_count or 0)
 
 
+@ON_EVERY_DATABASE
 async def test_events_stream_progress_and_the_final_event_then_resume_without_gaps(
     api: ApiHandle, site: Site, worker: None
 ) -> None:
@@ -391,6 +392,7 @@ async def read_events(
     return events
 
 
+@ON_EVERY_DATABASE
 async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored_once(
     api: ApiHandle, site: Site, worker_process, settings: Settings
 ) -> None:
@@ -419,19 +421,9 @@ async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored
     pages = await all_pages(api.client, crawl["id"])
     assert paths(site, pages) == {"/", "/held", "/a", "/b"}
     assert {p["url"]: p["attempts"] for p in pages}[site.url("/held")] == 2
-    engine = create_engine(settings.database_url.get_secret_value())
-    try:
-        async with engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(crawl_pages.c.url, func.count())
-                    .where(crawl_pages.c.crawl_id == crawl["id"])
-                    .group_by(crawl_pages.c.url)
-                )
-            ).all()
-    finally:
-        await engine.dispose()
-    assert all(count == 1 for _, count in rows)
+    url = settings.database_url.get_secret_value()
+    for page in pages:
+        assert await stored_copies(url, page_url=page["url"], crawl_id=crawl["id"]) == 1
 
 
 async def test_always_failing_page_fails_after_max_attempts_is_dead_lettered_and_crawl_completes(

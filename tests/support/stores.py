@@ -14,12 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import func, select
+
 from kubecrawl.embedded import sqlite_url
 from kubecrawl.store.contract import Stores
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
 from kubecrawl.store.mongo.database import connect, database, ensure_indexes
-from kubecrawl.store.opening import mongo_stores, sql_stores
+from kubecrawl.store.opening import database_kind, mongo_stores, sql_stores
+from kubecrawl.store.schema import crawl_pages, page_metadata
+
+# Runs an integration test on PostgreSQL and on MongoDB (FerretDB): tests/integration/conftest.py's
+# ``database_url`` takes the parameter.
+ON_EVERY_DATABASE = pytest.mark.parametrize("database_url", ["postgresql", "mongodb"], indirect=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +82,29 @@ BACKENDS = {
     "sqlite": Backend(sqlite),
     "mongodb": Backend(mongodb, fixtures=("ferretdb",)),
 }
+
+
+async def stored_copies(url: str, *, page_url: str, crawl_id: str | None = None) -> int:
+    """How many records the database at ``url`` holds for ``page_url`` (of ``crawl_id``'s pages, if given; else
+    of the page metadata): what "stored once" means, read past the stores."""
+    if database_kind(url) == "mongodb":
+        client = connect(url)
+        try:
+            db = database(client)
+            if crawl_id is None:
+                return await db.page_metadata.count_documents({"url": page_url})
+            return await db.crawl_pages.count_documents({"crawl_id": crawl_id, "url": page_url})
+        finally:
+            await client.close()
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            if crawl_id is None:
+                where = page_metadata.c.url == page_url
+                stmt = select(func.count()).select_from(page_metadata).where(where)
+            else:
+                where = (crawl_pages.c.crawl_id == crawl_id) & (crawl_pages.c.url == page_url)
+                stmt = select(func.count()).select_from(crawl_pages).where(where)
+            return int((await conn.execute(stmt)).scalar_one())
+    finally:
+        await engine.dispose()

@@ -1,7 +1,8 @@
 """The FastAPI application factory.
 
-``create_app`` receives its settings, publisher and engine (built in ``main()``), so the same app runs on
-RabbitMQ + PostgreSQL in production and on the in-process broker + SQLite in the embedded default.
+``create_app`` receives its settings, publisher and database (built in ``main()``; ``store/opening.py``), so the
+same app runs on RabbitMQ + PostgreSQL (or MongoDB) in production and on the in-process broker + SQLite in the
+embedded default.
 Start-up fails fast: the database and the broker are awaited with backoff, then the process exits non-zero.
 """
 
@@ -14,7 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
 from kubecrawl.api import errors
@@ -26,9 +26,7 @@ from kubecrawl.api.routes import crawls, health, metadata, sites
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import connect_with_backoff
-from kubecrawl.store.keys import KeyStore
-from kubecrawl.store.opening import sql_stores
+from kubecrawl.store.opening import MongoDatabase, SqlDatabase
 
 log = get_logger(__name__)
 
@@ -46,14 +44,14 @@ def framework_options() -> dict[str, Any]:
 
 
 def create_app(
-    settings: Settings, *, publisher: Publisher, engine: AsyncEngine, manage_lifecycle: bool = True
+    settings: Settings, *, publisher: Publisher, database: SqlDatabase | MongoDatabase, manage_lifecycle: bool = True
 ) -> FastAPI:
-    """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the engine."""
+    """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the database."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
-            await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
+            await database.wait_until_ready(attempts=settings.db_connect_attempts)
             await publisher.start()
         # Everything built so far (modules, the app, its routes, pools, connections) lives as long as the process:
         # out of the collector's sight it is no longer scanned by every full collection. Those scans of the
@@ -68,7 +66,7 @@ def create_app(
             gc.unfreeze()  # a process that starts apps again (tests) collects the old ones
             if manage_lifecycle:
                 await publisher.close()
-                await engine.dispose()
+                await database.close()
             log.info("api_stopped")
 
     app = FastAPI(
@@ -80,8 +78,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.publisher = publisher
-    app.state.engine = engine
-    stores = sql_stores(engine)
+    app.state.database = database
+    stores = database.stores
     app.state.pages = stores.pages
     app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)
     app.state.sites = stores.sites
@@ -94,7 +92,7 @@ def create_app(
     if settings.auth == "api_keys":  # outside the body limit: strangers are answered before any body is read
         app.add_middleware(
             AuthMiddleware,
-            keys=KeyStore(engine),
+            keys=database.keys,
             cache_seconds=settings.auth_cache_seconds,
             metrics_public=not settings.metrics_require_auth,
         )

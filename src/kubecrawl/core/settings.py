@@ -134,8 +134,10 @@ class Settings(BaseSettings):
     @classmethod
     def _known_driver(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
-        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-            raise ValueError("database_url must be postgresql+asyncpg://… or sqlite+aiosqlite:///…")
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://", "mongodb://", "mongodb+srv://")):
+            raise ValueError(
+                "database_url must be postgresql+asyncpg://…, sqlite+aiosqlite:///…, mongodb://…/DB or mongodb+srv://…/DB"
+            )
         return value
 
     @field_validator("rabbitmq_url")

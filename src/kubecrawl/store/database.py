@@ -1,4 +1,4 @@
-"""Engine creation, connect-with-backoff and the readiness ping."""
+"""Engine creation and the readiness ping (the start-up wait for any database is ``store/opening.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from kubecrawl.core.backoff import Backoff, retry_with_backoff
 from kubecrawl.core.errors import InvalidValue, StoreUnavailable
 from kubecrawl.core.logging import get_logger
 from kubecrawl.store.inline_sqlite import inline_connector
@@ -103,18 +102,3 @@ async def ping(engine: AsyncEngine) -> None:
             await conn.execute(text("SELECT 1"))
     except DATABASE_ERRORS as exc:
         raise StoreUnavailable(f"database ping failed: {type(exc).__name__}: {exc}") from exc
-
-
-async def connect_with_backoff(
-    engine: AsyncEngine, *, attempts: int, initial: float = 1.0, maximum: float = 30.0
-) -> None:
-    """Wait for the database at start-up (1 s ×2 up to 30 s, with jitter), then fail fast (``StoreUnavailable``)."""
-
-    def failed(attempt: int, exc: BaseException, delay: float) -> None:
-        detail = exc.detail if isinstance(exc, StoreUnavailable) else repr(exc)
-        log.warning("db_connect_failed", attempt=attempt, error=detail, next_delay_s=delay)
-
-    backoff = Backoff(initial=initial, multiplier=2.0, maximum=maximum, attempts=attempts)
-    connected = await retry_with_backoff(lambda: ping(engine), backoff, retry_on=StoreUnavailable, on_failure=failed)
-    if connected is not None:
-        log.info("db_connected", attempt=connected[1])

@@ -17,12 +17,11 @@ from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.base import Publisher, PublisherState
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.database import ping
+from kubecrawl.store.opening import Database
 
 log = get_logger(__name__)
 
@@ -33,10 +32,10 @@ class Consumer(Protocol):
 
 
 class WorkerProbes:
-    def __init__(self, consumer: Consumer, publisher: Publisher, engine: AsyncEngine) -> None:
+    def __init__(self, consumer: Consumer, publisher: Publisher, database: Database) -> None:
         self._consumer = consumer
         self._publisher = publisher
-        self._engine = engine
+        self._database = database
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_get("/metrics", self.metrics)
@@ -71,7 +70,7 @@ class WorkerProbes:
         if self._publisher.state is not PublisherState.READY:
             reasons["publisher_not_ready"] = f"publisher is {self._publisher.state}"
         try:
-            await ping(self._engine)
+            await self._database.ping()
         except StoreUnavailable as exc:
             reasons["database_unavailable"] = exc.detail
         if reasons:

@@ -23,8 +23,7 @@ from kubecrawl.core.models import PageReport
 from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.contract import Stores
-from kubecrawl.store.database import connect_with_backoff, create_engine
-from kubecrawl.store.opening import sql_stores
+from kubecrawl.store.opening import open_database
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.probes import WorkerProbes
 from kubecrawl.worker.processing import MetadataPipeline
@@ -57,8 +56,8 @@ def queue_handlers(
 async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
     name = settings.pod_name or socket.gethostname()
-    engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
-    stores = sql_stores(engine)
+    database = open_database(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
+    stores = database.stores
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher(
         rabbit_url,
@@ -76,15 +75,15 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         pages_max_length=settings.pages_queue_max_length,
     )
     # /metrics and the probes answer from the start: alive (not ready) while the database and broker back off.
-    probes = WorkerProbes(consumer, publisher, engine)
+    probes = WorkerProbes(consumer, publisher, database)
     if metrics_port:
         await probes.start(metrics_port)
     try:
-        await connect_with_backoff(engine, attempts=settings.db_connect_attempts)
+        await database.wait_until_ready(attempts=settings.db_connect_attempts)
         await publisher.start()
     except BaseException:
         await probes.close()
-        await engine.dispose()
+        await database.close()
         raise
     if stop is None:
         stop = asyncio.Event()
@@ -111,5 +110,5 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         await consumer.close()
         await publisher.close()
         await probes.close()
-        await engine.dispose()
+        await database.close()
         log.info("worker_stopped")

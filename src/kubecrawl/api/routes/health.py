@@ -10,7 +10,6 @@ from kubecrawl.api.deps import PublisherDep
 from kubecrawl.broker.base import PublisherState
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.database import ping
 
 router = APIRouter(tags=["health"])
 log = get_logger(__name__)
@@ -27,7 +26,7 @@ async def ready(request: Request, publisher: PublisherDep) -> JSONResponse:
     if publisher.state is not PublisherState.READY:
         reasons["publisher_not_ready"] = f"publisher is {publisher.state}"
     try:
-        await ping(request.app.state.engine)
+        await request.app.state.database.ping()
     except StoreUnavailable as exc:
         reasons["database_unavailable"] = exc.detail
     if reasons:

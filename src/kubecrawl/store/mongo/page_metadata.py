@@ -10,6 +10,8 @@ conditional single-document operation.
   does it with a ``CASE``; FerretDB has no pipeline update). Each of the two is conditional on the document's
   current state, so however requests, redeliveries and late messages interleave, a document never moves back.
 - ``processing.last_request_id`` names the request the document is for; a release undoes only its own request.
+- Response headers are stored as ``[{"name", "value"}]``: FerretDB stores no array of arrays (the record's
+  ``[[name, value]]``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def _record(doc: Document) -> PageMetadataRecord:
     processing = doc.get("processing") or {}
     data = {key: value for key, value in doc.items() if key not in ("_id", "processing")}
     data["last_request_id"] = processing.get("last_request_id")
+    if data.get("response_headers") is not None:
+        data["response_headers"] = [[header["name"], header["value"]] for header in data["response_headers"]]
     return PageMetadataRecord.model_validate(data)
 
 
@@ -217,6 +221,7 @@ class MongoPageMetadataStore:
     async def complete(self, url: str, request_id: str, page: FetchedPage) -> None:
         now = utcnow()
         values: Document = page.model_dump()
+        values["response_headers"] = [{"name": name, "value": value} for name, value in page.response_headers]
         values.update(
             {
                 "status": S.COMPLETED.value,
