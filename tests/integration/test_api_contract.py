@@ -17,6 +17,7 @@ from kubecrawl.core.settings import Settings
 from tests.integration.conftest import ApiHandle
 from tests.support.servers import RabbitServer
 from tests.support.sites import Site
+from tests.support.stores import ON_EVERY_DATABASE
 
 
 async def test_post_metadata_answers_202_queued_with_request_id_and_publishes_persistently(
@@ -112,6 +113,7 @@ async def test_get_metadata_without_url_answers_400(api: ApiHandle) -> None:
     assert response.json()["code"] == "empty_url"
 
 
+@ON_EVERY_DATABASE
 async def test_health_live_is_200_and_ready_is_200_with_broker_and_database(api: ApiHandle) -> None:
     assert (await api.client.get("/health/live")).status_code == 200
     ready = await api.client.get("/health/ready")
@@ -337,12 +339,18 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
 # --- readiness and GET /metadata?max_age= -----------------------------------------------------------------------
 
 
+@ON_EVERY_DATABASE
 async def test_ready_is_503_database_unavailable_and_logged_when_the_database_does_not_answer(
-    api: ApiHandle, monkeypatch: pytest.MonkeyPatch
+    api: ApiHandle, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kubecrawl.store.opening import open_database
+    from kubecrawl.store.opening import database_kind, open_database
 
-    unreachable = open_database("postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl")  # nothing listens on port 1
+    # Nothing listens on port 1.
+    unreachable = open_database(
+        "mongodb://127.0.0.1:1/kubecrawl"
+        if database_kind(settings.database_url.get_secret_value()) == "mongodb"
+        else "postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl"
+    )
     monkeypatch.setattr(api.app.state, "database", unreachable)
     try:
         with capture_logs() as logs:

@@ -4,7 +4,7 @@
 client connects lazily and reconnects by itself; a PyMongo error is wrapped at this edge as ``StoreUnavailable``
 (the server did not answer) or ``InvalidValue`` (it refused a value: a document too large, a key it cannot
 store), as the SQL stores do. ``ensure_indexes`` creates every index (idempotent: an existing index with the same
-keys and options is left alone) and records ``SCHEMA_VERSION`` in ``kubecrawl_meta``.
+name is left alone) and records ``SCHEMA_VERSION`` in ``kubecrawl_meta``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,12 @@ async def ensure_indexes(db: Database) -> int:
     """Create every collection's indexes (idempotent) and record the schema version; return it."""
     async with wrapped("creating indexes"):
         for collection, indexes in INDEXES.items():
-            await db[collection].create_indexes(indexes)
+            existing = {index["name"] async for index in await db[collection].list_indexes()}
+            # Only the missing ones: FerretDB 1.24 drops the connection (a panic) when asked to create an index
+            # that exists, where MongoDB does nothing.
+            missing = [index for index in indexes if index.document["name"] not in existing]
+            if missing:
+                await db[collection].create_indexes(missing)
         await db.kubecrawl_meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
     return SCHEMA_VERSION
 

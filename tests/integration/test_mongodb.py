@@ -1,0 +1,105 @@
+"""What only the MongoDB store has: ``kubecrawl migrate`` making its indexes, leases (store/mongo/locking.py)
+and the repair of a crawl whose lease holder was killed. Everything else it shares with the SQL stores is proved
+by tests/integration/test_store_contract.py and the ``ON_EVERY_DATABASE`` integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from kubecrawl.core.clock import utcnow
+from kubecrawl.core.models import CrawlPageState
+from kubecrawl.store.contract import PageOutcome
+from kubecrawl.store.mongo.database import SCHEMA_VERSION, Database, connect, database, ensure_indexes
+from kubecrawl.store.mongo.locking import Leases
+from kubecrawl.store.opening import MongoDatabase
+from tests.support.cli import kubecrawl
+from tests.support.ferretdb import FerretServer
+
+
+@pytest.fixture
+async def mongo(ferretdb: FerretServer) -> AsyncIterator[tuple[str, Database]]:
+    url = ferretdb.database()
+    client = connect(url)
+    try:
+        yield url, database(client)
+    finally:
+        await client.close()
+
+
+async def test_migrate_creates_the_indexes_once_and_records_the_schema_version(mongo: tuple[str, Database]) -> None:
+    url, db = mongo
+    for _ in range(2):  # idempotent: the second run finds everything in place
+        run = await kubecrawl("migrate", env={"KUBECRAWL_DATABASE_URL": url, "KUBECRAWL_LOG_FORMAT": "json"})
+        assert run.code == 0, run.err
+    names = {index["name"] async for index in await db.page_metadata.list_indexes()}
+    assert {"url_unique", "created_at", "status", "attempts", "last_error", "processing_last_request_id"} <= names
+    unique = {index["name"]: index.get("unique", False) async for index in await db.crawl_pages.list_indexes()}
+    assert unique["crawl_url_unique"] is True
+    assert (await db.kubecrawl_meta.find_one({"_id": "schema"}) or {}).get("version") == SCHEMA_VERSION
+
+
+async def test_a_lease_is_held_by_one_caller_at_a_time_and_a_lapsed_one_is_taken_over(
+    mongo: tuple[str, Database],
+) -> None:
+    _, db = mongo
+    leases = Leases(db)
+    inside: list[int] = []
+    most = 0
+
+    async def step(number: int) -> None:
+        nonlocal most
+        async with leases.hold("crawl:x"):
+            inside.append(number)
+            most = max(most, len(inside))
+            await asyncio.sleep(0)  # let the others try while this one holds it
+            inside.remove(number)
+
+    await asyncio.gather(*(step(i) for i in range(6)))
+    assert most == 1
+    async with leases.try_hold("refresh:u") as first, leases.try_hold("refresh:u") as second:
+        assert (first, second) == (True, False)
+    # A holder killed with the lease: it lapses, and the next caller takes it over and is told so.
+    await db.kubecrawl_locks.insert_one({"_id": "crawl:y", "token": "dead", "expires_at": utcnow() - timedelta(1)})
+    async with leases.hold("crawl:y") as lease:
+        assert lease.broken
+
+
+def _config() -> dict[str, object]:
+    from kubecrawl.core.sites import CrawlSiteSpec
+
+    spec = {"url": "http://site.test/", "politeness": {"maxConcurrency": 4, "respectRobotsTxt": False}}
+    return CrawlSiteSpec.model_validate(spec).model_dump(mode="json", by_alias=True)
+
+
+async def test_a_crawl_whose_lease_holder_died_mid_step_is_repaired_by_the_next_holder(
+    mongo: tuple[str, Database],
+) -> None:
+    url, db = mongo
+    await ensure_indexes(db)
+    stores = MongoDatabase(connect(url)).stores
+    crawl, _, (first, second) = await stores.crawls.create(
+        "default",
+        "site",
+        trigger="manual",
+        idempotency_key=None,
+        config=_config(),
+        seeds=["http://site.test/", "http://site.test/2"],
+    )
+    # A worker settled the first page and was killed before it gave its slot back (and with the lease held).
+    await stores.crawls.begin_page(crawl.id, first.page_id)
+    await db.crawl_pages.update_one({"_id": first.page_id}, {"$set": {"state": CrawlPageState.DONE.value}})
+    await db.kubecrawl_locks.insert_one(
+        {"_id": f"crawl:{crawl.id}", "token": "dead", "expires_at": utcnow() - timedelta(seconds=1)}
+    )
+    assert await stores.crawls.begin_page(crawl.id, second.page_id) is not None
+    result = await stores.crawls.finish_page(crawl.id, second.page_id, PageOutcome(CrawlPageState.DONE))
+    assert result is not None
+    assert result.completed_now
+    done = await stores.crawls.get(crawl.id)
+    assert done is not None
+    assert (done.in_flight, done.counters.fetched, done.version) == (0, 2, 2)
+    assert sorted(page.seq for page in await stores.crawls.outcomes_since(crawl.id, 0)) == [1, 2]
