@@ -2,7 +2,8 @@
 (``politeness.maxConcurrency`` pages in flight), and completion, each rule kept without a transaction.
 
 The SQL frontier holds the crawl's row lock around these steps; here every step is one conditional
-single-document update, ordered so that the rules hold however workers interleave:
+single-document update, ordered so that the rules hold however workers interleave on MongoDB. Callers hold the
+crawl's lease (``store/mongo/locking.py``) around them all the same, because FerretDB's updates are not atomic:
 - Page ids are integers, as the contract's (``PageRef.page_id``, ``pages(after_id=…)``): a block is taken from a
   counter document with one ``$inc``; ids grow in insertion order.
 - ``scope.maxPages``: ``discovered`` is reserved with a compare-and-set on the crawl before the pages go in; a
