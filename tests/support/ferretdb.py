@@ -36,6 +36,8 @@ class FerretServer:
     base: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # FerretDB's PostgreSQL backend instead of SQLite (bench/: FerretDB's own cost next to PostgreSQL's).
+    postgresql_url: str | None = None
 
     def url(self, database: str = "kubecrawl") -> str:
         return f"mongodb://127.0.0.1:{self.port}/{database}"
@@ -53,8 +55,11 @@ class FerretServer:
             self.process = subprocess.Popen(
                 [
                     str(binary),
-                    "--handler=sqlite",
-                    f"--sqlite-url=file:{data}/",
+                    *(
+                        ["--handler=postgresql", f"--postgresql-url={self.postgresql_url}"]
+                        if self.postgresql_url
+                        else ["--handler=sqlite", f"--sqlite-url=file:{data}/"]
+                    ),
                     f"--state-dir={self.base}",  # state.json; the current directory otherwise
                     f"--listen-addr=127.0.0.1:{self.port}",
                     "--debug-addr=127.0.0.1:0",
