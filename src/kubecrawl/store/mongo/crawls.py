@@ -314,6 +314,8 @@ class MongoCrawlStore:
     # -- pages (worker side) ------------------------------------------------------------------------------
 
     async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
+        """Under the crawl's lease only the writes (the page FETCHING, a first page's crawl RUNNING); what
+        fetching needs is read after it, as the SQL store reads it after its update."""
         now = utcnow()
         async with self._locked(crawl_id, "starting a page"):
             page = await self._pages.find_one_and_update(
@@ -333,6 +335,7 @@ class MongoCrawlStore:
                     {"$set": {"state": CrawlState.RUNNING.value, "started_at": now}},
                 )
                 state = CrawlState.RUNNING
+        async with wrapped("starting a page"):
             config = await self._config(crawl_id)
             previous_id = crawl.get("previous_crawl_id")
             previous = None

@@ -84,19 +84,22 @@ class MongoFrontier:
         self, crawl_id: str, config: dict[str, Any], candidates: Sequence[tuple[str, int]]
     ) -> list[str]:
         """New frontier pages (deduplicated), as many as ``scope.maxPages`` still admits; → the URLs added."""
-        unique: dict[str, int] = {}
+        fresh: dict[str, int] = {}
         for url, depth in candidates:
-            unique.setdefault(url, depth)
-        if not unique:
-            return []
-        known = await self._pages.distinct("url", {"crawl_id": crawl_id, "url": {"$in": list(unique)}})
-        fresh = [(url, depth) for url, depth in unique.items() if url not in set(known)]
-        if not fresh:
-            return []
-        reserved = await self._reserve(crawl_id, config, len(fresh))
-        added = await self.insert_pages(crawl_id, fresh[:reserved])
-        if len(added) < reserved:  # a concurrent finisher inserted some first: their reservation goes back
-            await self._crawls.update_one({"_id": crawl_id}, {"$inc": {"discovered": len(added) - reserved}})
+            fresh.setdefault(url, depth)
+        # No lookup of the known URLs first (a ``$in`` FerretDB answers by scanning the collection): the unique
+        # (crawl_id, url) index refuses them, and their reservation goes back.
+        pending = list(fresh.items())
+        added: list[str] = []
+        while pending:
+            reserved = await self._reserve(crawl_id, config, len(pending))
+            if reserved == 0:
+                break
+            batch, pending = pending[:reserved], pending[reserved:]
+            inserted = await self.insert_pages(crawl_id, batch)
+            if len(inserted) < reserved:
+                await self._crawls.update_one({"_id": crawl_id}, {"$inc": {"discovered": len(inserted) - reserved}})
+            added.extend(inserted)
         return added
 
     async def _reserve(self, crawl_id: str, config: dict[str, Any], wanted: int) -> int:
