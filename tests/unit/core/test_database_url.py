@@ -1,4 +1,4 @@
-"""Settings: which database URLs are accepted."""
+"""Settings: which database URLs are accepted (and what a MongoDB URL cannot be combined with)."""
 
 from __future__ import annotations
 
