@@ -1,5 +1,5 @@
-"""What only the MongoDB store has: ``kubecrawl migrate`` making its indexes, leases (store/mongo/locking.py)
-and the repair of a crawl whose lease holder was killed. Everything else it shares with the SQL stores is proved
+"""What only the MongoDB store has: ``kubecrawl migrate`` making its indexes, leases (store/mongo/locking.py),
+the repair of a crawl whose lease holder was killed, and API keys kept in MongoDB. Everything else it shares with the SQL stores is proved
 by tests/integration/test_store_contract.py and the ``ON_EVERY_DATABASE`` integration tests."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import pytest
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import CrawlPageState
+from kubecrawl.core.settings import Settings
 from kubecrawl.store.contract import PageOutcome
 from kubecrawl.store.mongo.database import SCHEMA_VERSION, Database, connect, database, ensure_indexes
 from kubecrawl.store.mongo.locking import Leases
 from kubecrawl.store.opening import MongoDatabase
+from tests.integration.conftest import running_api
 from tests.support.cli import kubecrawl
 from tests.support.ferretdb import FerretServer
 
@@ -103,3 +105,23 @@ async def test_a_crawl_whose_lease_holder_died_mid_step_is_repaired_by_the_next_
     assert done is not None
     assert (done.in_flight, done.counters.fetched, done.version) == (0, 2, 2)
     assert sorted(page.seq for page in await stores.crawls.outcomes_since(crawl.id, 0)) == [1, 2]
+
+
+@pytest.mark.parametrize("database_url", ["mongodb"], indirect=True)
+async def test_api_keys_made_by_the_cli_on_mongodb_open_the_api_until_revoked(settings: Settings) -> None:
+    env = {"KUBECRAWL_DATABASE_URL": settings.database_url.get_secret_value(), "KUBECRAWL_LOG_FORMAT": "json"}
+    made = await kubecrawl("keys", "create", "ci", "--scope", "read", env=env)
+    assert made.code == 0, made.err
+    key = made.out.strip()
+    again = await kubecrawl("keys", "create", "ci", "--scope", "read", env=env)
+    assert (again.code, again.err.split(":")[0]) == (1, "key_exists")
+    authed = settings.model_copy(update={"auth": "api_keys", "auth_cache_seconds": 0})
+    async with running_api(authed) as api:
+        assert (await api.client.get("/sites")).status_code == 401
+        headers = {"authorization": f"Bearer {key}"}
+        assert (await api.client.get("/sites", headers=headers)).status_code == 200
+        assert (
+            await api.client.put("/sites/default/s", headers=headers, json={"url": "https://a.test/"})
+        ).status_code == 403
+        assert (await kubecrawl("keys", "revoke", "ci", env=env)).code == 0
+        assert (await api.client.get("/sites", headers=headers)).status_code == 401

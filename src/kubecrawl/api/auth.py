@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kubecrawl.store.keys import ApiKey, KeyStore
+from kubecrawl.store.apikeys import ApiKey, ApiKeyStore
 
 _IMPLIED = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}
 _SITE = re.compile(r"^/sites/([^/]+)(?:/|$)")
@@ -76,7 +76,7 @@ def _namespace_refused(identity: Identity, path: str) -> bool:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, *, keys: KeyStore, cache_seconds: float, metrics_public: bool) -> None:
+    def __init__(self, app: ASGIApp, *, keys: ApiKeyStore, cache_seconds: float, metrics_public: bool) -> None:
         self.app = app
         self._keys = keys
         self._cache_seconds = cache_seconds

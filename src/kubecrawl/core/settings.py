@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubecrawl.core.backoff import DEFAULT_JITTER, Backoff
@@ -146,10 +146,3 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("amqp://", "amqps://")):
             raise ValueError("rabbitmq_url must be amqp://… or amqps://…")
         return value
-
-    @model_validator(mode="after")
-    def _api_keys_need_sql(self) -> Settings:
-        # API keys live in PostgreSQL or SQLite only (docs/store.md): refused here rather than at the first request.
-        if self.auth == "api_keys" and self.database_url.get_secret_value().startswith("mongodb"):
-            raise ValueError("auth=api_keys keeps the keys in PostgreSQL or SQLite: database_url is a MongoDB URL")
-        return self

@@ -20,12 +20,14 @@ from kubecrawl.core.backoff import Backoff, retry_with_backoff
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
 from kubecrawl.store import database as sql
+from kubecrawl.store.apikeys import ApiKeyStore
 from kubecrawl.store.contract import Stores
 from kubecrawl.store.crawls import SqlCrawlStore
 from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.migrating import upgrade
 from kubecrawl.store.mongo import database as mongo
 from kubecrawl.store.mongo.crawls import MongoCrawlStore
+from kubecrawl.store.mongo.keys import MongoKeyStore
 from kubecrawl.store.mongo.page_metadata import MongoPageMetadataStore
 from kubecrawl.store.mongo.sites import MongoSiteStore
 from kubecrawl.store.page_metadata import SqlPageMetadataStore
@@ -41,10 +43,13 @@ def database_kind(url: str) -> DatabaseKind:
 
 
 class Database(Protocol):
-    """One database: its stores, the readiness ping, the start-up wait and the close."""
+    """One database: its stores, its API keys, the readiness ping, the start-up wait and the close."""
 
     @property
     def stores(self) -> Stores: ...
+
+    @property
+    def keys(self) -> ApiKeyStore: ...
 
     async def ping(self) -> None:
         """``StoreUnavailable`` unless the database answers within the ping timeout."""
@@ -89,7 +94,7 @@ class SqlDatabase:
         self.stores = sql_stores(engine)
 
     @property
-    def keys(self) -> KeyStore:
+    def keys(self) -> ApiKeyStore:
         return KeyStore(self.engine)
 
     async def ping(self) -> None:
@@ -109,8 +114,8 @@ class MongoDatabase:
         self.stores = mongo_stores(self.db)
 
     @property
-    def keys(self) -> KeyStore:
-        raise StoreUnavailable("API keys are kept in PostgreSQL or SQLite only: KUBECRAWL_AUTH=api_keys needs one")
+    def keys(self) -> ApiKeyStore:
+        return MongoKeyStore(self.db)
 
     async def ping(self) -> None:
         await mongo.ping(self.db)

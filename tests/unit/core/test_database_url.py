@@ -1,4 +1,4 @@
-"""Settings: which database URLs are accepted (and what a MongoDB URL cannot be combined with)."""
+"""Settings: which database URLs are accepted."""
 
 from __future__ import annotations
 
@@ -24,8 +24,3 @@ def test_a_postgresql_sqlite_or_mongodb_url_is_accepted(url: str) -> None:
 def test_another_database_url_is_refused_naming_the_accepted_ones() -> None:
     with pytest.raises(ValidationError, match="mongodb://"):
         Settings(database_url="mysql://u:p@db/kubecrawl")  # type: ignore[arg-type]
-
-
-def test_api_keys_on_a_mongodb_url_are_refused_at_start() -> None:
-    with pytest.raises(ValidationError, match="PostgreSQL or SQLite"):
-        Settings(database_url="mongodb://db/kubecrawl", auth="api_keys")  # type: ignore[arg-type]

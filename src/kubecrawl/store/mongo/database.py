@@ -71,6 +71,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)], name="state_updated"),
     ],
     "crawl_hosts": [IndexModel([("crawl_id", ASCENDING), ("host", ASCENDING)], unique=True, name="crawl_host_unique")],
+    "api_keys": [IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique")],
 }
 
 
