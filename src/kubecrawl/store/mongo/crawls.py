@@ -9,7 +9,9 @@ completion):
   (unique, sparse); the triggers that lose on the key remove their pages and return the winner's crawl.
 - A page's outcome is written once: PENDING/QUEUED/FETCHING moves are updates conditional on the page's state,
   so a redelivered or late message finds it settled and changes nothing (``None``).
-- The SSE sequence: ``version`` moves by one per outcome with ``$inc``; the page's ``seq`` is that number.
+- The SSE sequence: a settling page takes ``version + 1`` as its ``seq`` (the crawl's lease keeps ``version``
+  still meanwhile), then ``version`` moves to it with ``$inc``: a reader that sees ``version`` finds every page
+  up to it, as SSE's resume needs.
 Unlike the SQL store there is no group commit: each page is its own few round trips. ``find_one_and_update``
 never takes a projection here: FerretDB has none for findAndModify.
 """
@@ -102,7 +104,7 @@ class MongoCrawlStore:
 
     async def _repair(self, crawl_id: str) -> None:
         """Recount what a holder killed between two steps may have left behind: ``in_flight``, the counters
-        pages carry, the SSE numbers of settled pages that got none."""
+        pages carry, ``version`` (up to the last page's event number; numbers for settled pages without one)."""
         pages = self._pages
         counts: dict[str, Document] = {
             "in_flight": {"state": {"$in": [P.QUEUED.value, P.FETCHING.value]}},
@@ -116,6 +118,10 @@ class MongoCrawlStore:
         crawl = await self._crawls.find_one({"_id": crawl_id}, {"version": 1})
         version = 0 if crawl is None else int(crawl["version"])
         settled = [P.DONE.value, P.FAILED.value, P.SKIPPED.value]
+        # A page settled (numbered) by the dead holder before it moved ``version``: count it in.
+        last = await pages.find_one({"crawl_id": crawl_id, "seq": {"$ne": None}}, sort=[("seq", DESCENDING)])
+        if last is not None:
+            version = max(version, int(last["seq"]))
         unnumbered = pages.find({"crawl_id": crawl_id, "state": {"$in": settled}, "seq": None}).sort("_id", ASCENDING)
         async for page in unnumbered:
             version += 1
@@ -376,19 +382,30 @@ class MongoCrawlStore:
             )
 
     async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:
-        """Settle the FETCHING page, add its links, give its slot back (counting the outcome and numbering its
-        event), refill the window, and complete the crawl when that was the last page: in that order."""
+        """Settle the FETCHING page with the next event number, add its links, give its slot back (counting the
+        outcome and moving ``version`` to that number), refill the window, and complete the crawl when that was the
+        last page: in that order. The page carries its number before ``version`` shows it, so an SSE reader
+        that sees ``version`` finds every page up to it."""
         now = utcnow()
         async with self._locked(crawl_id, "finishing a page"):
+            crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "version": 1})
+            if crawl is None:
+                return None
             page = await self._pages.find_one_and_update(
                 {"_id": page_id, "crawl_id": crawl_id, "state": P.FETCHING.value},
-                {"$set": {**outcome_values(outcome), "fetched_at": now, "updated_at": now}},
+                {
+                    "$set": {
+                        **outcome_values(outcome),
+                        "seq": int(crawl["version"]) + 1,  # the lease holds version still until the $inc below
+                        "fetched_at": now,
+                        "updated_at": now,
+                    }
+                },
             )
             if page is None:
                 return None  # settled already: a duplicate delivery
             config = await self._config(crawl_id)
-            crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1})
-            active = crawl is not None and crawl["state"] in ACTIVE
+            active = crawl["state"] in ACTIVE
             if active and config is not None and outcome.new_links:
                 depth = int(page["depth"]) + 1
                 await self._frontier.add_pages(crawl_id, config, [(url, depth) for url in outcome.new_links])
@@ -399,7 +416,6 @@ class MongoCrawlStore:
             )
             if moved is None:
                 return None
-            await self._pages.update_one({"_id": page_id}, {"$set": {"seq": int(moved["version"])}})
             to_publish: list[PageRef] = []
             completed_now = False
             if moved["state"] in ACTIVE and config is not None:
