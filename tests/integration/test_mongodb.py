@@ -125,3 +125,23 @@ async def test_api_keys_made_by_the_cli_on_mongodb_open_the_api_until_revoked(se
         ).status_code == 403
         assert (await kubecrawl("keys", "revoke", "ci", env=env)).code == 0
         assert (await api.client.get("/sites", headers=headers)).status_code == 401
+
+
+async def test_a_late_failure_racing_a_result_never_writes_an_older_document_over_it(
+    mongo: tuple[str, Database],
+) -> None:
+    from kubecrawl.core.models import FetchedPage, PageStatus
+
+    url, db = mongo
+    await ensure_indexes(db)
+    pages = MongoDatabase(connect(url)).stores.pages
+    urls = [f"http://a.test/{i}" for i in range(20)]
+    for page_url in urls:
+        await pages.enqueue_if_missing(page_url, "r1")
+    fetched = FetchedPage(http_status=200, final_url="http://a.test/", redirects=[], response_headers=[], cookies=[])
+    await asyncio.gather(
+        *(pages.complete(page_url, "r1", fetched.model_copy(update={"title": "kept"})) for page_url in urls),
+        *(pages.fail(page_url, "r0", code="timeout", detail="late", permanent=False) for page_url in urls),
+    )
+    records = [await pages.get(page_url) for page_url in urls]
+    assert {(r.status, r.title) for r in records if r is not None} == {(PageStatus.COMPLETED, "kept")}

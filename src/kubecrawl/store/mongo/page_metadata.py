@@ -10,6 +10,10 @@ conditional single-document operation.
   does it with a ``CASE``; FerretDB has no pipeline update). Each of the two is conditional on the document's
   current state, so however requests, redeliveries and late messages interleave, a document never moves back.
 - ``processing.last_request_id`` names the request the document is for; a release undoes only its own request.
+- On FerretDB an update is a read and a write-back (``store/mongo/locking.py``), so the worker's writes of a
+  URL (an attempt, its result or failure) hold the URL's lease and a refresh only tries it: a late message can
+  then not write back an older document over a result. The API's request writes take no lease (a batch would
+  pay a round trip per URL): what one of them overwrites is refetched, since each is followed by a message.
 - Response headers are stored as ``[{"name", "value"}]``: FerretDB stores no array of arrays (the record's
   ``[[name, value]]``).
 """
@@ -57,6 +61,11 @@ def _queued(url: str, request_id: str, now: datetime) -> Document:
         "queued_at": now,
         "processing": {"last_request_id": request_id, "pending": True},
     }
+
+
+def _lease(url: str) -> str:
+    """The URL's lease: the worker's writes hold it, a refresh tries it (``store/mongo/locking.py``)."""
+    return f"page:{url}"
 
 
 def _record(doc: Document) -> PageMetadataRecord:
@@ -159,8 +168,8 @@ class MongoPageMetadataStore:
             conditions.append({"processing.pending": {"$ne": True}, "fetched_at": {"$lt": stale_before}})
         where = {"url": url, "$or": conditions}
         # One refresher at a time (FerretDB's conditional update is no atomic test-and-set): a caller who finds
-        # another refreshing the URL leaves the publish to it.
-        async with wrapped("refreshing a page"), self._leases.try_hold(f"refresh:{url}") as held:
+        # another refreshing the URL, or a worker writing its result, leaves it be.
+        async with wrapped("refreshing a page"), self._leases.try_hold(_lease(url)) as held:
             if not held:
                 return False
             return await _set_status_unless_final(self._pm, where, _requeue(request_id, utcnow()), S.QUEUED)
@@ -186,7 +195,7 @@ class MongoPageMetadataStore:
 
     async def begin_attempt(self, url: str, request_id: str) -> AttemptStart:
         now = utcnow()
-        async with wrapped("starting an attempt"):
+        async with wrapped("starting an attempt"), self._leases.hold(_lease(url)):
             doc = await self._pm.find_one({"url": url}, {"processing": 1, "fetched_at": 1})
             if (
                 doc is not None
@@ -254,7 +263,7 @@ class MongoPageMetadataStore:
         }
         if http_status is not None:
             values["http_status"] = http_status
-        async with wrapped("recording a failure"):
+        async with wrapped("recording a failure"), self._leases.hold(_lease(url)):
             if permanent:
                 values.update({"status": S.FAILED_PERMANENT.value, "fetched_at": now, "processing.pending": False})
                 await self._pm.update_one({"url": url}, {"$set": values})
@@ -264,7 +273,7 @@ class MongoPageMetadataStore:
 
     async def _upsert(self, url: str, values: dict[str, Any], now: datetime) -> None:
         update = {"$set": values, "$setOnInsert": {"created_at": now, "queued_at": now, "attempts": 1}}
-        async with wrapped("storing a page"):
+        async with wrapped("storing a page"), self._leases.hold(_lease(url)):
             try:
                 await self._pm.update_one({"url": url}, update, upsert=True)
             except DuplicateKeyError:  # inserted concurrently: now it exists
