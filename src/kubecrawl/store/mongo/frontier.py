@@ -5,7 +5,7 @@ The SQL frontier holds the crawl's row lock around these steps; here every step 
 single-document update, ordered so that the rules hold however workers interleave on MongoDB. Callers hold the
 crawl's lease (``store/mongo/locking.py``) around them all the same, because FerretDB's updates are not atomic:
 - Page ids are integers, as the contract's (``PageRef.page_id``, ``pages(after_id=…)``): a block is taken from a
-  counter document with one ``$inc``; ids grow in insertion order.
+  counter document with one ``$inc`` (under a lease of its own); ids grow in insertion order.
 - ``scope.maxPages``: ``discovered`` is reserved with a compare-and-set on the crawl before the pages go in; a
   page a concurrent finisher inserted first (unique (crawl_id, url)) gives its reservation back.
 - The window: a slot is taken by ``$inc in_flight`` conditional on ``in_flight < maxConcurrency``, then the
@@ -15,7 +15,8 @@ crawl's lease (``store/mongo/locking.py``) around them all the same, because Fer
   slot is, so when ``in_flight`` is 0 nobody can add a PENDING page any more; whoever then finds none completes
   the crawl with an update conditional on ``in_flight == 0`` and an active state: exactly one caller does.
 What a transaction gave SQL and this does not: a worker killed between two steps of one page (its outcome
-written, its slot not yet given back) leaves the crawl's ``in_flight`` one too high (docs/store.md).
+written, its slot not yet given back) leaves the crawl's ``in_flight`` one too high, until the next caller takes
+its lapsed lease over and recounts (``MongoCrawlStore._repair``; docs/store.md).
 """
 
 from __future__ import annotations
