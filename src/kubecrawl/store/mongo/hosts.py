@@ -28,8 +28,16 @@ def _claim_ended(doc: Document, now: datetime) -> bool:
     if doc["robots_state"] == "PENDING":
         claimed_until = doc.get("robots_claimed_until")
         return claimed_until is None or claimed_until < now
-    expires_at = doc.get("robots_expires_at")
+    expires_at = _expires_at(doc)
     return expires_at is not None and expires_at < now
+
+
+def _expires_at(doc: Document) -> datetime | None:
+    expires_at: datetime | None = doc.get("robots_expires_at")
+    microsecond = doc.get("robots_expires_us")
+    if expires_at is None or microsecond is None:
+        return expires_at
+    return expires_at.replace(microsecond=int(microsecond))
 
 
 class MongoHostStore:
@@ -67,7 +75,7 @@ class MongoHostStore:
                     return True, HostState("PENDING", None)
         if doc is None:  # the crawl was deleted meanwhile
             return False, HostState("PENDING", None)
-        return False, HostState(doc["robots_state"], doc.get("robots_txt"), doc.get("robots_expires_at"))
+        return False, HostState(doc["robots_state"], doc.get("robots_txt"), _expires_at(doc))
 
     async def set_robots(
         self,
@@ -88,6 +96,8 @@ class MongoHostStore:
                         "crawl_delay": crawl_delay,
                         "robots_claimed_until": None,
                         "robots_expires_at": expires_at,
+                        # BSON times hold milliseconds: the rest, so the expiry read back is the one given
+                        "robots_expires_us": None if expires_at is None else expires_at.microsecond,
                     }
                 },
             )
