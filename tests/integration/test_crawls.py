@@ -222,6 +222,7 @@ async def test_a_robots_txt_redirect_loop_counts_as_no_robots_txt(api: ApiHandle
     assert paths(site, pages) == {"/", "/a"}
 
 
+@ON_EVERY_DATABASE
 async def test_a_robots_claim_left_by_a_killed_worker_is_taken_over_and_robots_txt_still_honoured(
     api: ApiHandle, site: Site, settings: Settings
 ) -> None:
@@ -497,6 +498,7 @@ async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored
         assert await stored_copies(url, page_url=page["url"], crawl_id=crawl["id"]) == 1
 
 
+@ON_EVERY_DATABASE
 async def test_a_page_held_by_a_stopped_worker_is_fetched_by_another_after_its_lease_with_lease_expired_recorded(
     api: ApiHandle, site: Site, worker_process
 ) -> None:

@@ -118,6 +118,7 @@ async def test_always_failing_page_is_failed_permanent_after_max_attempts_and_de
     assert "gave up after 3 attempts" in headers["x-kubecrawl-reason"]
 
 
+@ON_EVERY_DATABASE
 async def test_a_record_whose_message_was_lost_is_published_again_by_the_sweep_and_fetched(
     api: ApiHandle, site: Site, settings: Settings
 ) -> None:
