@@ -38,9 +38,19 @@ async def test_migrate_creates_the_indexes_once_and_records_the_schema_version(m
         run = await kubecrawl("migrate", env={"KUBECRAWL_DATABASE_URL": url, "KUBECRAWL_LOG_FORMAT": "json"})
         assert run.code == 0, run.err
     names = {index["name"] async for index in await db.page_metadata.list_indexes()}
-    assert {"url_unique", "created_at", "status", "attempts", "last_error", "processing_last_request_id"} <= names
+    assert {
+        "url_unique",
+        "created_at",
+        "status",
+        "attempts",
+        "last_error",
+        "processing_last_request_id",
+        "lease_until",
+        "status_updated",
+    } <= names
     unique = {index["name"]: index.get("unique", False) async for index in await db.crawl_pages.list_indexes()}
     assert unique["crawl_url_unique"] is True
+    assert "state_lease_until" in unique  # the sweep's FETCHING pages past their lease
     assert (await db.kubecrawl_meta.find_one({"_id": "schema"}) or {}).get("version") == SCHEMA_VERSION
 
 

@@ -50,6 +50,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("attempts", ASCENDING)], name="attempts"),
         IndexModel([("last_error", ASCENDING)], name="last_error"),
         IndexModel([("processing.last_request_id", ASCENDING)], name="processing_last_request_id"),
+        # Every worker's sweep: claims past their lease, and waiting records whose message may be lost.
+        IndexModel([("lease_until", ASCENDING)], name="lease_until"),
+        IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"),
     ],
     "sites": [IndexModel([("namespace", ASCENDING), ("name", ASCENDING)], unique=True, name="namespace_name")],
     # The key is left out of a crawl without one: sparse, so those never collide (FerretDB has no partial index).
@@ -69,6 +72,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("crawl_id", ASCENDING), ("seq", ASCENDING)], name="crawl_seq"),
         IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)], name="state_updated"),
+        IndexModel([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease_until"),
     ],
     "crawl_hosts": [IndexModel([("crawl_id", ASCENDING), ("host", ASCENDING)], unique=True, name="crawl_host_unique")],
     "api_keys": [IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique")],
