@@ -31,7 +31,7 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 from kubecrawl.core.settings import DEFAULT_LEASE
-from kubecrawl.store.contract import LEASE_EXPIRED, FinishResult, PageOutcome, PageRef, PageStart
+from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
 from kubecrawl.store.mongo.database import Database, Document, wrapped
 from kubecrawl.store.mongo.frontier import ACTIVE, MongoFrontier
 from kubecrawl.store.mongo.hosts import MongoHostStore
@@ -323,7 +323,7 @@ class MongoCrawlStore:
         """FETCHING pages whose lease ended before ``now``: QUEUED again (still in the window, the attempt counted)
         with ``lease_expired`` recorded. Under the crawl's lease, as ``finish_page``: whichever comes second finds
         the page no longer FETCHING (or its lease renewed), so each page goes to exactly one caller."""
-        detail = "the worker holding this page did not finish it before its lease ended"
+        detail = LEASE_EXPIRED_PAGE
         expired = {"state": P.FETCHING.value, "lease_until": {"$lt": now}}
         found: list[tuple[str, PageRef]] = []
         async with wrapped("finding expired leases"):

@@ -34,7 +34,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
 from kubecrawl.core.settings import DEFAULT_LEASE
-from kubecrawl.store.contract import LEASE_EXPIRED, AttemptStart, Request
+from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_RECORD, AttemptStart, Request
 from kubecrawl.store.mongo.database import Database, Document, duplicates, wrapped
 from kubecrawl.store.mongo.locking import Leases
 
@@ -284,7 +284,7 @@ class MongoPageMetadataStore:
         """Claims whose lease ended before ``now`` go back to QUEUED with ``lease_expired`` (a stored result keeps
         its status); each is returned to the one sweeper whose conditional update, under the URL's write lease,
         changed it (a URL another sweeper or its worker is writing is left to them)."""
-        detail = "the worker holding this record did not finish it before its lease ended"
+        detail = LEASE_EXPIRED_RECORD
         values: Document = {
             "lease_until": None,
             "last_error": detail,
