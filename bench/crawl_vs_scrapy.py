@@ -13,6 +13,18 @@ process:
     embedded   ``kubecrawl crawl URL`` (SQLite, in-process broker), concurrency 16.
     dist-1     ``kubecrawl api`` + 1 ``kubecrawl worker`` on RabbitMQ + PostgreSQL, maxConcurrency 16.
     dist-2     the same with 2 worker processes.
+    mongo-1    dist-1 on MongoDB: FerretDB on the same PostgreSQL server (``mongodb://``, the MongoDB store).
+    mongo-2    the same with 2 worker processes.
+
+mongo-N / dist-N is what the MongoDB path costs on the same storage engine: FerretDB's translation of the wire
+protocol into SQL plus the MongoDB store's design (a few round trips per page under the crawl's lease, where the
+SQL store group-commits a batch of pages in one call). First figures, 300 pages, the 2-CPU machine shared with
+other work (load 5-6), one run each: dist-1 469 pages/s; mongo-1 5 pages/s, then 9 after the frontier stopped
+asking FerretDB for known URLs with ``$in``. FerretDB itself spent 15.6 CPU seconds (52 ms a page; PostgreSQL
+behind it 9.0, the worker 9.0): FerretDB 1.24 pushes few filters and no sorts down to PostgreSQL and evaluates the
+rest in Go over the documents it reads, so a crawl's "shallowest PENDING page" reads the crawl's pages; and each
+page waits for the crawl's lease (store/mongo/locking.py), which only FerretDB's non-atomic updates make
+necessary. On MongoDB neither applies; it is not measured here (no MongoDB server installs on these machines).
 
 Every crawler finds the pages through links (no sitemap) and must fetch all of them; a run that does not is
 reported as incomplete. Rates are pages fetched / crawl duration (the crawler's own start → finish, without
@@ -23,7 +35,7 @@ Targets (issue #4): embedded ≥ 4 × Scrapy and ≥ 0.4 × raw; dist-1 ≥ 1.5 
 
     .venv/bin/pip install -e '.[bench]'          # Scrapy
     apt-get install -y nginx-light               # or nginx
-    .venv/bin/python bench/crawl_vs_scrapy.py [--pages 2000] [--only raw,scrapy,embedded,dist-1,dist-2] [--rounds 3]
+    .venv/bin/python bench/crawl_vs_scrapy.py [--pages 2000] [--only raw,scrapy,embedded,dist-1,dist-2,mongo-1] [--rounds 3]
 
 Figures are printed and written to ``bench/results/crawl-<timestamp>.json``. This VM's figures move by a quarter
 from run to run; with ``--rounds N`` everything runs N times, in turn, and each ratio is the median of the
@@ -62,7 +74,7 @@ WORDS = [
     *("robots", "sitemap", "canonical", "cluster", "replica", "deployment", "cronjob", "latency", "page"),
     *("throughput", "source", "header", "cookie", "redirect", "charset"),
 ]
-ALL_RUNS = ("raw", "raw-uvloop", "scrapy", "embedded", "dist-1", "dist-2")
+ALL_RUNS = ("raw", "raw-uvloop", "scrapy", "embedded", "dist-1", "dist-2", "mongo-1", "mongo-2")
 
 
 # --- the site ---------------------------------------------------------------------------------------------------
@@ -342,10 +354,12 @@ def run_distributed(
     rabbit, postgres = services["rabbit"], services["postgres"]
     vhost, database = f"bench-{workers}-{tag}", f"bench_{workers}_{tag}"
     rabbit.add_vhost(vhost)
-    postgres.create_database(database)
+    # mongo-N: a database of the FerretDB in front of the same PostgreSQL.
+    ferret = services.get("ferretdb")
+    database_url = ferret.url(database) if ferret is not None else postgres.create_database(database)
     env = dict(
         os.environ,
-        KUBECRAWL_DATABASE_URL=postgres.url(database),
+        KUBECRAWL_DATABASE_URL=database_url,
         KUBECRAWL_RABBITMQ_URL=rabbit.url(vhost),
         KUBECRAWL_ALLOW_PRIVATE_TARGETS="true",
         KUBECRAWL_LOG_FORMAT="json",
@@ -431,6 +445,28 @@ def wait_consumers(rabbit: Any, vhost: str, workers: int) -> None:
 # --- orchestration ---------------------------------------------------------------------------------------------
 
 
+def distributed_services(name: str, services: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The servers a distributed run uses, started the first time one needs them: RabbitMQ and PostgreSQL, and for
+    mongo-N FerretDB storing in that PostgreSQL."""
+    from tests.support.ferretdb import FerretServer
+    from tests.support.servers import PostgresServer, RabbitServer
+
+    if "rabbit" not in services:
+        print("  starting RabbitMQ and PostgreSQL …", flush=True)
+        services["rabbit"] = RabbitServer(work / "rabbitmq")
+        services["postgres"] = PostgresServer(work / "postgres")
+        services["rabbit"].start()
+        services["postgres"].start()
+    if not name.startswith("mongo"):
+        return {key: value for key, value in services.items() if key != "ferretdb"}
+    if "ferretdb" not in services:
+        print("  starting FerretDB on PostgreSQL …", flush=True)
+        storage = services["postgres"].create_database("ferretdb").replace("+asyncpg", "")
+        services["ferretdb"] = FerretServer(work / "ferretdb", postgresql_url=storage)
+        services["ferretdb"].start()
+    return services
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=2000)
@@ -445,7 +481,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown runs: {sorted(unknown)}")
 
-    from tests.support.servers import PostgresServer, RabbitServer, free_port
+    from tests.support.servers import free_port
 
     work = Path(tempfile.mkdtemp(prefix="kubecrawl-crawlbench-"))
     work.chmod(0o755)  # nginx's worker runs as an unprivileged user and must read the site
@@ -470,13 +506,9 @@ def main() -> None:
                 elif name == "embedded":
                     results[name] = run_embedded(base_url, args.pages, work, str(round_))
                 else:
-                    if not services:
-                        print("  starting RabbitMQ and PostgreSQL …", flush=True)
-                        services["rabbit"] = RabbitServer(work / "rabbitmq")
-                        services["postgres"] = PostgresServer(work / "postgres")
-                        services["rabbit"].start()
-                        services["postgres"].start()
-                    results[name] = run_distributed(base_url, args.pages, int(name[-1]), work, services, str(round_))
+                    tag = f"{name[:1]}{round_}"
+                    dist = distributed_services(name, services, work)
+                    results[name] = run_distributed(base_url, args.pages, int(name[-1]), work, dist, tag)
                 result = results[name]
                 result["rate"] = result["pages"] / result["seconds"]
                 print(
@@ -485,7 +517,7 @@ def main() -> None:
     finally:
         nginx.terminate()
         nginx.wait(10)
-        for server in services.values():
+        for server in reversed(services.values()):  # FerretDB before the PostgreSQL it stores in
             server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -521,6 +553,9 @@ def report(rounds: list[dict[str, dict[str, Any]]], pages: int) -> None:
         ("embedded / raw-uvloop", "embedded", "raw-uvloop", None),
         ("dist-1 / scrapy", "dist-1", "scrapy", 1.5),
         ("dist-2 / dist-1", "dist-2", "dist-1", 1.3),
+        # The MongoDB store on FerretDB on the same PostgreSQL: what the MongoDB path costs (no target).
+        ("mongo-1 / dist-1", "mongo-1", "dist-1", None),
+        ("mongo-2 / dist-2", "mongo-2", "dist-2", None),
     ]
     print()
     for label, top, bottom, target in checks:

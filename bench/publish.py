@@ -6,6 +6,13 @@
         202 without a database or a publish, served by uvicorn exactly as ``kubecrawl api`` serves (one
         process, uvloop, httptools): the HTTP ceiling.
     (c) ``kubecrawl api`` POST /metadata: store upsert in PostgreSQL + confirmed publish to RabbitMQ.
+    (d) the same on MongoDB: FerretDB on that PostgreSQL server (``mongodb://``; the MongoDB store).
+    (e) the same on MongoDB: FerretDB on SQLite (what the tests run on).
+    (d) / (c) is what the MongoDB path costs on the same storage engine: FerretDB's translation of the wire
+    protocol into SQL plus the MongoDB store's design (a batch is one bulk write; FerretDB runs it as one
+    update per document). ``--no-mongodb`` skips (d) and (e). First figures (3 s phases, 32 connections, the
+    httpx generator, load 6 on 2 CPUs: rates depressed, compare ratios): (c) 603/s, (d) 462/s (0.77 of (c)),
+    (e) 47/s (0.08: FerretDB's SQLite backend writes one document at a time under SQLite's single writer).
 
 (b) and (c) get the same load: 64 connections from one load generator in another process — ``wrk`` when it
 is installed (Debian: ``apt-get install wrk``; C, so it leaves the CPU to the server), else an async httpx
@@ -327,6 +334,60 @@ def measure_http(name: str, url: str, args: argparse.Namespace, generator: str) 
     return generate_load(url, args.seconds, args.concurrency, generator, prefix)
 
 
+def measure_mongodb(
+    args: argparse.Namespace,
+    generator: str,
+    base: Path,
+    rabbit: Any,
+    postgres: Any,
+    env: dict[str, str],
+    procs: list[subprocess.Popen[bytes]],
+) -> dict[str, dict[str, Any]]:
+    """(d) and (e): ``kubecrawl api`` on FerretDB, on PostgreSQL then on SQLite, each on a fresh vhost."""
+    from tests.support.ferretdb import FerretServer
+    from tests.support.servers import free_port
+
+    results: dict[str, dict[str, Any]] = {}
+    postgres.create_database("ferretdb")
+    backends = {
+        "(d) kubecrawl api on FerretDB on PostgreSQL": postgres.url("ferretdb").replace("+asyncpg", ""),
+        "(e) kubecrawl api on FerretDB on SQLite": None,
+    }
+    for label, storage in backends.items():
+        name = "pg" if storage else "sqlite"
+        ferret = FerretServer(base / f"ferretdb-{name}", postgresql_url=storage)
+        ferret.start()
+        try:
+            vhost = f"bench-mongo-{name}"
+            rabbit.add_vhost(vhost)
+            url = ferret.url("kubecrawl")
+            menv = dict(env, KUBECRAWL_DATABASE_URL=url, KUBECRAWL_RABBITMQ_URL=rabbit.url(vhost))
+            subprocess.run([str(KUBECRAWL), "migrate"], env=menv, check=True, capture_output=True, timeout=120)
+            print(f"{label}, {generator}, {args.concurrency} connections …", flush=True)
+            port = free_port()
+            cmd = [str(KUBECRAWL), "api", "--host", "127.0.0.1", "--port", str(port)]
+            api = start_server(cmd, menv, port, base / f"api-{name}.log")
+            procs.append(api)
+            result = measure_http(f"api-{name}", f"http://127.0.0.1:{port}/metadata", args, generator)
+            stop(api)
+            result["messages_queued"] = asyncio.run(queue_depth(rabbit.url(vhost), "kubecrawl.metadata"))
+            result["rows"] = asyncio.run(count_documents(url))
+            results[label] = result
+        finally:
+            ferret.stop()
+    return results
+
+
+async def count_documents(url: str) -> int:
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    try:
+        return await client.get_default_database().page_metadata.count_documents({})
+    finally:
+        await client.close()
+
+
 def show(label: str, result: dict[str, Any]) -> None:
     extra = ""
     if result.get("non_2xx") or result.get("socket_errors"):
@@ -343,6 +404,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="in-flight publishes / open connections")
     parser.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' data and logs")
+    parser.add_argument("--no-mongodb", action="store_true", help="skip (d) and (e), the MongoDB variants")
     args = parser.parse_args()
     generator = args.generator
     if generator == "auto":
@@ -393,6 +455,9 @@ def main() -> None:
         stop(api)
         queued = asyncio.run(queue_depth(rabbit.url("bench-api"), "kubecrawl.metadata"))
         rows = count_rows(postgres)
+        mongodb: dict[str, dict[str, Any]] = {}
+        if not args.no_mongodb:
+            mongodb = measure_mongodb(args, generator, base, rabbit, postgres, env, procs)
     finally:
         for proc in procs:
             stop(proc)
@@ -409,6 +474,12 @@ def main() -> None:
     print(f"\n  ratio (c) / min(a, b) = {ratio:.2f}   (target ≥ 0.5)")
     # Every 202 is one row and one confirmed message (warm-up included): a mismatch would be a lost request.
     print(f"  (c) answered 202 and left {rows} database rows and {queued} messages in kubecrawl.metadata")
+    for label, result in mongodb.items():
+        show(label, result)
+        print(
+            f"      / (c) = {result['rate'] / product['rate']:.2f}; left {result['rows']} documents and "
+            f"{result['messages_queued']} messages"
+        )
     load_after = os.getloadavg()[0]
     cpus = os.cpu_count() or 1
     if generator == "httpx":
@@ -436,6 +507,7 @@ def main() -> None:
                 "raw_aio_pika": raw,
                 "trivial_fastapi": ceiling,
                 "kubecrawl_api": {**product, "messages_queued": queued, "rows": rows},
+                "kubecrawl_api_mongodb": mongodb,
                 "ratio": ratio,
                 "target_ratio": 0.5,
             },

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ferretdb import FerretServer
 from tests.support.servers import PostgresServer, RabbitServer
 
 
@@ -21,6 +22,15 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     server = PostgresServer(Path(tmp_path_factory.mktemp("postgres")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretServer]:
+    """The tests' MongoDB: FerretDB on SQLite (tests/support/ferretdb.py)."""
+    server = FerretServer(Path(tmp_path_factory.mktemp("ferretdb")))
     server.start()
     yield server
     server.stop()

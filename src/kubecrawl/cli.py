@@ -189,10 +189,10 @@ def api(
     Publishes to RabbitMQ and reads and writes the database (KUBECRAWL_RABBITMQ_URL, KUBECRAWL_DATABASE_URL)."""
     from kubecrawl.api.app import create_app
     from kubecrawl.broker.publishing import RabbitPublisher
-    from kubecrawl.store.database import create_engine
+    from kubecrawl.store.opening import open_database
 
     settings = _settings("api")
-    engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
+    database = open_database(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
     publisher = RabbitPublisher(
         settings.rabbitmq_url.get_secret_value(),
         settings.publisher,
@@ -200,7 +200,7 @@ def api(
         pages_max_length=settings.pages_queue_max_length,
         connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher",
     )
-    _serve(create_app(settings, publisher=publisher, engine=engine), host, port)
+    _serve(create_app(settings, publisher=publisher, database=database), host, port)
 
 
 @app.command()
@@ -229,15 +229,15 @@ def worker(
 
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
-    """Create or upgrade the database tables.
+    """Create or upgrade the database tables (MongoDB: the indexes).
 
     Applies the migrations to KUBECRAWL_DATABASE_URL; exits 3 when the database cannot be reached."""
-    from kubecrawl.store.migrating import upgrade
+    from kubecrawl.store.opening import migrate as migrate_database
 
     settings = _settings("migrate")
     with _expected_failures(json_logs=settings.log_format == "json", os_errors=ExitCode.DATABASE):
-        upgrade(settings.database_url.get_secret_value(), revision)
-    log.info("migrations_applied", revision=revision)
+        reached = migrate_database(settings.database_url.get_secret_value(), revision)
+    log.info("migrations_applied", revision=reached)
 
 
 @app.command()
@@ -274,7 +274,9 @@ def standalone(
 
     async def main() -> None:
         async with embedded_runtime(settings) as runtime:
-            fastapi_app = create_app(settings, publisher=runtime.broker, engine=runtime.engine, manage_lifecycle=False)
+            fastapi_app = create_app(
+                settings, publisher=runtime.broker, database=runtime.database, manage_lifecycle=False
+            )
             config = uvicorn.Config(fastapi_app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
             scheduler = Scheduler(runtime.stores.sites, runtime.stores.crawls, runtime.broker)
             await scheduler.register(site_files)

@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from kubecrawl.broker.memory import MemoryBroker
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.errors import KubecrawlError
@@ -26,7 +24,7 @@ from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.contract import Stores
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade_async
-from kubecrawl.store.opening import sql_stores
+from kubecrawl.store.opening import SqlDatabase
 from kubecrawl.triggers import start_crawl
 from kubecrawl.worker.runtime import queue_handlers
 
@@ -40,7 +38,7 @@ _PROGRESS_SECONDS = 0.2
 @dataclass(slots=True)
 class Embedded:
     settings: Settings
-    engine: AsyncEngine
+    database: SqlDatabase
     stores: Stores
     broker: MemoryBroker
 
@@ -58,8 +56,8 @@ async def embedded_runtime(
     ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``)."""
     url = settings.database_url.get_secret_value()
     await upgrade_async(url)
-    engine = create_engine(url)
-    stores = sql_stores(engine, lease=settings.lease())
+    database = SqlDatabase(create_engine(url), lease=settings.lease())
+    stores = database.stores
     broker = MemoryBroker(
         max_lengths={
             METADATA_QUEUE: settings.metadata_queue_max_length,
@@ -71,10 +69,10 @@ async def embedded_runtime(
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
             await broker.start_consuming(queue_handlers(settings, stores, fetcher, broker, on_page=on_page))
-            yield Embedded(settings=settings, engine=engine, stores=stores, broker=broker)
+            yield Embedded(settings=settings, database=database, stores=stores, broker=broker)
     finally:
         await broker.close()
-        await engine.dispose()
+        await database.close()
 
 
 def cli_site_name(url: str) -> str:

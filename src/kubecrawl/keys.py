@@ -16,21 +16,21 @@ import typer
 
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import create_engine
-from kubecrawl.store.keys import SCOPES, KeyStore
+from kubecrawl.store.apikeys import SCOPES, ApiKeyStore
+from kubecrawl.store.opening import open_database
 
 app = typer.Typer(no_args_is_help=True, help="API keys (docs/security.md).")
 T = TypeVar("T")
 _NAME = r"^[a-z0-9]([-a-z0-9._]{0,62}[a-z0-9])?$"
 
 
-def _with_store(work: Callable[[KeyStore], Awaitable[T]]) -> T:
+def _with_store(work: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
     async def main() -> T:
-        engine = create_engine(Settings().database_url.get_secret_value())
+        database = open_database(Settings().database_url.get_secret_value())
         try:
-            return await work(KeyStore(engine))
+            return await work(database.keys)
         finally:
-            await engine.dispose()
+            await database.close()
 
     try:
         return asyncio.run(main())

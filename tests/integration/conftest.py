@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from kubecrawl.api.app import create_app
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.settings import PublisherSettings, RetrySettings, Settings
-from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import upgrade
+from kubecrawl.store.opening import migrate, open_database
 from tests.support.guarded import allowed_site, guarded_settings, guarded_worker  # noqa: F401 - fixtures
 from tests.support.servers import PostgresServer, RabbitServer, wait_for
 from tests.support.sites import Site
@@ -36,7 +36,13 @@ def migrated_template(postgres: PostgresServer) -> str:
 
 
 @pytest.fixture
-def database_url(postgres: PostgresServer, migrated_template: str) -> str:
+def database_url(request: pytest.FixtureRequest, postgres: PostgresServer, migrated_template: str) -> str:
+    """A fresh, migrated PostgreSQL database; or, for a test parametrised with ``ON_EVERY_DATABASE``
+    (tests/support/stores.py), a fresh MongoDB database on the session's FerretDB, migrated the same way."""
+    if getattr(request, "param", "postgresql") == "mongodb":
+        url = request.getfixturevalue("ferretdb").database()
+        migrate(url)
+        return url
     name = "t_" + uuid.uuid4().hex[:12]
     return postgres.create_database(name, template=migrated_template)
 
@@ -96,14 +102,14 @@ class ApiHandle:
 @contextlib.asynccontextmanager
 async def running_api(settings: Settings) -> AsyncIterator[ApiHandle]:
     """The API app with its real publisher and database, started and stopped like a process would."""
-    engine = create_engine(settings.database_url.get_secret_value())
+    database = open_database(settings.database_url.get_secret_value())
     publisher = RabbitPublisher(
         settings.rabbitmq_url.get_secret_value(),
         settings.publisher,
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
     )
-    app = create_app(settings, publisher=publisher, engine=engine)
+    app = create_app(settings, publisher=publisher, database=database)
     async with (
         LifespanManager(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client,

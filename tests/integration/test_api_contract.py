@@ -17,6 +17,7 @@ from kubecrawl.core.settings import Settings
 from tests.integration.conftest import ApiHandle
 from tests.support.servers import RabbitServer
 from tests.support.sites import Site
+from tests.support.stores import ON_EVERY_DATABASE
 
 
 async def test_post_metadata_answers_202_queued_with_request_id_and_publishes_persistently(
@@ -114,6 +115,7 @@ async def test_get_metadata_without_url_answers_400(api: ApiHandle) -> None:
     assert (blank.status_code, blank.json()["code"]) == (400, "empty_url")
 
 
+@ON_EVERY_DATABASE
 async def test_health_live_is_200_and_ready_is_200_with_broker_and_database(api: ApiHandle) -> None:
     assert (await api.client.get("/health/live")).status_code == 200
     ready = await api.client.get("/health/ready")
@@ -172,7 +174,7 @@ async def test_unexpected_error_answers_500_with_a_code_and_logs_the_traceback(
 
 async def _rows(api: ApiHandle) -> dict[str, tuple[str, str]]:
     """url → (status, last_request_id) of every page_metadata row."""
-    async with api.app.state.engine.connect() as conn:
+    async with api.app.state.database.engine.connect() as conn:
         result = await conn.execute(text("SELECT url, status, last_request_id FROM page_metadata"))
         return {row.url: (row.status, row.last_request_id) for row in result}
 
@@ -228,7 +230,7 @@ async def test_releasing_leaves_a_row_to_the_request_that_owns_it(api: ApiHandle
 async def test_database_failure_during_a_batch_answers_503_database_unavailable_to_all_and_publishes_nothing(
     api: ApiHandle, rabbit: RabbitServer, vhost: str
 ) -> None:
-    async with api.app.state.engine.begin() as conn:
+    async with api.app.state.database.engine.begin() as conn:
         await conn.exec_driver_sql(
             "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$"
@@ -245,7 +247,7 @@ async def test_database_failure_during_a_batch_answers_503_database_unavailable_
     assert {r.headers["retry-after"] for r in responses} == {"1"}
     assert _queued_messages(rabbit, vhost) == []
     assert await _rows(api) == {}
-    async with api.app.state.engine.begin() as conn:
+    async with api.app.state.database.engine.begin() as conn:
         await conn.exec_driver_sql("DROP TRIGGER refuse_writes ON page_metadata")
     after = await api.client.post("/metadata", json={"url": "https://example.com/after-refusal"})
     assert after.status_code == 202
@@ -303,14 +305,16 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
     from kubecrawl.embedded import sqlite_url
     from kubecrawl.store.database import create_engine
     from kubecrawl.store.migrating import upgrade_async
+    from kubecrawl.store.opening import SqlDatabase
 
     url = sqlite_url(tmp_path / "embedded.db")
     await upgrade_async(url)
-    engine = create_engine(url)
+    database = SqlDatabase(create_engine(url))
+    engine = database.engine
     broker = MemoryBroker(max_lengths={"kubecrawl.metadata": 25, "kubecrawl.pages": 10}, concurrency=1)
     await broker.start()
     settings = Settings(database_url=url)  # type: ignore[arg-type]
-    app = create_app(settings, publisher=broker, engine=engine, manage_lifecycle=False)
+    app = create_app(settings, publisher=broker, database=database, manage_lifecycle=False)
     try:
         async with (
             LifespanManager(app),
@@ -335,6 +339,41 @@ async def test_embedded_default_sqlite_and_in_process_broker_take_concurrent_pos
 
 
 # --- readiness and GET /metadata?max_age= -----------------------------------------------------------------------
+
+
+@ON_EVERY_DATABASE
+async def test_ready_is_503_database_unavailable_and_logged_when_the_database_does_not_answer(
+    api: ApiHandle, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubecrawl.core.backoff import Backoff
+    from kubecrawl.core.errors import StoreUnavailable
+    from kubecrawl.store.connection import DatabaseConnection, DatabaseState
+    from kubecrawl.store.opening import database_kind, open_database
+
+    # Nothing listens on port 1: the state machine over that handle's ping fails its one try.
+    unreachable = open_database(
+        "mongodb://127.0.0.1:1/kubecrawl"
+        if database_kind(settings.database_url.get_secret_value()) == "mongodb"
+        else "postgresql+asyncpg://kubecrawl@127.0.0.1:1/kubecrawl"
+    )
+    connection = DatabaseConnection(
+        unreachable.ping, backoff=Backoff(initial=0.01, multiplier=1.0, maximum=0.01, attempts=1), check_interval=1
+    )
+    try:
+        with pytest.raises(StoreUnavailable):
+            await connection.connect()
+        assert connection.state is DatabaseState.DISCONNECTED
+        monkeypatch.setattr(api.app.state, "connection", connection)
+        with capture_logs() as logs:
+            ready = await api.client.get("/health/ready")
+    finally:
+        await connection.close()
+        await unreachable.close()
+    assert ready.status_code == 503
+    assert ready.json()["reason"] == "database_unavailable"
+    [line] = [entry for entry in logs if entry["event"] == "readiness_failed"]
+    assert line["reason"] == "database_unavailable"
+    assert (await api.client.get("/health/live")).status_code == 200
 
 
 async def _completed(api: ApiHandle, url: str) -> None:

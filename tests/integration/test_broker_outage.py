@@ -52,13 +52,13 @@ async def test_full_queue_answers_503_queue_rejected(rabbit: RabbitServer, vhost
 
     from kubecrawl.api.app import create_app
     from kubecrawl.broker.publishing import RabbitPublisher
-    from kubecrawl.store.database import create_engine
+    from kubecrawl.store.opening import open_database
 
     small = settings.model_copy(update={"metadata_queue_max_length": 2})
     publisher = RabbitPublisher(
         small.rabbitmq_url.get_secret_value(), small.publisher, metadata_max_length=2, pages_max_length=10
     )
-    app = create_app(small, publisher=publisher, engine=create_engine(small.database_url.get_secret_value()))
+    app = create_app(small, publisher=publisher, database=open_database(small.database_url.get_secret_value()))
     async with (
         LifespanManager(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client,
@@ -91,14 +91,15 @@ async def test_concurrent_posts_beyond_a_full_queue_are_rejected_and_their_recor
 
     from kubecrawl.api.app import create_app
     from kubecrawl.broker.publishing import RabbitPublisher
-    from kubecrawl.store.database import create_engine
+    from kubecrawl.store.opening import open_database
 
     small = settings.model_copy(update={"metadata_queue_max_length": 3})
     publisher = RabbitPublisher(
         small.rabbitmq_url.get_secret_value(), small.publisher, metadata_max_length=3, pages_max_length=10
     )
-    engine = create_engine(small.database_url.get_secret_value())
-    app = create_app(small, publisher=publisher, engine=engine)
+    database = open_database(small.database_url.get_secret_value())
+    engine = database.engine
+    app = create_app(small, publisher=publisher, database=database)
     async with (
         LifespanManager(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client,

@@ -14,17 +14,15 @@ from typing import Any
 import aio_pika
 import httpx
 from aiohttp import web
-from sqlalchemy import func, select
 
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.urls import url_host
-from kubecrawl.store.database import create_engine
-from kubecrawl.store.opening import sql_stores
-from kubecrawl.store.schema import crawl_pages
+from kubecrawl.store.opening import open_database
 from tests.integration.conftest import ApiHandle, running_api
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 from tests.support.sites import Page, Site
+from tests.support.stores import ON_EVERY_DATABASE, stored_copies
 
 
 def links(*paths: str) -> str:
@@ -89,6 +87,7 @@ def paths(site: Site, pages: list[dict[str, Any]], state: str = "DONE") -> set[s
     return {p["url"].removeprefix(site.base) for p in pages if p["state"] == state}
 
 
+@ON_EVERY_DATABASE
 async def test_crawl_follows_in_scope_links_to_max_depth_and_completes(
     api: ApiHandle, site: Site, worker: None
 ) -> None:
@@ -155,6 +154,7 @@ async def test_nofollow_meta_and_header_are_recorded_and_links_not_followed(
     assert by_path["/header"]["noindex"] is False
 
 
+@ON_EVERY_DATABASE
 async def test_max_concurrency_holds_across_two_worker_processes(api: ApiHandle, site: Site, worker_process) -> None:
     site.delay = 0.3
     site.html("/", body=links(*(f"/p{i}" for i in range(12))))
@@ -222,6 +222,7 @@ async def test_a_robots_txt_redirect_loop_counts_as_no_robots_txt(api: ApiHandle
     assert paths(site, pages) == {"/", "/a"}
 
 
+@ON_EVERY_DATABASE
 async def test_a_robots_claim_left_by_a_killed_worker_is_taken_over_and_robots_txt_still_honoured(
     api: ApiHandle, site: Site, settings: Settings
 ) -> None:
@@ -231,13 +232,13 @@ async def test_a_robots_claim_left_by_a_killed_worker_is_taken_over_and_robots_t
     site.html("/private")
     await put_site(api.client, "orphan", {"url": site.url("/")})
     crawl = await trigger(api.client, "orphan")  # no worker yet: the seed waits in the queue
-    engine = create_engine(settings.database_url.get_secret_value())
+    database = open_database(settings.database_url.get_secret_value())
     try:  # a worker claims the host's robots.txt and is killed before it stores any result
-        claimed, _ = await sql_stores(engine).crawls.hosts.claim_robots(
+        claimed, _ = await database.stores.crawls.hosts.claim_robots(
             crawl["id"], url_host(site.url("/")), lease=timedelta(seconds=1)
         )
     finally:
-        await engine.dispose()
+        await database.close()
     assert claimed
     done = await crawl_with_worker(api.client, settings, crawl["id"])
     pages = await all_pages(api.client, crawl["id"])
@@ -407,6 +408,7 @@ async def queued_messages(rabbit: RabbitServer, vhost: str, queue: str) -> int:
         return int(declared.declaration_result.message_count or 0)
 
 
+@ON_EVERY_DATABASE
 async def test_events_stream_progress_and_the_final_event_then_resume_without_gaps(
     api: ApiHandle, site: Site, worker: None
 ) -> None:
@@ -462,6 +464,7 @@ async def read_events(
     return events
 
 
+@ON_EVERY_DATABASE
 async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored_once(
     api: ApiHandle, site: Site, worker_process, settings: Settings
 ) -> None:
@@ -490,21 +493,12 @@ async def test_worker_killed_mid_crawl_page_is_redelivered_and_every_page_stored
     pages = await all_pages(api.client, crawl["id"])
     assert paths(site, pages) == {"/", "/held", "/a", "/b"}
     assert {p["url"]: p["attempts"] for p in pages}[site.url("/held")] == 2
-    engine = create_engine(settings.database_url.get_secret_value())
-    try:
-        async with engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(crawl_pages.c.url, func.count())
-                    .where(crawl_pages.c.crawl_id == crawl["id"])
-                    .group_by(crawl_pages.c.url)
-                )
-            ).all()
-    finally:
-        await engine.dispose()
-    assert all(count == 1 for _, count in rows)
+    url = settings.database_url.get_secret_value()
+    for page in pages:
+        assert await stored_copies(url, page_url=page["url"], crawl_id=crawl["id"]) == 1
 
 
+@ON_EVERY_DATABASE
 async def test_a_page_held_by_a_stopped_worker_is_fetched_by_another_after_its_lease_with_lease_expired_recorded(
     api: ApiHandle, site: Site, worker_process
 ) -> None:

@@ -1,4 +1,5 @@
-"""Worker behaviour end to end: API → RabbitMQ → worker → PostgreSQL → API, on a local site."""
+"""Worker behaviour end to end: API → RabbitMQ → worker → PostgreSQL → API, on a local site (the metadata
+pipeline and a killed worker also on MongoDB: ``ON_EVERY_DATABASE``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from typing import Any
 
 import httpx
 from aiohttp import web
-from sqlalchemy import func, select
 
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.database import create_engine
-from kubecrawl.store.schema import page_metadata
 from tests.integration.conftest import ApiHandle
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 from tests.support.sites import Page, Site
+from tests.support.stores import ON_EVERY_DATABASE, stored_copies
 
 RICH_HEAD = (
     "<meta name='description' content='A page about things'>"
@@ -38,19 +37,14 @@ async def wait_final(client: httpx.AsyncClient, url: str, timeout: float = 30) -
 
 
 async def count_rows(settings: Settings, url: str) -> int:
-    engine = create_engine(settings.database_url.get_secret_value())
-    try:
-        async with engine.connect() as conn:
-            stmt = select(func.count()).select_from(page_metadata).where(page_metadata.c.url == url)
-            return int((await conn.execute(stmt)).scalar_one())
-    finally:
-        await engine.dispose()
+    return await stored_copies(settings.database_url.get_secret_value(), page_url=url)
 
 
 def dead_letters(rabbit: RabbitServer, vhost: str) -> list[dict[str, object]]:
     return rabbit.peek(vhost, "kubecrawl.dead")
 
 
+@ON_EVERY_DATABASE
 async def test_post_then_get_returns_the_fetched_metadata(api: ApiHandle, site: Site, worker: None) -> None:
     site.pages["/page"] = Page(
         f"<html lang='de'><head><title>Hello</title>{RICH_HEAD}</head><body>hi</body></html>",
@@ -86,6 +80,7 @@ async def test_post_then_get_returns_the_fetched_metadata(api: ApiHandle, site: 
     assert record["stale"] is False
 
 
+@ON_EVERY_DATABASE
 async def test_get_with_max_age_serves_stale_record_and_requeues_it_once(
     api: ApiHandle, site: Site, worker: None
 ) -> None:
@@ -123,6 +118,7 @@ async def test_always_failing_page_is_failed_permanent_after_max_attempts_and_de
     assert "gave up after 3 attempts" in headers["x-kubecrawl-reason"]
 
 
+@ON_EVERY_DATABASE
 async def test_a_record_whose_message_was_lost_is_published_again_by_the_sweep_and_fetched(
     api: ApiHandle, site: Site, settings: Settings
 ) -> None:
@@ -253,6 +249,7 @@ async def test_worker_sigterm_gives_back_what_outlasts_the_drain_timeout_and_exi
     assert await count_rows(settings, url) == 1
 
 
+@ON_EVERY_DATABASE
 async def test_worker_killed_mid_message_is_redelivered_and_stored_once_with_attempts(
     api: ApiHandle, site: Site, worker_process, settings: Settings
 ) -> None:

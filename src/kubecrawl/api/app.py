@@ -1,7 +1,8 @@
 """The FastAPI application factory.
 
-``create_app`` receives its settings, publisher and engine (built in ``main()``), so the same app runs on
-RabbitMQ + PostgreSQL in production and on the in-process broker + SQLite in the embedded default.
+``create_app`` receives its settings, publisher and database (built in ``main()``; ``store/opening.py``), so the
+same app runs on RabbitMQ + PostgreSQL (or MongoDB) in production and on the in-process broker + SQLite in the
+embedded default.
 Start-up fails fast: the database and the broker are awaited with backoff, then the process exits non-zero.
 """
 
@@ -14,7 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl import __version__
 from kubecrawl.api import documenting, errors
@@ -29,9 +29,7 @@ from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.connection import DatabaseConnection
-from kubecrawl.store.database import create_engine
-from kubecrawl.store.keys import KeyStore
-from kubecrawl.store.opening import sql_stores
+from kubecrawl.store.opening import MongoDatabase, SqlDatabase, open_database
 
 log = get_logger(__name__)
 
@@ -49,19 +47,19 @@ def framework_options() -> dict[str, Any]:
 
 
 def create_app(
-    settings: Settings, *, publisher: Publisher, engine: AsyncEngine, manage_lifecycle: bool = True
+    settings: Settings, *, publisher: Publisher, database: SqlDatabase | MongoDatabase, manage_lifecycle: bool = True
 ) -> FastAPI:
-    """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the engine."""
+    """Build the app. With ``manage_lifecycle`` the app starts and closes the publisher and the database."""
     kubernetes_auth = "kubernetes" in settings.auth
 
     # The database's connection state (readiness reads it); its watch runs while the app does.
-    database = DatabaseConnection(
-        engine, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
+    connection = DatabaseConnection(
+        database.ping, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await database.connect()
+        await connection.connect()
         if manage_lifecycle:
             await publisher.start()
         if kubernetes_auth:  # in a cluster its ServiceAccount, else KUBECONFIG; fails the start-up without either
@@ -81,10 +79,10 @@ def create_app(
             gc.unfreeze()  # a process that starts apps again (tests) collects the old ones
             if kubernetes_auth:
                 await app.state.reviews.aclose()
-            await database.close()
+            await connection.close()
             if manage_lifecycle:
                 await publisher.close()
-                await engine.dispose()
+                await database.close()
             log.info("api_stopped")
 
     app = FastAPI(
@@ -97,9 +95,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.publisher = publisher
-    app.state.engine = engine
     app.state.database = database
-    stores = sql_stores(engine)
+    app.state.connection = connection
+    stores = database.stores
     app.state.pages = stores.pages
     app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)
     app.state.sites = stores.sites
@@ -112,7 +110,7 @@ def create_app(
     if settings.auth != "none":  # outside the body limit: strangers are answered before any body is read
         app.add_middleware(
             AuthMiddleware,
-            keys=KeyStore(engine) if "api_keys" in settings.auth else None,
+            keys=database.keys if "api_keys" in settings.auth else None,
             kubernetes=kubernetes_auth,
             limiter=RateLimiter(rate=settings.auth_rate_limit_per_second, burst=settings.auth_rate_limit_burst)
             if settings.auth_rate_limit_per_second > 0
@@ -139,5 +137,5 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
     )
-    app = create_app(settings, publisher=publisher, engine=create_engine(settings.database_url.get_secret_value()))
+    app = create_app(settings, publisher=publisher, database=open_database(settings.database_url.get_secret_value()))
     return app.openapi()

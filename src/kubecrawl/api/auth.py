@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kubecrawl.api.access import READ_CRAWLS, Access, crawl_access, request_access
 from kubecrawl.api.caching import TtlCache
 from kubecrawl.api.reviews import KubernetesReviews, KubernetesUser, ReviewUnavailable
-from kubecrawl.store.keys import KeyStore
+from kubecrawl.store.apikeys import ApiKeyStore
 
 _IMPLIED = {"read": {"read"}, "write": {"read", "write"}, "admin": {"read", "write", "admin"}}
 # Verified keys remembered at most: far more than the keys anyone makes; refused keys are never remembered.
@@ -127,7 +127,7 @@ class AuthMiddleware:
         self,
         app: ASGIApp,
         *,
-        keys: KeyStore | None,
+        keys: ApiKeyStore | None,
         kubernetes: bool,
         cache_seconds: float,
         metrics_public: bool,
@@ -182,7 +182,7 @@ class AuthMiddleware:
             return None if user is None else KubernetesIdentity(user, reviews)
         return None
 
-    async def _key_holder(self, keys: KeyStore, token: str) -> Identity | None:
+    async def _key_holder(self, keys: ApiKeyStore, token: str) -> Identity | None:
         if (cached := self._cache.get(token)) is not None:
             return cached
         key = await keys.verify(token)

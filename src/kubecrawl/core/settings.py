@@ -222,9 +222,10 @@ class Settings(BaseSettings):
     @classmethod
     def _known_driver(cls, value: SecretStr) -> SecretStr:
         url = postgres_driver_url(value.get_secret_value())
-        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://", "mongodb://", "mongodb+srv://")):
             raise ValueError(
-                "database_url must be postgresql://… (postgres://…, postgresql+asyncpg://…) or sqlite+aiosqlite:///…"
+                "database_url must be postgresql://… (postgres://…, postgresql+asyncpg://…), sqlite+aiosqlite:///…,"
+                " mongodb://…/DB or mongodb+srv://…/DB"
             )
         return SecretStr(url)
 

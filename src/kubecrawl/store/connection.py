@@ -5,8 +5,9 @@ DISCONNECTED → CONNECTING → CONNECTED        start-up (``connect``: at most 
 CONNECTED → DISCONNECTED → CONNECTING → …    a watch ping failed: reconnect with backoff, without an attempt limit
 ```
 
-The engine's pool holds the actual connections; this machine holds the *state* of the database as this process
-sees it, from a ``SELECT 1`` (``ping``) at start-up and then every ``KUBECRAWL_DB_CHECK_INTERVAL_SECONDS`` (5 s).
+The database handle (``store/opening.py``: SQL's engine pool or MongoDB's client) holds the actual connections;
+this machine holds the *state* of the database as this process sees it, from the handle's ``ping`` (``SELECT 1``,
+MongoDB's ``ping`` command) at start-up and then every ``KUBECRAWL_DB_CHECK_INTERVAL_SECONDS`` (5 s).
 The API's and the worker's ``/health/ready`` read it instead of pinging on every probe, so readiness answers at
 once and a flapping database is reported the same way to every probe. Waits between tries come from
 ``core/backoff.py`` (1 s ×2 to 30 s, jittered, so processes that lost the database together do not all come back
@@ -21,14 +22,12 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from collections.abc import Awaitable, Callable
 
 from kubecrawl.core import metrics
 from kubecrawl.core.backoff import Backoff, retry_with_backoff
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.database import ping
 
 log = get_logger(__name__)
 
@@ -47,16 +46,17 @@ TRANSITIONS: dict[DatabaseState, frozenset[DatabaseState]] = {
 
 
 class DatabaseConnection:
-    """One process's view of its database; ``connect`` once, ``close`` at shutdown."""
+    """One process's view of its database; ``connect`` once, ``close`` at shutdown. ``ping``: the database handle's
+    (``Database.ping``), ``StoreUnavailable`` unless it answers, so SQL and MongoDB are watched alike."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        ping: Callable[[], Awaitable[None]],
         *,
         backoff: Backoff,
         check_interval: float,
     ) -> None:
-        self._engine = engine
+        self._ping = ping
         self._backoff = backoff
         self._check_interval = check_interval
         self._watch: asyncio.Task[None] | None = None
@@ -82,7 +82,7 @@ class DatabaseConnection:
     async def _try(self) -> None:
         self._move(DatabaseState.CONNECTING)
         try:
-            await ping(self._engine)
+            await self._ping()
         except StoreUnavailable as exc:
             self.last_error = exc.detail
             self._move(DatabaseState.DISCONNECTED)
@@ -115,7 +115,7 @@ class DatabaseConnection:
         while True:
             await asyncio.sleep(self._check_interval)
             try:
-                await ping(self._engine)
+                await self._ping()
             except StoreUnavailable as exc:
                 self.last_error = exc.detail
                 self._move(DatabaseState.DISCONNECTED)

@@ -35,6 +35,9 @@ from kubecrawl.core.models import Crawl, CrawlPage, CrawlPageState, CrawlState, 
 
 # The error code of a claim whose lease ended before its worker settled it.
 LEASE_EXPIRED = "lease_expired"
+# Its detail, for a crawl page and for a metadata record (every store writes the same words).
+LEASE_EXPIRED_PAGE = "the worker holding this page did not finish it before its lease ended"
+LEASE_EXPIRED_RECORD = "the worker holding this record did not finish it before its lease ended"
 
 # (url, request_id): one POST /metadata in a batch.
 Request = tuple[str, str]

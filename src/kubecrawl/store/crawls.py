@@ -30,7 +30,7 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 from kubecrawl.core.settings import DEFAULT_LEASE
 from kubecrawl.store.batching import GroupCommit
-from kubecrawl.store.contract import LEASE_EXPIRED, FinishResult, PageOutcome, PageRef, PageStart
+from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
 from kubecrawl.store.dialects import as_utc, dialect_insert, transactions
 from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
@@ -299,7 +299,7 @@ class SqlCrawlStore:
         late ``finish_page``: whichever comes second finds the page no longer FETCHING). The page stays in the
         window (``in_flight`` counts QUEUED and FETCHING alike), its attempt was counted when it started.
         """
-        detail = "the worker holding this page did not finish it before its lease ended"
+        detail = LEASE_EXPIRED_PAGE
         async with self._tx.single() as conn:
             rows = (
                 await conn.execute(

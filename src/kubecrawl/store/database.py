@@ -1,5 +1,5 @@
-"""Engine creation, the database errors and what they mean, and the ping (``store/connection.py`` keeps the
-connection state it tells)."""
+"""Engine creation, the SQL database errors and what they mean, and the ping (``store/opening.py`` hands it to
+``store/connection.py``, which keeps the connection state it tells)."""
 
 from __future__ import annotations
 

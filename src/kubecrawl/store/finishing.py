@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.store.contract import PageOutcome, PageRef
 from kubecrawl.store.dialects import Transactions, is_sqlite
-from kubecrawl.store.frontier import Frontier, pages_left
-from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values
+from kubecrawl.store.frontier import Frontier
+from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values, pages_left
 from kubecrawl.store.schema import crawl_pages, crawls
 
 P = CrawlPageState

@@ -25,6 +25,7 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import CrawlPageState
 from kubecrawl.store.contract import PageRef
 from kubecrawl.store.dialects import dialect_insert
+from kubecrawl.store.outcomes import window_room
 from kubecrawl.store.schema import crawl_pages, crawls
 
 P = CrawlPageState
@@ -50,16 +51,6 @@ _TAKE_PENDING = (
     .values(state=P.QUEUED.value, updated_at=bindparam("p_now"))
     .returning(crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth)
 )
-
-
-def window_room(config: dict[str, Any], in_flight: int) -> int:
-    """How many more pages the window admits: ``politeness.maxConcurrency`` less those in flight."""
-    return int(config["politeness"]["maxConcurrency"]) - in_flight
-
-
-def pages_left(config: dict[str, Any], discovered: int) -> int:
-    """How many more pages ``scope.maxPages`` admits into the frontier."""
-    return max(0, int(config["scope"]["maxPages"]) - discovered)
 
 
 @dataclass(slots=True)

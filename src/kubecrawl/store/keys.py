@@ -1,15 +1,8 @@
-"""API keys: made, listed, revoked (``kubecrawl keys``) and looked up by the API (``api/auth.py``).
-
-A key is ``kc_`` and 43 URL-safe characters (256 random bits). Only its SHA-256 is stored: the table authenticates
-nothing by itself. A key is shown once, when it is made.
-"""
+"""API keys in SQL (``api_keys``): made, listed, revoked (``kubecrawl keys``) and looked up by the API
+(``api/auth.py``). What a key is, whatever the database, is ``store/apikeys.py``."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -18,33 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import Conflict, NotFound
+from kubecrawl.store.apikeys import KEY_PREFIX, SCOPES, ApiKey, key_hash, new_key
 from kubecrawl.store.dialects import as_utc
 from kubecrawl.store.schema import api_keys
 
-SCOPES = ("read", "write", "admin")
-KEY_PREFIX = "kc_"
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    name: str
-    scopes: frozenset[str]
-    namespaces: frozenset[str] | None  # None: every namespace
-    created_at: datetime
-    revoked_at: datetime | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "scopes": sorted(self.scopes),
-            "namespaces": sorted(self.namespaces) if self.namespaces is not None else None,
-            "created_at": self.created_at.isoformat(),
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
+__all__ = ["KEY_PREFIX", "SCOPES", "ApiKey", "KeyStore", "key_hash"]
 
 
 def _key(row: Any) -> ApiKey:
@@ -63,7 +34,7 @@ class KeyStore:
 
     async def create(self, name: str, scopes: list[str], namespaces: list[str] | None) -> str:
         """Make a key and return it (the only time it is seen); ``Conflict`` if the name is taken."""
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = new_key()
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(

@@ -1,5 +1,6 @@
-"""Settling page outcomes, the parts no database changes: which fields an outcome stores, which crawl counters it
-moves, and how a settled batch is shared out among the callers that submitted it.
+"""Settling page outcomes, the parts no database changes: the window and ``scope.maxPages`` arithmetic, which
+fields an outcome stores, which crawl counters it moves, and how a settled batch is shared out among the callers
+that submitted it. The SQL and the MongoDB stores both use them.
 
 ``PageOutcome`` (``store/contract.py``) is the one definition of an outcome; everything here derives from its
 fields. The SQL stores build their statements from ``OUTCOME_COLUMNS``; migration 0003's
@@ -30,6 +31,16 @@ RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(PageOutcome) if f.name 
 OUTCOME_COLUMNS = ("state", "seq", "fetched_at", "updated_at", "outlinks", *RESULT_FIELDS)
 # An error message is stored cut to this many characters (a stack of redirects or a long TLS error).
 ERROR_CHARS = 2000
+
+
+def window_room(config: dict[str, Any], in_flight: int) -> int:
+    """How many more pages the window admits: ``politeness.maxConcurrency`` less those in flight."""
+    return int(config["politeness"]["maxConcurrency"]) - in_flight
+
+
+def pages_left(config: dict[str, Any], discovered: int) -> int:
+    """How many more pages ``scope.maxPages`` admits into the frontier."""
+    return max(0, int(config["scope"]["maxPages"]) - discovered)
 
 
 def outcome_values(outcome: PageOutcome) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
 from kubecrawl.core.settings import DEFAULT_LEASE
-from kubecrawl.store.contract import LEASE_EXPIRED, AttemptStart, Request
+from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_RECORD, AttemptStart, Request
 from kubecrawl.store.database import DATABASE_ERRORS, store_error
 from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.schema import page_metadata as pm
@@ -392,7 +392,7 @@ class SqlPageMetadataStore:
     async def expire_leases(self, now: datetime) -> list[Request]:
         """Claims whose lease ended before ``now`` go back to QUEUED with ``lease_expired``; each is returned to
         the one sweeper whose update changed it, to publish again for its last request."""
-        detail = "the worker holding this record did not finish it before its lease ended"
+        detail = LEASE_EXPIRED_RECORD
         async with self._autocommit.connect() as conn:
             rows = (await conn.execute(self._sql.expire_leases, {"now": now, "detail": detail})).all()
         return [(row.url, row.last_request_id) for row in rows]

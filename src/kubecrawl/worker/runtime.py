@@ -24,8 +24,7 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.connection import DatabaseConnection
 from kubecrawl.store.contract import Stores
-from kubecrawl.store.database import create_engine
-from kubecrawl.store.opening import sql_stores
+from kubecrawl.store.opening import open_database
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.probes import WorkerProbes
 from kubecrawl.worker.processing import MetadataPipeline
@@ -58,8 +57,10 @@ def queue_handlers(
 async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, for callers that own the signals)."""
     name = settings.pod_name or socket.gethostname()
-    engine = create_engine(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
-    stores = sql_stores(engine, lease=settings.lease())
+    database = open_database(
+        settings.database_url.get_secret_value(), pool_size=settings.db_pool_size, lease=settings.lease()
+    )
+    stores = database.stores
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher(
         rabbit_url,
@@ -77,19 +78,19 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         pages_max_length=settings.pages_queue_max_length,
     )
     # /metrics and the probes answer from the start: alive (not ready) while the database and broker back off.
-    database = DatabaseConnection(
-        engine, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
+    connection = DatabaseConnection(
+        database.ping, backoff=settings.db_backoff(), check_interval=settings.db_check_interval_seconds
     )
-    probes = WorkerProbes(consumer, publisher, database)
+    probes = WorkerProbes(consumer, publisher, connection)
     if metrics_port:
         await probes.start(metrics_port)
     try:
-        await database.connect()
+        await connection.connect()
         await publisher.start()
     except BaseException:
-        await database.close()
+        await connection.close()
         await probes.close()
-        await engine.dispose()
+        await database.close()
         raise
     if stop is None:
         stop = asyncio.Event()
@@ -122,6 +123,6 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         await consumer.close()
         await publisher.close()
         await probes.close()
+        await connection.close()
         await database.close()
-        await engine.dispose()
         log.info("worker_stopped")

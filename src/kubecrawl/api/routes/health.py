@@ -49,7 +49,7 @@ async def ready(request: Request, publisher: PublisherDep) -> JSONResponse:
     reasons: dict[str, str] = {}
     if publisher.state is not PublisherState.READY:
         reasons["publisher_not_ready"] = f"publisher is {publisher.state}"
-    database: DatabaseConnection = request.app.state.database
+    database: DatabaseConnection = request.app.state.connection
     if not database.connected:
         reasons["database_unavailable"] = f"database is {database.state}: {database.last_error}"
     if reasons:

@@ -1,0 +1,466 @@
+"""Crawls on MongoDB: the lifecycle (create once per idempotency key, cancel, release and reopen a window, find
+lost and stalled work) and the worker's two per-page steps, ``begin_page`` and ``finish_page``.
+
+A crawl is one document (``_id`` its UUID; counters, ``in_flight``, ``version``), a page one document of
+``crawl_pages`` (an integer ``_id``). The rules the SQL store keeps under the crawl's row lock hold here through
+the order of single-document conditional updates (``store/mongo/frontier.py`` explains the window and
+completion):
+- Idempotent triggers: the crawl's pages go in first, under a fresh crawl id, then the crawl with the key
+  (unique, sparse); the triggers that lose on the key remove their pages and return the winner's crawl.
+- A page's outcome is written once: PENDING/QUEUED/FETCHING moves are updates conditional on the page's state,
+  so a redelivered or late message finds it settled and changes nothing (``None``).
+- The SSE sequence: a settling page takes ``version + 1`` as its ``seq`` (the crawl's lease keeps ``version``
+  still meanwhile), then ``version`` moves to it with ``$inc``: a reader that sees ``version`` finds every page
+  up to it, as SSE's resume needs.
+Unlike the SQL store there is no group commit: each page is its own few round trips. ``find_one_and_update``
+never takes a projection here: FerretDB has none for findAndModify.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from kubecrawl.core.clock import utcnow
+from kubecrawl.core.logging import get_logger
+from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
+from kubecrawl.core.settings import DEFAULT_LEASE
+from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
+from kubecrawl.store.mongo.database import Database, Document, wrapped
+from kubecrawl.store.mongo.frontier import ACTIVE, MongoFrontier
+from kubecrawl.store.mongo.hosts import MongoHostStore
+from kubecrawl.store.mongo.locking import Leases
+from kubecrawl.store.outcomes import COUNTERS, ERROR_CHARS, counted, outcome_values
+
+P = CrawlPageState
+log = get_logger(__name__)
+_PREVIOUS_FIELDS = ("content_hash", "etag", "last_modified", "outlinks")
+
+
+def _crawl(doc: Document) -> Crawl:
+    return Crawl(
+        id=doc["_id"],
+        site=f"{doc['site_namespace']}/{doc['site_name']}",
+        state=CrawlState(doc["state"]),
+        trigger=doc["trigger"],
+        idempotency_key=doc.get("idempotency_key"),
+        counters=CrawlCounters(**{name: doc.get(name, 0) for name in COUNTERS}),
+        in_flight=doc["in_flight"],
+        version=doc["version"],
+        error=doc.get("error"),
+        created_at=doc["created_at"],
+        started_at=doc.get("started_at"),
+        finished_at=doc.get("finished_at"),
+    )
+
+
+def _page(doc: Document) -> CrawlPage:
+    data = {name: doc.get(name) for name in CrawlPage.model_fields}
+    data["id"] = doc["_id"]
+    return CrawlPage.model_validate(data)
+
+
+class MongoCrawlStore:
+    """``CrawlStore`` (store/contract.py) on MongoDB."""
+
+    def __init__(self, db: Database, *, lease: timedelta = DEFAULT_LEASE) -> None:
+        self._claim = lease  # how long a worker's ``begin_page`` holds the page (``lease_until``)
+        self._crawls = db.crawls
+        self._pages = db.crawl_pages
+        self._hosts_coll = db.crawl_hosts
+        self._leases = Leases(db)
+        self._frontier = MongoFrontier(db, self._leases)
+        self._hosts = MongoHostStore(db, self._leases)
+        # The crawl's spec, frozen at its start: read once per process (the SQL frontier's memo does the same).
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    @property
+    def hosts(self) -> MongoHostStore:
+        return self._hosts
+
+    async def _config(self, crawl_id: str) -> dict[str, Any] | None:
+        config = self._configs.get(crawl_id)
+        if config is None:
+            doc = await self._crawls.find_one({"_id": crawl_id}, {"config": 1})
+            if doc is None:
+                return None
+            if len(self._configs) >= 64:
+                self._configs.pop(next(iter(self._configs)))
+            config = self._configs[crawl_id] = doc["config"]
+        return config
+
+    @asynccontextmanager
+    async def _locked(self, crawl_id: str, doing: str) -> AsyncIterator[None]:
+        """Hold the crawl's lease (``store/mongo/locking.py``) for a step of several documents; repair the crawl
+        first if its last holder died with the lease."""
+        async with wrapped(doing), self._leases.hold(f"crawl:{crawl_id}") as lease:
+            if lease.broken:
+                await self._repair(crawl_id)
+            yield
+
+    async def _repair(self, crawl_id: str) -> None:
+        """Recount what a holder killed between two steps may have left behind: ``in_flight``, the counters
+        pages carry, ``version`` (up to the last page's event number; numbers for settled pages without one)."""
+        pages = self._pages
+        counts: dict[str, Document] = {
+            "in_flight": {"state": {"$in": [P.QUEUED.value, P.FETCHING.value]}},
+            "discovered": {},
+            "fetched": {"state": P.DONE.value},
+            "failed": {"state": P.FAILED.value},
+            "changed": {"state": P.DONE.value, "changed": True},
+            "unchanged": {"state": P.DONE.value, "changed": False},
+        }
+        values = {name: await pages.count_documents({"crawl_id": crawl_id, **where}) for name, where in counts.items()}
+        crawl = await self._crawls.find_one({"_id": crawl_id}, {"version": 1})
+        version = 0 if crawl is None else int(crawl["version"])
+        settled = [P.DONE.value, P.FAILED.value, P.SKIPPED.value]
+        # A page settled (numbered) by the dead holder before it moved ``version``: count it in.
+        last = await pages.find_one({"crawl_id": crawl_id, "seq": {"$ne": None}}, sort=[("seq", DESCENDING)])
+        if last is not None:
+            version = max(version, int(last["seq"]))
+        unnumbered = pages.find({"crawl_id": crawl_id, "state": {"$in": settled}, "seq": None}).sort("_id", ASCENDING)
+        async for page in unnumbered:
+            version += 1
+            await pages.update_one({"_id": page["_id"]}, {"$set": {"seq": version}})
+        values["version"] = version
+        values["queued"] = values["in_flight"] + await pages.count_documents(
+            {"crawl_id": crawl_id, "state": {"$in": settled}}
+        )
+        await self._crawls.update_one({"_id": crawl_id}, {"$set": values})
+        log.warning("crawl_repaired", crawl_id=crawl_id, **values)
+
+    # -- crawls -------------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        trigger: str,
+        idempotency_key: str | None,
+        config: dict[str, Any],
+        seeds: Sequence[str],
+    ) -> tuple[Crawl, bool, list[PageRef]]:
+        now = utcnow()
+        crawl_id = str(uuid.uuid4())
+        async with wrapped("creating a crawl"):
+            if idempotency_key is not None:
+                existing = await self._crawls.find_one({"idempotency_key": idempotency_key})
+                if existing is not None:
+                    return _crawl(existing), False, []
+            previous = await self._crawls.find_one(
+                {"site_namespace": namespace, "site_name": name, "state": CrawlState.COMPLETED.value},
+                {"_id": 1},
+                sort=[("created_at", DESCENDING)],
+            )
+        # Held from before the crawl exists until its window is open: a sweeper that finds it meanwhile waits.
+        async with self._locked(crawl_id, "creating a crawl"):
+            unique = list(dict.fromkeys(seeds))[: int(config["scope"]["maxPages"])]
+            added = await self._frontier.insert_pages(crawl_id, [(url, 0) for url in unique])
+            doc: Document = {
+                "_id": crawl_id,
+                "site_namespace": namespace,
+                "site_name": name,
+                "trigger": trigger,
+                "state": CrawlState.QUEUED.value,
+                "config": config,
+                "previous_crawl_id": None if previous is None else previous["_id"],
+                **dict.fromkeys(COUNTERS, 0),
+                "discovered": len(added),
+                "in_flight": 0,
+                "version": 0,
+                "error": None,
+                "created_at": now,
+                "started_at": None,
+                "finished_at": None,
+            }
+            if idempotency_key is not None:  # absent, not null: the sparse unique index skips it
+                doc["idempotency_key"] = idempotency_key
+            try:
+                await self._crawls.insert_one(doc)
+            except DuplicateKeyError:
+                await self._pages.delete_many({"crawl_id": crawl_id})
+                existing = await self._crawls.find_one({"idempotency_key": idempotency_key})
+                if existing is None:
+                    raise
+                return _crawl(existing), False, []
+            to_publish = await self._frontier.refill(crawl_id, config)
+            created = await self._crawls.find_one({"_id": crawl_id})
+        assert created is not None
+        return _crawl(created), True, to_publish
+
+    async def get(self, crawl_id: str) -> Crawl | None:
+        async with wrapped("reading a crawl"):
+            doc = await self._crawls.find_one({"_id": crawl_id})
+        return None if doc is None else _crawl(doc)
+
+    async def list_for_site(self, namespace: str, name: str, *, limit: int) -> list[Crawl]:
+        async with wrapped("listing crawls"):
+            docs = (
+                await self._crawls.find({"site_namespace": namespace, "site_name": name})
+                .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                .limit(limit)
+                .to_list(None)
+            )
+        return [_crawl(doc) for doc in docs]
+
+    async def pages(
+        self,
+        crawl_id: str,
+        *,
+        limit: int,
+        after_id: int = 0,
+        state: CrawlPageState | None = None,
+        changed: bool | None = None,
+    ) -> list[CrawlPage]:
+        where: Document = {"crawl_id": crawl_id, "_id": {"$gt": after_id}}
+        if state is not None:
+            where["state"] = state.value
+        if changed is not None:
+            where["changed"] = changed
+        async with wrapped("listing pages"):
+            docs = await self._pages.find(where).sort("_id", ASCENDING).limit(limit).to_list(None)
+        return [_page(doc) for doc in docs]
+
+    async def outcomes_since(self, crawl_id: str, seq: int, *, limit: int = 500) -> list[CrawlPage]:
+        async with wrapped("reading outcomes"):
+            docs = (
+                await self._pages.find({"crawl_id": crawl_id, "seq": {"$gt": seq}})
+                .sort("seq", ASCENDING)
+                .limit(limit)
+                .to_list(None)
+            )
+        return [_page(doc) for doc in docs]
+
+    async def count_pages(self, crawl_id: str) -> int:
+        async with wrapped("counting pages"):
+            return await self._pages.count_documents({"crawl_id": crawl_id})
+
+    async def cancel(self, crawl_id: str) -> Crawl | None:
+        async with self._locked(crawl_id, "cancelling a crawl"):
+            doc = await self._crawls.find_one_and_update(
+                {"_id": crawl_id, "state": {"$in": ACTIVE}},
+                {"$set": {"state": CrawlState.CANCELLED.value, "finished_at": utcnow()}, "$inc": {"version": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                doc = await self._crawls.find_one({"_id": crawl_id})
+        return None if doc is None else _crawl(doc)
+
+    async def release(self, crawl_id: str, refs: Sequence[PageRef]) -> None:
+        """Undo a refill whose publish failed: each page back to PENDING, then its slot out of the window."""
+        if not refs:
+            return
+        async with self._locked(crawl_id, "releasing pages"):
+            released = 0
+            for ref in refs:
+                moved = await self._pages.update_one(
+                    {"_id": ref.page_id, "state": P.QUEUED.value},
+                    {"$set": {"state": P.PENDING.value, "updated_at": utcnow()}},
+                )
+                released += moved.modified_count
+            if released:
+                await self._crawls.update_one(
+                    {"_id": crawl_id}, {"$inc": {"in_flight": -released, "queued": -released}}
+                )
+
+    async def reopen_window(self, crawl_id: str) -> list[PageRef]:
+        async with self._locked(crawl_id, "reopening a window"):
+            crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "in_flight": 1, "config": 1})
+            if crawl is None or crawl["state"] not in ACTIVE or crawl["in_flight"] > 0:
+                return []
+            refs = await self._frontier.refill(crawl_id, crawl["config"])
+            if not refs:  # nothing was PENDING either: the crawl is done
+                await self._frontier.complete_if_done(crawl_id)
+            return refs
+
+    async def stalled(self) -> list[str]:
+        async with wrapped("finding stalled crawls"):
+            docs = await self._crawls.find({"state": {"$in": ACTIVE}, "in_flight": 0}, {"_id": 1}).to_list(None)
+        return [doc["_id"] for doc in docs]
+
+    async def queued_pages(self, crawl_id: str) -> list[PageRef]:
+        async with wrapped("listing queued pages"):
+            crawl = await self._crawls.find_one({"_id": crawl_id, "state": {"$in": ACTIVE}}, {"_id": 1})
+            if crawl is None:
+                return []
+            docs = (
+                await self._pages.find({"crawl_id": crawl_id, "state": P.QUEUED.value})
+                .sort([("depth", ASCENDING), ("_id", ASCENDING)])
+                .to_list(None)
+            )
+        return [PageRef(int(doc["_id"]), doc["url"], int(doc["depth"])) for doc in docs]
+
+    async def requeue_lost(self, older_than: timedelta) -> list[tuple[str, PageRef]]:
+        """QUEUED pages untouched for ``older_than``, each handed to one caller: under the crawl's lease, the
+        hand-out touches them (``updated_at``)."""
+        cutoff = utcnow() - older_than
+        found: list[tuple[str, PageRef]] = []
+        async with wrapped("finding lost pages"):
+            active = await self._crawls.distinct("_id", {"state": {"$in": ACTIVE}})
+            if not active:
+                return []
+            crawl_ids = await self._pages.distinct(
+                "crawl_id", {"crawl_id": {"$in": active}, "state": P.QUEUED.value, "updated_at": {"$lt": cutoff}}
+            )
+        for crawl_id in crawl_ids:
+            async with self._locked(crawl_id, "handing out lost pages"):
+                lost = {"crawl_id": crawl_id, "state": P.QUEUED.value, "updated_at": {"$lt": cutoff}}
+                docs = await self._pages.find(lost).to_list(None)
+                await self._pages.update_many(
+                    {"_id": {"$in": [doc["_id"] for doc in docs]}}, {"$set": {"updated_at": utcnow()}}
+                )
+            found.extend((crawl_id, PageRef(int(doc["_id"]), doc["url"], int(doc["depth"]))) for doc in docs)
+        return found
+
+    async def expire_leases(self, now: datetime) -> list[tuple[str, PageRef]]:
+        """FETCHING pages whose lease ended before ``now``: QUEUED again (still in the window, the attempt counted)
+        with ``lease_expired`` recorded. Under the crawl's lease, as ``finish_page``: whichever comes second finds
+        the page no longer FETCHING (or its lease renewed), so each page goes to exactly one caller."""
+        detail = LEASE_EXPIRED_PAGE
+        expired = {"state": P.FETCHING.value, "lease_until": {"$lt": now}}
+        found: list[tuple[str, PageRef]] = []
+        async with wrapped("finding expired leases"):
+            crawl_ids = await self._pages.distinct("crawl_id", expired)
+        for crawl_id in crawl_ids:
+            async with self._locked(crawl_id, "expiring leases"):
+                docs = await self._pages.find({**expired, "crawl_id": crawl_id}).to_list(None)
+                await self._pages.update_many(
+                    {**expired, "_id": {"$in": [doc["_id"] for doc in docs]}},
+                    {
+                        "$set": {
+                            "state": P.QUEUED.value,
+                            "lease_until": None,
+                            "error_code": LEASE_EXPIRED,
+                            "error": detail,
+                            "last_failure_code": LEASE_EXPIRED,
+                            "last_failure": detail,
+                            "updated_at": now,
+                        }
+                    },
+                )
+            found.extend((crawl_id, PageRef(int(doc["_id"]), doc["url"], int(doc["depth"]))) for doc in docs)
+        return found
+
+    # -- pages (worker side) ------------------------------------------------------------------------------
+
+    async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
+        """Under the crawl's lease only the writes (the page FETCHING, a first page's crawl RUNNING); what
+        fetching needs is read after it, as the SQL store reads it after its update."""
+        now = utcnow()
+        async with self._locked(crawl_id, "starting a page"):
+            page = await self._pages.find_one_and_update(
+                {"_id": page_id, "crawl_id": crawl_id, "state": {"$in": [P.QUEUED.value, P.FETCHING.value]}},
+                {
+                    "$set": {"state": P.FETCHING.value, "updated_at": now, "lease_until": now + self._claim},
+                    "$inc": {"attempts": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+            if page is None:
+                return None
+            crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "previous_crawl_id": 1})
+            if crawl is None:
+                return None
+            state = CrawlState(crawl["state"])
+            if state is CrawlState.QUEUED:  # its first page: the crawl starts running
+                await self._crawls.update_one(
+                    {"_id": crawl_id, "state": CrawlState.QUEUED.value},
+                    {"$set": {"state": CrawlState.RUNNING.value, "started_at": now}},
+                )
+                state = CrawlState.RUNNING
+        async with wrapped("starting a page"):
+            config = await self._config(crawl_id)
+            previous_id = crawl.get("previous_crawl_id")
+            previous = None
+            if previous_id is not None:
+                found = await self._pages.find_one({"crawl_id": previous_id, "url": page["url"], "state": P.DONE.value})
+                if found is not None:
+                    previous = {name: found.get(name) for name in _PREVIOUS_FIELDS}
+                    previous["outlinks"] = previous["outlinks"] or []
+            held = await self._hosts_coll.find({"crawl_id": crawl_id, "next_fetch_at": {"$gt": now}}).to_list(None)
+        held_until: dict[str, datetime] = {doc["host"]: doc["next_fetch_at"] for doc in held}
+        return PageStart(
+            page["url"],
+            int(page["depth"]),
+            int(page["attempts"]),
+            state,
+            config or {},
+            previous_id is not None,
+            previous,
+            held_until,
+        )
+
+    async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
+        async with wrapped("retrying a page"):
+            page = await self._pages.find_one({"_id": page_id}, {"crawl_id": 1})
+        if page is None:
+            return
+        async with self._locked(page["crawl_id"], "retrying a page"):
+            await self._pages.update_one(
+                {"_id": page_id, "state": P.FETCHING.value},
+                {
+                    "$set": {
+                        "state": P.QUEUED.value,
+                        "error_code": code,
+                        "error": error[:ERROR_CHARS],
+                        "last_failure_code": code,
+                        "last_failure": error[:ERROR_CHARS],
+                        "lease_until": None,
+                        "updated_at": utcnow(),
+                    }
+                },
+            )
+
+    async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:
+        """Settle the FETCHING page with the next event number, add its links, give its slot back (counting the
+        outcome and moving ``version`` to that number), refill the window, and complete the crawl when that was the
+        last page: in that order. The page carries its number before ``version`` shows it, so an SSE reader
+        that sees ``version`` finds every page up to it."""
+        now = utcnow()
+        async with self._locked(crawl_id, "finishing a page"):
+            crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "version": 1})
+            if crawl is None:
+                return None
+            page = await self._pages.find_one_and_update(
+                {"_id": page_id, "crawl_id": crawl_id, "state": P.FETCHING.value},
+                {
+                    "$set": {
+                        **outcome_values(outcome),
+                        "seq": int(crawl["version"]) + 1,  # the lease holds version still until the $inc below
+                        "fetched_at": now,
+                        "updated_at": now,
+                        "lease_until": None,
+                    }
+                },
+            )
+            if page is None:
+                return None  # settled already: a duplicate delivery
+            config = await self._config(crawl_id)
+            active = crawl["state"] in ACTIVE
+            if active and config is not None and outcome.new_links:
+                depth = int(page["depth"]) + 1
+                await self._frontier.add_pages(crawl_id, config, [(url, depth) for url in outcome.new_links])
+            moved = await self._crawls.find_one_and_update(
+                {"_id": crawl_id},
+                {"$inc": {"version": 1, "in_flight": -1, **counted(outcome)}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if moved is None:
+                return None
+            to_publish: list[PageRef] = []
+            completed_now = False
+            if moved["state"] in ACTIVE and config is not None:
+                to_publish = await self._frontier.refill(crawl_id, config)
+                if not to_publish:
+                    completed_now = await self._frontier.complete_if_done(crawl_id)
+            state = CrawlState.COMPLETED if completed_now else CrawlState(moved["state"])
+            if completed_now:
+                self._configs.pop(crawl_id, None)
+        return FinishResult(to_publish, state, completed_now)
