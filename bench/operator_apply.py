@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kubernetes_asyncio import client, config, watch  # noqa: E402
-from tests.e2e.stack import (  # noqa: E402
+from tests.support.controlplane import ControlPlane, ensure_built, free_port  # noqa: E402
+from tests.support.servers import PostgresServer, RabbitServer  # noqa: E402
+from tests.support.stack import (  # noqa: E402
     Kube,
     OperatorProcess,
     install_crds,
@@ -34,8 +36,6 @@ from tests.e2e.stack import (  # noqa: E402
     start_api,
     stop_all,
 )
-from tests.support.controlplane import ControlPlane, ensure_built, free_port  # noqa: E402
-from tests.support.servers import PostgresServer, RabbitServer  # noqa: E402
 
 from kubecrawl.store.migrating import upgrade  # noqa: E402
 

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import aio_pika  # noqa: E402
 from kubernetes_asyncio import client, config, watch  # noqa: E402
-from tests.e2e.stack import Kube, OperatorProcess, install_crds, operator_kubeconfig, stop_all  # noqa: E402
 from tests.support.controlplane import ControlPlane, ensure_built, free_port  # noqa: E402
 from tests.support.servers import RabbitServer  # noqa: E402
+from tests.support.stack import Kube, OperatorProcess, install_crds, operator_kubeconfig, stop_all  # noqa: E402
 
 NAMESPACE = "bench-scaling"
 QUEUE = "bench.work"

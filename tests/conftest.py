@@ -1,4 +1,6 @@
-"""Session-wide real servers. Started once per run; a missing server fails the run (never a skip)."""
+"""Session-wide real servers (started once per run; a missing server fails the run, never a skip), the shared
+fixtures (tests/support/fixtures.py, tests/support/guarded.py), and the markers each directory's tests carry, so
+``-m 'not e2e'`` or ``-m integration`` select by what a test needs."""
 
 from __future__ import annotations
 
@@ -9,6 +11,23 @@ import pytest
 
 from tests.support.ferretdb import FerretServer
 from tests.support.servers import PostgresServer, RabbitServer
+
+pytest_plugins = ["tests.support.fixtures", "tests.support.guarded"]
+
+TESTS = Path(__file__).parent
+# What a test under each directory needs, as the markers pyproject.toml declares.
+MARKERS = {
+    "integration": ("integration",),
+    "security": ("integration", "security"),
+    "e2e": ("e2e",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        directory = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        for marker in MARKERS.get(directory, ()):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

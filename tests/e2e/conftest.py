@@ -8,17 +8,20 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from kubecrawl.store.migrating import upgrade
-from tests.e2e.stack import (
+from tests.support.controlplane import ControlPlane, Node, ensure_built, free_port
+from tests.support.servers import PostgresServer, RabbitServer
+from tests.support.stack import (
     ROOT,
+    Cluster,
     Kube,
+    NodeCluster,
     OperatorProcess,
-    Process,
+    Services,
     install_crds,
     operator_kubeconfig,
     service_env,
@@ -26,17 +29,9 @@ from tests.e2e.stack import (
     start_worker,
     stop_all,
 )
-from tests.support.controlplane import ControlPlane, Node, ensure_built, free_port
-from tests.support.servers import PostgresServer, RabbitServer
 
 # Status is refreshed every 2 s in tests (30 s in production), so lastCrawl/lastScheduleTime checks stay quick.
 STATUS_INTERVAL_SECONDS = "2"
-
-
-@dataclass
-class Cluster:
-    controlplane: ControlPlane
-    admin: Kube
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     install_crds(admin)
     yield Cluster(controlplane, admin)
     controlplane.stop()
-
-
-@dataclass
-class Services:
-    api_url: str
-    api: Process
-    worker: Process
 
 
 @pytest.fixture(scope="session")
@@ -98,17 +86,6 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.admin.run("create", "namespace", name)
     yield name
     cluster.admin.run("delete", "namespace", name, "--wait=false", check=False)
-
-
-@dataclass
-class NodeCluster:
-    """The control plane plus a real node: Pods run the image built from the repository's Dockerfile."""
-
-    node: Node
-    admin: Kube
-    host_ip: str  # where Pods reach servers on this machine (the node's bridge address)
-    image_repository: str
-    image_tag: str
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client, config
 
 from kubecrawl.operator.pool.provisioning import ChartPools
 from kubecrawl.operator.settings import ChartPool
-from tests.e2e.conftest import Cluster
+from tests.support.stack import Cluster
 
 pytestmark = pytest.mark.e2e
 

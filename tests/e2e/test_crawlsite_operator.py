@@ -20,10 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubecrawl.core.sites import schedule_key
 from kubecrawl.operator.crawlsite.naming import cronjob_name
-from tests.e2e.conftest import Cluster, Services
-from tests.e2e.stack import EXAMPLES, Kube, KubectlFailed, OperatorProcess, http_json, http_status
 from tests.support.polling import eventually
 from tests.support.sites import Site
+from tests.support.stack import (
+    EXAMPLES,
+    Cluster,
+    Kube,
+    KubectlFailed,
+    OperatorProcess,
+    Services,
+    http_json,
+    http_status,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,8 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.operator.crawlsite import naming
 from kubecrawl.operator.pool import supervising
 from kubecrawl.operator.settings import ChartPool, OperatorSettings
-from tests.e2e.conftest import Cluster
-from tests.e2e.stack import ROOT
 from tests.support.helm import CHART, Helm, values_file
+from tests.support.stack import ROOT, Cluster
 
 pytestmark = pytest.mark.e2e
 

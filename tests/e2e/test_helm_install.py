@@ -31,10 +31,10 @@ import yaml
 from alembic.script import ScriptDirectory
 
 from kubecrawl.store.migrating import alembic_config
-from tests.e2e.stack import ROOT, Kube, Process, http_status, service_account_kubeconfig
 from tests.support.controlplane import ControlPlane, ensure_built, free_port
 from tests.support.helm import CHART, Helm, values_file
 from tests.support.servers import PostgresServer, RabbitServer, wait_for
+from tests.support.stack import ROOT, Kube, Process, http_status, service_account_kubeconfig
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,9 @@ import yaml
 
 from kubecrawl.operator.crawlsite.manifest import SiteRef, cronjob_manifest
 from kubecrawl.operator.settings import OperatorSettings
-from tests.e2e.conftest import Cluster
-from tests.e2e.stack import ROOT, KubectlFailed
 from tests.support.helm import Helm
 from tests.support.polling import eventually
+from tests.support.stack import ROOT, Cluster, KubectlFailed
 
 pytestmark = pytest.mark.e2e
 

@@ -29,13 +29,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import NodeCluster
-from tests.e2e.stack import ROOT, Kube
 from tests.support.helm import Helm
 from tests.support.prometheus import EndpointsDiscovery, PrometheusServer, fast_rules, scrape_configs
 from tests.support.proxy import TcpProxy
 from tests.support.servers import PostgresServer, RabbitServer, wait_for
 from tests.support.sites import ThreadedSite, linked_pages
+from tests.support.stack import ROOT, Kube, NodeCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -33,12 +33,11 @@ from kubecrawl.broker.topology import METADATA_QUEUE, declare_topology
 from kubecrawl.core.contracts import MetadataTask
 from kubecrawl.operator.pool.costs import BUSY_COST, DELETION_COST_ANNOTATION
 from kubecrawl.store.migrating import upgrade
-from tests.e2e.conftest import Cluster
-from tests.e2e.stack import Kube, OperatorProcess, Process, service_env, stop_all
 from tests.support.polling import eventually
 from tests.support.proxy import TcpProxy
 from tests.support.servers import PostgresServer, RabbitServer
 from tests.support.sites import Site
+from tests.support.stack import Cluster, Kube, OperatorProcess, Process, service_env, stop_all
 
 pytestmark = pytest.mark.e2e
 

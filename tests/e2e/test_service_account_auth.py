@@ -19,10 +19,9 @@ from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.keys import KeyStore
 from kubecrawl.store.migrating import upgrade
-from tests.e2e.conftest import Cluster
-from tests.e2e.stack import Process, service_env, start_api, stop_all
 from tests.support.controlplane import free_port
 from tests.support.servers import PostgresServer, RabbitServer
+from tests.support.stack import Cluster, Process, service_env, start_api, stop_all
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from kubecrawl.core.settings import Settings
-from tests.integration.conftest import ApiHandle
+from tests.support.api import ApiHandle
 from tests.support.servers import RabbitServer
 from tests.support.sites import Site
 from tests.support.stores import ON_EVERY_DATABASE

@@ -9,7 +9,7 @@ from kubecrawl.broker.base import PublisherState
 from kubecrawl.broker.publishing import Outgoing, RabbitPublisher
 from kubecrawl.core.errors import ConnectionLost, PublishRejected, PublishTimeout
 from kubecrawl.core.settings import PublisherSettings, Settings
-from tests.integration.conftest import ApiHandle
+from tests.support.api import ApiHandle
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 

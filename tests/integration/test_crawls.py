@@ -18,37 +18,12 @@ from aiohttp import web
 from kubecrawl.core.settings import Settings
 from kubecrawl.core.urls import url_host
 from kubecrawl.store.opening import open_database
-from tests.integration.conftest import ApiHandle, running_api
+from tests.support.api import ApiHandle, running_api
+from tests.support.crawling import all_pages, crawl_site, links, paths, put_site, trigger, wait_crawl
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 from tests.support.sites import Page, Site
 from tests.support.stores import ON_EVERY_DATABASE, stored_copies
-
-
-def links(*paths: str) -> str:
-    return "".join(f"<a href='{p}'>{p}</a>" for p in paths)
-
-
-async def put_site(client: httpx.AsyncClient, name: str, spec: dict[str, Any]) -> None:
-    response = await client.put(f"/sites/default/{name}", json=spec)
-    assert response.status_code in (200, 201), response.text
-
-
-async def trigger(client: httpx.AsyncClient, name: str, key: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"trigger": "manual"}
-    if key is not None:
-        body["idempotency_key"] = key
-    response = await client.post(f"/sites/default/{name}/crawls", json=body)
-    assert response.status_code in (200, 202), response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-async def wait_crawl(client: httpx.AsyncClient, crawl_id: str, timeout: float = 60) -> dict[str, Any]:
-    async def finished() -> dict[str, Any] | None:
-        crawl = (await client.get(f"/crawls/{crawl_id}")).json()
-        return crawl if crawl["state"] in ("COMPLETED", "FAILED", "CANCELLED") else None
-
-    return await eventually(finished, timeout=timeout, what=f"crawl {crawl_id} to finish")
 
 
 async def crawl_with_worker(client: httpx.AsyncClient, settings: Settings, crawl_id: str) -> dict[str, Any]:
@@ -62,29 +37,6 @@ async def crawl_with_worker(client: httpx.AsyncClient, settings: Settings, crawl
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-
-
-async def all_pages(client: httpx.AsyncClient, crawl_id: str, **params: Any) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query = {"limit": 2, **params, **({"cursor": cursor} if cursor else {})}
-        body = (await client.get(f"/crawls/{crawl_id}/pages", params=query)).json()
-        items.extend(body["items"])
-        cursor = body["next_cursor"]
-        if cursor is None:
-            return items
-
-
-async def crawl_site(client: httpx.AsyncClient, name: str, spec: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    await put_site(client, name, spec)
-    crawl = await trigger(client, name)
-    done = await wait_crawl(client, crawl["id"])
-    return done, await all_pages(client, crawl["id"])
-
-
-def paths(site: Site, pages: list[dict[str, Any]], state: str = "DONE") -> set[str]:
-    return {p["url"].removeprefix(site.base) for p in pages if p["state"] == state}
 
 
 @ON_EVERY_DATABASE

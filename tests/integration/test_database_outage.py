@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from kubecrawl.core.settings import Settings
 from kubecrawl.worker.runtime import run_worker
-from tests.integration.conftest import running_api
+from tests.support.api import running_api
 from tests.support.polling import eventually
 from tests.support.servers import PostgresServer, free_port
 

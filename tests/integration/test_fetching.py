@@ -24,8 +24,7 @@ from kubecrawl.core.settings import FetchSettings, Settings
 from kubecrawl.core.urls import TargetPolicy
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.policy import response_error
-from tests.integration.conftest import ApiHandle
-from tests.integration.test_worker import dead_letters
+from tests.support.api import ApiHandle
 from tests.support.guarded import GUARDED, INTRANET, OPEN, final_record
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer, free_port
@@ -155,7 +154,7 @@ async def test_worker_fails_permanently_and_dead_letters_a_redirect_to_a_private
     assert record["last_error_code"] == "blocked_target"
     assert record["attempts"] == 1
     assert site.hits.total() == 0
-    dead = await eventually(lambda: asyncio.to_thread(dead_letters, rabbit, vhost), what="dead letter")
+    dead = await eventually(lambda: asyncio.to_thread(rabbit.dead_letters, vhost), what="dead letter")
     headers = dead[0]["properties"]["headers"]  # type: ignore[index]
     assert headers["x-kubecrawl-code"] == "blocked_target"
     assert headers["x-kubecrawl-source-queue"] == "kubecrawl.metadata"

@@ -17,7 +17,7 @@ from kubecrawl.store.contract import PageOutcome
 from kubecrawl.store.mongo.database import SCHEMA_VERSION, Database, connect, database, ensure_indexes
 from kubecrawl.store.mongo.locking import Leases
 from kubecrawl.store.opening import MongoDatabase
-from tests.integration.conftest import running_api
+from tests.support.api import running_api
 from tests.support.cli import kubecrawl
 from tests.support.ferretdb import FerretServer
 

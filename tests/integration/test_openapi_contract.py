@@ -27,8 +27,8 @@ import pytest
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.keys import KeyStore
-from tests.integration.conftest import env_for
 from tests.support.apiprocess import ApiProcess
+from tests.support.environment import env_for
 from tests.support.polling import eventually
 from tests.support.sites import Site
 

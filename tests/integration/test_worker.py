@@ -13,7 +13,7 @@ import httpx
 from aiohttp import web
 
 from kubecrawl.core.settings import Settings
-from tests.integration.conftest import ApiHandle
+from tests.support.api import ApiHandle
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 from tests.support.sites import Page, Site
@@ -38,10 +38,6 @@ async def wait_final(client: httpx.AsyncClient, url: str, timeout: float = 30) -
 
 async def count_rows(settings: Settings, url: str) -> int:
     return await stored_copies(settings.database_url.get_secret_value(), page_url=url)
-
-
-def dead_letters(rabbit: RabbitServer, vhost: str) -> list[dict[str, object]]:
-    return rabbit.peek(vhost, "kubecrawl.dead")
 
 
 @ON_EVERY_DATABASE
@@ -112,7 +108,7 @@ async def test_always_failing_page_is_failed_permanent_after_max_attempts_and_de
     assert record["attempts"] == settings.retry.max_attempts
     assert record["last_error_code"] == "http_503"
     assert site.hits["/flaky"] == settings.retry.max_attempts
-    dead = await eventually(lambda: asyncio.to_thread(dead_letters, rabbit, vhost), what="dead letter")
+    dead = await eventually(lambda: asyncio.to_thread(rabbit.dead_letters, vhost), what="dead letter")
     headers = dead[0]["properties"]["headers"]  # type: ignore[index]
     assert headers["x-kubecrawl-code"] == "http_503"
     assert "gave up after 3 attempts" in headers["x-kubecrawl-reason"]
@@ -157,7 +153,7 @@ async def test_404_is_permanent_at_once_and_dead_lettered(
     assert record["status"] == "FAILED_PERMANENT"
     assert record["http_status"] == 404
     assert record["attempts"] == 1
-    dead = await eventually(lambda: asyncio.to_thread(dead_letters, rabbit, vhost), what="dead letter")
+    dead = await eventually(lambda: asyncio.to_thread(rabbit.dead_letters, vhost), what="dead letter")
     assert dead[0]["properties"]["headers"]["x-kubecrawl-code"] == "http_404"  # type: ignore[index]
 
 
@@ -174,7 +170,7 @@ async def test_poison_message_is_dead_lettered_with_a_reason(
             "payload_encoding": "string",
         },
     )
-    dead = await eventually(lambda: asyncio.to_thread(dead_letters, rabbit, vhost), what="dead letter")
+    dead = await eventually(lambda: asyncio.to_thread(rabbit.dead_letters, vhost), what="dead letter")
     headers = dead[0]["properties"]["headers"]  # type: ignore[index]
     assert headers["x-kubecrawl-code"] == "invalid_message"
     assert "schema_version" in headers["x-kubecrawl-reason"]

@@ -21,7 +21,8 @@ from kubecrawl.core.settings import Settings
 from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.keys import KeyStore
-from tests.integration.conftest import ApiHandle, env_for, running_api
+from tests.support.api import ApiHandle, running_api
+from tests.support.environment import env_for
 
 # The scope each route needs, written out here rather than read from api/auth.py: a route missing from this table
 # fails the tests until someone decides who may call it.

@@ -24,9 +24,10 @@ from kubecrawl.core.settings import FetchSettings, Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.opening import sql_stores
-from tests.integration.conftest import ApiHandle, env_for
-from tests.integration.test_crawls import crawl_site, links, paths
+from tests.support.api import ApiHandle
 from tests.support.apiprocess import ApiProcess
+from tests.support.crawling import crawl_site, links, paths
+from tests.support.environment import env_for
 from tests.support.guarded import OPEN
 from tests.support.sites import Page, Site
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from kubecrawl.core import metrics
 from kubecrawl.core.settings import PublisherSettings, Settings
-from tests.integration.conftest import running_api
+from tests.support.api import running_api
 from tests.support.polling import eventually
 from tests.support.servers import RabbitServer, free_port
 from tests.support.sites import Site

@@ -1,8 +1,8 @@
 """The private-network guard turned back on for tests whose sites live on loopback.
 
 ``GUARDED`` is the production default, ``OPEN`` lifts the guard, and ``INTRANET`` opens exactly 127.0.0.2 (the
-"allowed host" SSRF tests redirect from) while 127.0.0.1 stays refused. The fixtures are imported by the
-conftest of each test package that uses them.
+"allowed host" SSRF tests redirect from) while 127.0.0.1 stays refused. The fixtures are a pytest plugin
+(``pytest_plugins`` in tests/conftest.py).
 """
 
 from __future__ import annotations

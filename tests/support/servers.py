@@ -182,6 +182,10 @@ class RabbitServer:
         assert isinstance(messages, list)
         return messages
 
+    def dead_letters(self, vhost: str) -> list[dict[str, Any]]:
+        """The messages parked in ``kubecrawl.dead``, left in place."""
+        return self.peek(vhost, "kubecrawl.dead")
+
     def queue(self, vhost: str, name: str) -> dict[str, object]:
         """Queue stats from the management API (ready/unacked counts lag by the stats interval)."""
         info = self.api(f"/api/queues/{vhost}/{name}")

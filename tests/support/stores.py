@@ -25,7 +25,7 @@ from kubecrawl.store.mongo.database import connect, database, ensure_indexes
 from kubecrawl.store.opening import database_kind, mongo_stores, sql_stores
 from kubecrawl.store.schema import crawl_pages, page_metadata
 
-# Runs an integration test on PostgreSQL and on MongoDB (FerretDB): tests/integration/conftest.py's
+# Runs an integration test on PostgreSQL and on MongoDB (FerretDB): tests/support/fixtures.py's
 # ``database_url`` takes the parameter.
 ON_EVERY_DATABASE = pytest.mark.parametrize("database_url", ["postgresql", "mongodb"], indirect=True)
 

@@ -1,5 +1,6 @@
-"""The pieces an e2e run (and bench/operator_apply.py) puts together around the local control plane: kubectl, the
-operator's least-privilege identity from deploy/rbac, and the kubecrawl processes (API, worker, operator).
+"""The pieces an e2e run (and bench/operator_apply.py, bench/scaling.py) puts together around the local control
+plane: kubectl, the operator's least-privilege identity from deploy/rbac, and the kubecrawl processes (API, worker,
+operator), and the handles the e2e fixtures hand to tests (``Cluster``, ``Services``, ``NodeCluster``).
 
 Every process is a real ``kubecrawl`` subprocess with its own log file; nothing is faked.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.controlplane import free_port
+from tests.support.controlplane import ControlPlane, Node, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"
@@ -300,3 +301,31 @@ def stop_all(*processes: Process) -> None:
     for process in processes:
         with contextlib.suppress(Exception):
             process.stop()
+
+
+@dataclass
+class Cluster:
+    """The session's local control plane and kubectl as its administrator."""
+
+    controlplane: ControlPlane
+    admin: Kube
+
+
+@dataclass
+class Services:
+    """A real API and worker on the session's PostgreSQL and RabbitMQ."""
+
+    api_url: str
+    api: Process
+    worker: Process
+
+
+@dataclass
+class NodeCluster:
+    """The control plane plus a real node: Pods run the image built from the repository's Dockerfile."""
+
+    node: Node
+    admin: Kube
+    host_ip: str  # where Pods reach servers on this machine (the node's bridge address)
+    image_repository: str
+    image_tag: str
