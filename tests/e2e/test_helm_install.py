@@ -33,7 +33,8 @@ from alembic.script import ScriptDirectory
 from kubecrawl.store.migrating import alembic_config
 from tests.support.controlplane import ControlPlane, ensure_built, free_port
 from tests.support.helm import CHART, Helm, values_file
-from tests.support.servers import PostgresServer, RabbitServer, wait_for
+from tests.support.polling import ANY_ERROR, eventually_sync
+from tests.support.servers import PostgresServer, RabbitServer
 from tests.support.stack import ROOT, Kube, Process, http_status, service_account_kubeconfig
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +109,9 @@ def run_hook_job(release: Release, job_name: str, before: Callable[[], None] | N
         # active = 1: the job controller created the pod, so the namespace's Pod Security admission took it.
         return job if job.get("status", {}).get("active") == 1 and job["status"].get("startTime") else None
 
-    job = wait_for(started, timeout=90, what=f"hook Job {job_name} with an admitted pod")
+    job = eventually_sync(
+        started, timeout=90, what=f"hook Job {job_name} with an admitted pod", interval=0.2, retry_on=ANY_ERROR
+    )
     if before is not None:
         before()
     box = job["spec"]["template"]["spec"]["containers"][0]
@@ -274,7 +277,7 @@ def test_install_migrates_the_database_before_any_workload_exists(release: Relea
     head = ScriptDirectory.from_config(alembic_config(release.database_url)).get_current_head()
     assert asyncio.run(applied_revision(release.database_url)) == head
     # hook-succeeded: the Job is deleted once it completed.
-    wait_for(
+    eventually_sync(
         lambda: (
             release.kube.run(
                 "get", "job", f"{release.fullname}-migrate", "-n", release.namespace, check=False
@@ -283,6 +286,8 @@ def test_install_migrates_the_database_before_any_workload_exists(release: Relea
         ),
         timeout=60,
         what="the completed hook Job to be deleted",
+        interval=0.2,
+        retry_on=ANY_ERROR,
     )
     # Its ServiceAccount, a hook as well, goes with it.
     account = f"serviceaccount/{release.fullname}-migrate"
@@ -328,7 +333,7 @@ def test_installed_pods_are_admitted_under_the_restricted_pod_security_standard(
                 return False
         return True
 
-    wait_for(created, timeout=60, what="every Deployment's pods to be created")
+    eventually_sync(created, timeout=60, what="every Deployment's pods to be created", interval=0.2, retry_on=ANY_ERROR)
     refused = release.kube.run(
         "get", "events", "-n", release.namespace, "--field-selector", "reason=FailedCreate", "-o", "name"
     ).stdout
@@ -350,7 +355,7 @@ def wait_for_pool(release: Release, ready: Callable[[dict[str, Any]], bool], wha
         found: dict[str, Any] | None = json.loads(result.stdout) if result.returncode == 0 else None
         return found if found is not None and ready(found) else None
 
-    found: dict[str, Any] = wait_for(pool, timeout=60, what=what)
+    found: dict[str, Any] = eventually_sync(pool, timeout=60, what=what, interval=0.2, retry_on=ANY_ERROR)
     return found
 
 
@@ -466,7 +471,13 @@ def test_uninstall_deletes_the_release_and_its_pool_and_keeps_the_crds_and_crawl
     )
     selector = f"app.kubernetes.io/instance={release.name}"
     # The pool goes with the worker Deployment that owns it (garbage collection).
-    wait_for(lambda: not release.names(kinds, selector), timeout=90, what="the release's objects to be deleted")
+    eventually_sync(
+        lambda: not release.names(kinds, selector),
+        timeout=90,
+        what="the release's objects to be deleted",
+        interval=0.2,
+        retry_on=ANY_ERROR,
+    )
     cluster_wide = release.kube.run("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name").stdout
     assert not cluster_wide.strip()
     # helm.sh/resource-policy: keep. Deleting the CRDs would have deleted every CrawlSite of the cluster.

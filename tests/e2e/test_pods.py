@@ -30,9 +30,10 @@ import pytest
 import yaml
 
 from tests.support.helm import Helm
+from tests.support.polling import ANY_ERROR, eventually_sync
 from tests.support.prometheus import EndpointsDiscovery, PrometheusServer, fast_rules, scrape_configs
 from tests.support.proxy import TcpProxy
-from tests.support.servers import PostgresServer, RabbitServer, wait_for
+from tests.support.servers import PostgresServer, RabbitServer
 from tests.support.sites import ThreadedSite, linked_pages
 from tests.support.stack import ROOT, Kube, NodeCluster
 
@@ -267,7 +268,13 @@ def test_a_scheduled_crawlsite_is_triggered_by_its_cronjob_pod_and_crawled_by_wo
         return last if last.get("state") == "COMPLETED" else None
 
     try:
-        last = wait_for(completed_crawl, timeout=CRAWL_SECONDS, what="the scheduled crawl to complete", interval=1)
+        last = eventually_sync(
+            completed_crawl,
+            timeout=CRAWL_SECONDS,
+            what="the scheduled crawl to complete",
+            interval=1,
+            retry_on=ANY_ERROR,
+        )
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{release.describe()}") from exc
     print(f"CrawlSite apply → crawl completed: {time.monotonic() - applied:.1f} s")
@@ -284,17 +291,25 @@ def test_a_scheduled_crawlsite_is_triggered_by_its_cronjob_pod_and_crawled_by_wo
             and job.get("status", {}).get("succeeded") == 1
         ]
 
-    wait_for(succeeded_trigger_jobs, timeout=60, what="a succeeded Job of the CrawlSite's CronJob")
+    eventually_sync(
+        succeeded_trigger_jobs,
+        timeout=60,
+        what="a succeeded Job of the CrawlSite's CronJob",
+        interval=0.2,
+        retry_on=ANY_ERROR,
+    )
 
     # A schedule of every minute may have started more crawls meanwhile: suspend it, then every crawl fetched every
     # page exactly once, each from a worker Pod's address (never from the machine itself).
     release.kube.run(
         "patch", "crawlsite", "local-site", "-n", release.namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}'
     )
-    wait_for(
+    eventually_sync(
         lambda: {len(release.site.fetched(path)) for path in CRAWLED} == {len(release.site.fetched("/"))},
         timeout=60,
         what="every crawl to fetch every page once",
+        interval=0.2,
+        retry_on=ANY_ERROR,
     )
     worker_ips = {pod["status"]["podIP"] for pod in release.pods("worker")}
     clients = {client for path in CRAWLED for client in release.site.fetched(path)}
@@ -323,34 +338,42 @@ def test_a_broker_outage_takes_api_pods_out_of_the_service_and_back_without_rest
 
     release.rabbit_proxy.cut()
     try:
-        wait_for(
+        eventually_sync(
             lambda: not any(ready(pod) for pod in release.pods("api")) and ready_endpoints() == 0,
             timeout=PROBE_SECONDS,
             what="every API Pod NotReady and out of the Service's endpoints while the broker is unreachable",
+            interval=0.2,
+            retry_on=ANY_ERROR,
         )
         # A client that still reaches a Pod directly is told to come back later; nothing is accepted and lost.
         with release.api(ready_only=False) as api:
             refused = api.post("/metadata", json={"url": f"{release.site.base}/p/1"})
         assert refused.status_code == 503, refused.text
         # Prometheus scrapes the Pods and the chart's broker-down alert fires, from the Pods' own metrics.
-        wait_for(
+        eventually_sync(
             lambda: release.prometheus.firing("KubecrawlPublisherNotReady"),
             timeout=PROBE_SECONDS,
             what="the KubecrawlPublisherNotReady alert firing",
+            interval=0.2,
+            retry_on=ANY_ERROR,
         )
     finally:
         release.rabbit_proxy.restore()
-    wait_for(
+    eventually_sync(
         lambda: all(ready(pod) for pod in release.pods("api")) and ready_endpoints() == len(before),
         timeout=PROBE_SECONDS * 2,
         what="every API Pod Ready again once the broker is back",
+        interval=0.2,
+        retry_on=ANY_ERROR,
     )
     after = {pod["metadata"]["name"]: restarts(pod) for pod in release.pods("api")}
     assert after == before, "the API Pods were restarted instead of reconnecting"
-    wait_for(
+    eventually_sync(
         lambda: not release.prometheus.firing("KubecrawlPublisherNotReady"),
         timeout=PROBE_SECONDS,
         what="the broker-down alert resolved",
+        interval=0.2,
+        retry_on=ANY_ERROR,
     )
 
 
@@ -375,13 +398,25 @@ def test_a_backlog_scales_worker_pods_up_and_down_and_a_pod_stopped_mid_page_los
             assert api.post("/metadata", json={"url": url}).status_code == 202
 
     # Up: 48 messages / 4 per replica → the maximum, 4 worker Pods, consuming.
-    wait_for(lambda: worker_replicas(release) == 4, timeout=60, what="the pool to scale the workers to 4")
+    eventually_sync(
+        lambda: worker_replicas(release) == 4,
+        timeout=60,
+        what="the pool to scale the workers to 4",
+        interval=0.2,
+        retry_on=ANY_ERROR,
+    )
     up = time.monotonic() - started
 
     def busy_workers() -> set[str]:
         return {client for client, path in site.in_flight() if path.startswith("/slow/")}
 
-    wait_for(lambda: len(busy_workers()) >= 3, timeout=READY_SECONDS, what="3 worker Pods fetching at once")
+    eventually_sync(
+        lambda: len(busy_workers()) >= 3,
+        timeout=READY_SECONDS,
+        what="3 worker Pods fetching at once",
+        interval=0.2,
+        retry_on=ANY_ERROR,
+    )
     print(f"backlog → 4 replicas: {up:.1f} s; → 3 Pods fetching: {time.monotonic() - started:.1f} s")
 
     # A Pod stopped mid-page (as a scale-down or a node drain does): it finishes its pages or gives them back.
@@ -396,7 +431,7 @@ def test_a_backlog_scales_worker_pods_up_and_down_and_a_pod_stopped_mid_page_los
             return all(a.status_code == 200 and a.json().get("status") == "COMPLETED" for a in answers)
 
         try:
-            wait_for(stored, timeout=300, what="every backlog page stored", interval=2)
+            eventually_sync(stored, timeout=300, what="every backlog page stored", interval=2, retry_on=ANY_ERROR)
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{release.describe()}") from exc
 
@@ -408,8 +443,20 @@ def test_a_backlog_scales_worker_pods_up_and_down_and_a_pod_stopped_mid_page_los
     assert all(ip_address(client) in POD_NETWORK and client != release.site.host for client in clients), clients
 
     # Down: the queue is empty, so after the 10 s window the pool goes back to its minimum, one Pod.
-    wait_for(lambda: worker_replicas(release) == 1, timeout=120, what="the pool to scale the workers back to 1")
-    wait_for(lambda: len(release.pods("worker")) == 1, timeout=120, what="one worker Pod left")
+    eventually_sync(
+        lambda: worker_replicas(release) == 1,
+        timeout=120,
+        what="the pool to scale the workers back to 1",
+        interval=0.2,
+        retry_on=ANY_ERROR,
+    )
+    eventually_sync(
+        lambda: len(release.pods("worker")) == 1,
+        timeout=120,
+        what="one worker Pod left",
+        interval=0.2,
+        retry_on=ANY_ERROR,
+    )
     pool = json.loads(
         kube.run("get", "crawlworkerpool", f"{FULLNAME}-worker", "-n", release.namespace, "-o", "json").stdout
     )
@@ -421,12 +468,14 @@ def test_a_worker_whose_process_hangs_is_restarted_by_its_liveness_probe(
     release: Release, node_cluster: NodeCluster
 ) -> None:
     # A Pod that stays: not one the pool's last scale-down is still terminating (its kubelet kills it anyway).
-    pod = wait_for(
+    pod = eventually_sync(
         lambda: next(
             (p for p in release.pods("worker") if ready(p) and not p["metadata"].get("deletionTimestamp")), None
         ),
         timeout=READY_SECONDS,
         what="a Ready worker Pod that is not terminating",
+        interval=0.2,
+        retry_on=ANY_ERROR,
     )
     name = pod["metadata"]["name"]
     before = restarts(pod)
@@ -439,14 +488,22 @@ def test_a_worker_whose_process_hangs_is_restarted_by_its_liveness_probe(
             out = release.kube.run("get", "pod", name, "-n", release.namespace, "-o", "json", check=False).stdout
             return bool(out) and restarts(json.loads(out)) > before
 
-        wait_for(restarted, timeout=LIVENESS_SECONDS, what="the kubelet to restart the hung worker", interval=1)
+        eventually_sync(
+            restarted,
+            timeout=LIVENESS_SECONDS,
+            what="the kubelet to restart the hung worker",
+            interval=1,
+            retry_on=ANY_ERROR,
+        )
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-    wait_for(
+    eventually_sync(
         lambda: any(ready(p) for p in release.pods("worker") if p["metadata"]["name"] == name),
         timeout=READY_SECONDS,
         what="the restarted worker Ready again",
+        interval=0.2,
+        retry_on=ANY_ERROR,
     )
 
 
@@ -475,7 +532,9 @@ def test_prometheus_scrapes_every_pod_and_every_dashboard_query_returns_data(rel
         return up
 
     pods = {role: len(release.pods(role)) for role in ("api", "worker", "operator")}
-    wait_for(lambda: targets_up() == pods, timeout=60, what=f"{pods} targets up")
+    eventually_sync(
+        lambda: targets_up() == pods, timeout=60, what=f"{pods} targets up", interval=0.2, retry_on=ANY_ERROR
+    )
 
     expressions = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
@@ -490,7 +549,9 @@ def test_prometheus_scrapes_every_pod_and_every_dashboard_query_returns_data(rel
         return [f"{title}: {expression}" for title, expression in expressions if not prometheus.query(expression)]
 
     try:
-        wait_for(lambda: not empty(), timeout=180, what="data for every dashboard query", interval=3)
+        eventually_sync(
+            lambda: not empty(), timeout=180, what="data for every dashboard query", interval=3, retry_on=ANY_ERROR
+        )
     except TimeoutError as exc:
         raise AssertionError(f"{exc}; queries without data:\n" + "\n".join(empty())) from exc
 
@@ -512,7 +573,13 @@ def test_helm_uninstall_leaves_nothing(release: Release) -> None:
     # operator could no longer remove, and the Pods are gone (--wait). The user's own CrawlSite stays, as do the
     # CRDs, the database and the queues.
     try:
-        wait_for(lambda: not release_objects(release), timeout=60, what="no object of the release left")
+        eventually_sync(
+            lambda: not release_objects(release),
+            timeout=60,
+            what="no object of the release left",
+            interval=0.2,
+            retry_on=ANY_ERROR,
+        )
     except TimeoutError as exc:
         raise AssertionError(f"{exc}: {release_objects(release)}") from exc
     assert release.kube.run("get", "crawlworkerpools", "-n", release.namespace, "-o", "name").stdout.split() == []

@@ -20,7 +20,7 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,15 +222,6 @@ async def publish(channel: aio_pika.abc.AbstractChannel, queue: str, count: int)
         await channel.default_exchange.publish(aio_pika.Message(f"task {i}".encode()), routing_key=queue)
 
 
-async def until(check: Callable[[], bool], *, what: str, timeout: float = SETTLE) -> None:
-    """``eventually`` for a plain predicate (log contents, counters kept by the test)."""
-
-    async def probe() -> bool:
-        return check()
-
-    await eventually(probe, timeout=timeout, interval=0.1, what=what)
-
-
 def log_records(operator: OperatorProcess, since: int = 0) -> list[dict[str, Any]]:
     """The operator's JSON log records, parsed (so the renderer's spacing and key order do not matter)."""
     records = []
@@ -263,12 +254,9 @@ async def test_published_messages_scale_replicas_to_ceil_n_over_target_within_tw
     await active(kube, namespace, "workers")
 
     await publish(broker, queue, 23)
-    published = time.monotonic()
-    seen = await wait_replicas(kube, namespace, "workers", math.ceil(23 / 5), timeout=SETTLE)
-
+    # A deadline, not a measured gap: scaled within two polls and a patch, plus the time kubectl takes to see it.
     bound = 2 * poll_seconds + 1
-    print(f"reaction observed {seen - published:.2f}s (bound {bound}s + {OBSERVATION_SLACK}s observation)")
-    assert seen - published <= bound + OBSERVATION_SLACK, f"scaled after {seen - published:.2f}s (bound {bound}s)"
+    await wait_replicas(kube, namespace, "workers", math.ceil(23 / 5), timeout=bound + OBSERVATION_SLACK)
     status = (await wait_pool(kube, namespace, "workers", lambda p: p["status"].get("desiredReplicas") == 5, "status"))[
         "status"
     ]
@@ -459,8 +447,12 @@ async def test_scale_down_keeps_busy_pods_and_gives_them_the_high_deletion_cost(
             )
             workers.append(Process(["worker", "--metrics-port", "0"], env, tmp_path / f"{name}.log"))
             workers[-1].start()
-        await until(lambda: all("worker_started" in w.output() for w in workers), what="workers started")
-        await until(lambda: holding_site.arrived >= held, what="all messages held by the two workers")
+        await eventually(
+            lambda: all("worker_started" in w.output() for w in workers), timeout=SETTLE, what="workers started"
+        )
+        await eventually(
+            lambda: holding_site.arrived >= held, timeout=SETTLE, what="all messages held by the two workers"
+        )
 
         # ready 0, 8 unacked on 2 pods: the window passes, then 4 → 2 (never below the busy pods), idle pods first
         await wait_replicas(kube, namespace, "workers", 2)
@@ -516,8 +508,10 @@ async def test_broker_unreachable_keeps_replicas_sets_metrics_unavailable_and_wa
         assert "keeping 3 replicas" in event["message"]
         # the queue drains meanwhile; the blind operator must not notice, and keeps polling without scaling
         await (await declare(broker, queue)).purge()
-        await until(
-            lambda: len(log_lines(pools.operator, "pool_metrics_unavailable", ref, since)) >= 4, what="4 failed polls"
+        await eventually(
+            lambda: len(log_lines(pools.operator, "pool_metrics_unavailable", ref, since)) >= 4,
+            timeout=SETTLE,
+            what="4 failed polls",
         )
         assert await replicas(kube, namespace, "workers") == 3
         assert log_lines(pools.operator, "pool_scaled", ref, since) == []
@@ -769,8 +763,10 @@ async def test_an_operator_restart_does_not_make_replicas_jump(
 
     since = len(pools.operator.output())
     pools.operator.restart()
-    await until(
-        lambda: bool(log_lines(pools.operator, "pool_scaling_started", f"{namespace}/steady", since)), what="restart"
+    await eventually(
+        lambda: bool(log_lines(pools.operator, "pool_scaling_started", f"{namespace}/steady", since)),
+        timeout=SETTLE,
+        what="restart",
     )
     await publish(broker, f"{namespace}.clock", 30)
     await wait_replicas(kube, namespace, "clock", 6)  # the new process polls and scales up at once

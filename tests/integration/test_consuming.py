@@ -10,6 +10,7 @@ from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.broker.topology import METADATA_QUEUE
 from kubecrawl.core.errors import PublishRejected
 from kubecrawl.core.settings import PublisherSettings
+from tests.support.polling import eventually
 from tests.support.servers import RabbitServer
 
 
@@ -62,9 +63,7 @@ async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: Ra
         for i in range(count):
             await publisher.publish(METADATA_QUEUE, b'{"n": %d}' % i, message_id=f"a{i}")
         await consumer.start({METADATA_QUEUE: handle})
-        async with asyncio.timeout(30):
-            while len(received) < count:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: len(received) >= count, interval=0.05, what=f"{count} messages handled")
         await consumer.drain(timeout_seconds=30)
     finally:
         await consumer.close()
@@ -102,17 +101,14 @@ async def test_the_consumer_takes_at_most_prefetch_count_unacked_messages(rabbit
         for i in range(10):
             await publisher.publish(METADATA_QUEUE, b'{"n": %d}' % i, message_id=f"p{i}")
         await consumer.start({METADATA_QUEUE: handle})
-        async with asyncio.timeout(30):
-            while len(received) < 3 or not await asyncio.to_thread(consumers):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: len(received) >= 3, interval=0.05, what="a prefetch window handled")
+        await eventually(lambda: asyncio.to_thread(consumers), interval=0.05, what="the consumer registered")
         [registered] = await asyncio.to_thread(consumers)
         assert registered["prefetch_count"] == 3
         assert registered["ack_required"] is True
         assert len(received) == 3  # the other seven wait in the queue until these are acked
         release.set()
-        async with asyncio.timeout(30):
-            while len(received) < 10:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: len(received) >= 10, interval=0.05, what="every message handled")
         await consumer.drain(timeout_seconds=30)
     finally:
         release.set()

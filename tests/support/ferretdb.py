@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.servers import ServerUnavailable, free_port, port_open, wait_for
+from tests.support.polling import eventually_sync
+from tests.support.servers import ServerUnavailable, free_port, port_open
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "ferretdb" / "build"
 
@@ -77,7 +78,7 @@ class FerretServer:
             return port_open(self.port)
 
         try:
-            wait_for(up, timeout=30, what=f"ferretdb on port {self.port}")
+            eventually_sync(up, timeout=30, interval=0.2, what=f"ferretdb on port {self.port}")
         except TimeoutError as exc:
             self.stop()
             raise ServerUnavailable(f"{exc}; log: {log.read_text()[-2000:]}") from exc

@@ -9,7 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.servers import ServerUnavailable, free_port, wait_for
+from tests.support.polling import eventually_sync
+from tests.support.servers import ServerUnavailable, free_port
 
 
 class TinyProxy:
@@ -43,7 +44,9 @@ class TinyProxy:
         self._process = subprocess.Popen(
             [binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(lambda: "Accepting connections" in self.log_text() or None, timeout=20, what="tinyproxy listening")
+        eventually_sync(
+            lambda: "Accepting connections" in self.log_text(), timeout=20, interval=0.2, what="tinyproxy listening"
+        )
         return self
 
     def log_text(self) -> str:

@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.servers import ServerUnavailable, free_port, wait_for
+from tests.support.polling import ANY_ERROR, eventually_sync
+from tests.support.servers import ServerUnavailable, free_port
 
 _KNOWN_SPEC = {"selector", "namespaceSelector", "endpoints", "targetLabels"}
 _KNOWN_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "honorLabels"}
@@ -198,7 +199,7 @@ class PrometheusServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._ready, timeout=60, what="Prometheus ready")
+        eventually_sync(self._ready, timeout=60, interval=0.2, what="Prometheus ready", retry_on=ANY_ERROR)
         return self
 
     def _ready(self) -> bool:

@@ -13,12 +13,13 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.polling import eventually_sync
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin")]
@@ -32,21 +33,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except Exception as exc:
-            last_error = exc
-        else:
-            if result:
-                return result
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
 
 
 def port_open(port: int) -> bool:
@@ -136,7 +122,7 @@ class RabbitServer:
                 raise ServerUnavailable(f"rabbitmq-server exited; see {self.base / 'server.log'}")
             return port_open(self.port)
 
-        wait_for(ready, timeout=timeout, what=f"RabbitMQ on port {self.port}")
+        eventually_sync(ready, timeout=timeout, interval=0.2, what=f"RabbitMQ on port {self.port}")
         self.ctl("await_startup", timeout=timeout)
 
     def stop_app(self) -> None:
@@ -145,7 +131,9 @@ class RabbitServer:
 
     def start_app(self) -> None:
         self.ctl("start_app")
-        wait_for(lambda: port_open(self.port), timeout=60, what="RabbitMQ listener after start_app")
+        eventually_sync(
+            lambda: port_open(self.port), timeout=60, interval=0.2, what="RabbitMQ listener after start_app"
+        )
 
     def add_vhost(self, vhost: str) -> str:
         """A fresh virtual host: each test gets its own queues (fast, through the management API)."""

@@ -15,9 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from tests.support.controlplane import ControlPlane, Node, free_port
+from tests.support.polling import PollTimeout, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"
@@ -190,14 +191,19 @@ class Process:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_until(self, ready: Any, *, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
+    def wait_until(self, ready: Callable[[], object], *, timeout: float, what: str) -> None:
+        """Poll ``ready`` (tests/support/polling.py) while the process runs; its exit or the deadline fails with
+        the end of its log."""
+
+        def running_and_ready() -> object:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{what}: process exited {self.proc.returncode}; log:\n{self.output()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what}; log:\n{self.output()[-4000:]}")
-            time.sleep(0.1)
+            return ready()
+
+        try:
+            eventually_sync(running_and_ready, timeout=timeout, interval=0.1, what=what)
+        except PollTimeout as exc:
+            raise PollTimeout(f"{exc}; log:\n{self.output()[-4000:]}") from exc
 
     def kill(self) -> None:
         """SIGKILL, as a node failure or an OOM kill would: no clean shutdown."""

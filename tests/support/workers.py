@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kubecrawl.core.settings import Settings
 from tests.support.environment import env_for
-from tests.support.servers import wait_for
+from tests.support.polling import eventually_sync
 
 
 class WorkerProcess:
@@ -33,7 +33,7 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited early:\n{self.output()}")
             return "worker_started" in self.output()
 
-        wait_for(started, timeout=timeout, what="worker_started")
+        eventually_sync(started, timeout=timeout, interval=0.2, what="worker_started")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar
+
+import pytest
 
 from kubecrawl.api.routes import crawls as crawl_routes
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
@@ -72,11 +74,14 @@ def parse(chunks: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
     return events
 
 
-async def collect(store: FakeCrawls, last_event_id: str | None) -> list[tuple[float, str]]:
+async def collect(
+    store: FakeCrawls, last_event_id: str | None, now: Callable[[], float] = lambda: 0.0
+) -> list[tuple[float, str]]:
+    """Every chunk of the stream with the time ``now`` says it arrived (a fake clock where the test needs one)."""
     response = await crawl_routes.crawl_events("c1", Connected(), store, last_event_id)  # type: ignore[arg-type]
     async with asyncio.timeout(10):
         return [
-            (time.monotonic(), chunk if isinstance(chunk, str) else bytes(chunk).decode())
+            (now(), chunk if isinstance(chunk, str) else bytes(chunk).decode())
             async for chunk in response.body_iterator
         ]
 
@@ -102,16 +107,29 @@ async def test_pages_finished_after_the_crawl_was_read_are_streamed_once_in_the_
     assert events[-1][0] == "completed"
 
 
-async def test_a_page_outcome_reaches_the_stream_within_one_second() -> None:
+async def test_a_page_outcome_reaches_the_stream_within_one_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock: the stream's only pauses are its sleeps, so a page's delay is the time slept between its
+    finishing and the event that carries it, whatever the machine's load."""
+    clock = [0.0]
+    finished_at: list[float] = []
     store = FakeCrawls([crawl(0)])
-    stream = asyncio.ensure_future(collect(store, last_event_id=None))
-    await asyncio.sleep(0.3)  # the stream is polling a crawl with nothing new
-    store.finished = 1
-    store.reads = [crawl(1, CrawlState.COMPLETED)]
-    finished_at = time.monotonic()
-    chunks = await stream
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds: float) -> None:
+        clock[0] += seconds
+        await real_sleep(0)
+
+    def finish_after_a_while(current: Crawl) -> None:
+        if clock[0] >= 3 and not finished_at:  # polled a crawl with nothing new for a while; finished after a read
+            store.finished = 1
+            store.reads = [crawl(1, CrawlState.COMPLETED)]
+            finished_at.append(clock[0])
+
+    store.on_read = finish_after_a_while
+    monkeypatch.setattr(crawl_routes.asyncio, "sleep", fake_sleep)
+    chunks = await collect(store, last_event_id=None, now=lambda: clock[0])
     [(arrived, _)] = [(at, chunk) for at, chunk in chunks if '"seq":1' in chunk]
-    assert arrived - finished_at < 1.0
+    assert arrived - finished_at[0] < 1.0
     assert parse([chunk for _, chunk in chunks])[-1][0] == "completed"
 
 

@@ -3,111 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import pytest
 
 from kubecrawl.api.enqueuing import MetadataEnqueuer
-from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.publishing import Outgoing
 from kubecrawl.core.errors import PublishRejected, StoreUnavailable, TransientError
-
-Request = tuple[str, str]
-
-
-class FakeWriter:
-    def __init__(self, pages: FakePages) -> None:
-        self.pages = pages
-        self.closed = False
-
-    async def record(self, batch: Sequence[Request]) -> None:
-        self.pages.recorded.append(list(batch))
-        if self.pages.gate is not None:
-            await self.pages.gate.wait()
-        if self.pages.record_error is not None:
-            self.closed = True
-            raise self.pages.record_error
-
-    async def close(self) -> None:
-        self.closed = True
-        if self.pages.on_close is not None:
-            await self.pages.on_close()
-
-
-class FakePages:
-    def __init__(self) -> None:
-        self.recorded: list[list[Request]] = []
-        self.released: list[list[Request]] = []
-        self.writers: list[FakeWriter] = []
-        self.gate: asyncio.Event | None = None
-        self.record_error: Exception | None = None
-        self.release_error: Exception | None = None
-        self.on_close: Callable[[], Awaitable[None]] | None = None
-
-    async def request_writer(self) -> FakeWriter:
-        writer = FakeWriter(self)
-        self.writers.append(writer)
-        return writer
-
-    async def release_requests(self, batch: Sequence[Request]) -> None:
-        self.released.append(list(batch))
-        if self.release_error is not None:
-            raise self.release_error
-
-
-class FakeBatchPublisher:
-    """Confirms everything, unless ``refuse`` says otherwise for a message id."""
-
-    state = PublisherState.READY
-
-    def __init__(self, refuse: Callable[[str], TransientError | None] = lambda _: None) -> None:
-        self.batches: list[list[str]] = []
-        self.refuse = refuse
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def publish(self, routing_key: str, body: bytes, *, message_id: str, **_: Any) -> None:
-        raise AssertionError("a batch publisher is sent batches")
-
-    async def publish_batch(
-        self, routing_key: str, messages: Sequence[Outgoing], *, on_confirmed: Callable[[int], None] | None = None
-    ) -> list[TransientError | None]:
-        assert routing_key == "kubecrawl.metadata"
-        self.batches.append([m.message_id for m in messages])
-        outcomes = [self.refuse(m.message_id) for m in messages]
-        for index, outcome in enumerate(outcomes):
-            if outcome is None and on_confirmed is not None:
-                on_confirmed(index)
-        return outcomes
-
-
-class FakeSinglePublisher:
-    """A publisher without batches, like the embedded default's in-process broker."""
-
-    state = PublisherState.READY
-
-    def __init__(self) -> None:
-        self.published: list[str] = []
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        headers: Mapping[str, Any] | None = None,
-        log_context: Mapping[str, Any] | None = None,
-    ) -> None:
-        if message_id == "full":
-            raise PublishRejected("queue is full")
-        self.published.append(message_id)
+from tests.support.fakes import FakeBatchPublisher, FakePages, FakePublisher
 
 
 def enqueuer(pages: FakePages, publisher: object) -> MetadataEnqueuer:
@@ -244,7 +145,10 @@ async def test_a_request_cancelled_before_its_write_is_left_out() -> None:
 
 
 async def test_a_publisher_without_batches_publishes_one_message_after_the_other() -> None:
-    pages, publisher = FakePages(), FakeSinglePublisher()
+    pages, publisher = (
+        FakePages(),
+        FakePublisher(refuse=lambda rid: PublishRejected("queue is full") if rid == "full" else None),
+    )
     pipeline = enqueuer(pages, publisher)
     results = await asyncio.gather(
         pipeline.enqueue("https://e.x/a", "ra"),
@@ -255,5 +159,5 @@ async def test_a_publisher_without_batches_publishes_one_message_after_the_other
     assert results[0] is None
     assert isinstance(results[1], PublishRejected)
     assert results[2] is None
-    assert publisher.published == ["ra", "rb"]
+    assert publisher.message_ids == ["ra", "rb"]
     assert pages.released == [[("https://e.x/full", "full")]]

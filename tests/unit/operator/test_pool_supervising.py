@@ -65,20 +65,16 @@ class Harness:
         return next(s for s in self.scalers if s.ref == ref and s.uid == uid)
 
 
-async def until(condition: Any) -> None:
-    await eventually(condition, timeout=5, interval=0.005)
-
-
 async def test_each_pool_in_the_index_gets_its_own_task_polling_its_current_spec() -> None:
     h = Harness()
     h.put(A, "u1", {"maxReplicas": 3})
     h.put(B, "u2", {"maxReplicas": 5})
     runner = asyncio.create_task(h.supervisor.run())
-    await until(lambda: len(h.scalers) == 2 and all(s.polls for s in h.scalers))
+    await eventually(lambda: len(h.scalers) == 2 and all(s.polls for s in h.scalers), timeout=5, interval=0.005)
     assert h.supervisor.serving == {A, B}
 
     h.put(A, "u1", {"maxReplicas": 7}, generation=2)  # a spec change: same task, the next poll sees it
-    await until(lambda: h.scaler(A, "u1").polls[-1] == ({"maxReplicas": 7}, 2))
+    await eventually(lambda: h.scaler(A, "u1").polls[-1] == ({"maxReplicas": 7}, 2), timeout=5, interval=0.005)
     assert len(h.scalers) == 2
 
     await h.supervisor.stop()
@@ -91,12 +87,12 @@ async def test_a_deleted_pool_stops_being_polled_and_its_metrics_are_dropped() -
     h.put(A, "u1", {})
     h.put(B, "u2", {})
     runner = asyncio.create_task(h.supervisor.run())
-    await until(lambda: len(h.scalers) == 2)
+    await eventually(lambda: len(h.scalers) == 2, timeout=5, interval=0.005)
     h.drop(A)
-    await until(lambda: h.scaler(A, "u1").forgotten)
+    await eventually(lambda: h.scaler(A, "u1").forgotten, timeout=5, interval=0.005)
     polls = len(h.scaler(A, "u1").polls)
     before = len(h.scaler(B, "u2").polls)
-    await until(lambda: len(h.scaler(B, "u2").polls) > before + 3)  # B goes on
+    await eventually(lambda: len(h.scaler(B, "u2").polls) > before + 3, timeout=5, interval=0.005)  # B goes on
     assert len(h.scaler(A, "u1").polls) == polls
     assert h.supervisor.serving == {B}
     await h.supervisor.stop()
@@ -107,9 +103,9 @@ async def test_a_pool_recreated_under_the_same_name_starts_afresh() -> None:
     h = Harness()
     h.put(A, "u1", {})
     runner = asyncio.create_task(h.supervisor.run())
-    await until(lambda: bool(h.scalers) and h.scalers[0].polls)
+    await eventually(lambda: bool(h.scalers) and h.scalers[0].polls, timeout=5, interval=0.005)
     h.put(A, "u2", {})  # deleted and created again between two syncs: a new uid
-    await until(lambda: any(s.uid == "u2" and s.polls for s in h.scalers))
+    await eventually(lambda: any(s.uid == "u2" and s.polls for s in h.scalers), timeout=5, interval=0.005)
     assert h.scaler(A, "u1").forgotten
     await h.supervisor.stop()
     await runner
@@ -120,7 +116,7 @@ async def test_stop_lets_a_poll_finish_then_cancels_what_overruns() -> None:
     h = Harness(block=block, stop_timeout=0.2)
     h.put(A, "u1", {})
     runner = asyncio.create_task(h.supervisor.run())
-    await until(lambda: bool(h.scalers) and h.scalers[0].polled.is_set())
+    await eventually(lambda: bool(h.scalers) and h.scalers[0].polled.is_set(), timeout=5, interval=0.005)
     await h.supervisor.stop()  # the poll never ends by itself: cancelled after the timeout
     await runner
     assert h.scaler(A, "u1").forgotten
@@ -139,9 +135,9 @@ async def test_a_crashing_poll_does_not_end_the_pool_task(error: Exception) -> N
         raise error
 
     runner = asyncio.create_task(h.supervisor.run())
-    await until(lambda: bool(h.scalers))
+    await eventually(lambda: bool(h.scalers), timeout=5, interval=0.005)
     h.scalers[0].poll = failing  # type: ignore[method-assign]
-    await until(lambda: calls >= 3)
+    await eventually(lambda: calls >= 3, timeout=5, interval=0.005)
     assert h.supervisor.serving == {A}
     await h.supervisor.stop()
     await runner

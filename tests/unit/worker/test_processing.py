@@ -14,6 +14,7 @@ from kubecrawl.core.settings import RetrySettings
 from kubecrawl.store.contract import AttemptStart
 from kubecrawl.worker import settling
 from kubecrawl.worker.processing import MetadataPipeline
+from tests.support.fakes import FakePages, FakePublisher
 
 URL = "https://example.com/page"
 
@@ -33,31 +34,6 @@ class FakeDelivery:
 
     async def reject(self, *, requeue: bool = False) -> None:
         self.settled.append("requeue" if requeue else "reject")
-
-
-class FakePublisher:
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error
-        self.published: list[tuple[str, dict[str, Any]]] = []
-
-    async def publish(self, routing_key: str, body: bytes, *, message_id: str, **kwargs: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.published.append((routing_key, dict(kwargs.get("headers") or {})))
-
-
-class FakePages:
-    def __init__(self, start: AttemptStart | Exception) -> None:
-        self.start = start
-        self.failed: list[dict[str, Any]] = []
-
-    async def begin_attempt(self, url: str, request_id: str) -> AttemptStart:
-        if isinstance(self.start, Exception):
-            raise self.start
-        return self.start
-
-    async def fail(self, url: str, request_id: str, **kwargs: Any) -> None:
-        self.failed.append(kwargs)
 
 
 class FakeFetcher:

@@ -1,0 +1,138 @@
+"""The test doubles of the pure-logic unit tests, defined once: a publisher (with or without batches) and the page
+metadata store as the API's enqueuer and the worker's metadata pipeline see it.
+
+Each records what it was asked and answers as the test configures it; none pretends to be a server (integration
+tests use the real ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from kubecrawl.broker.base import PublisherState
+from kubecrawl.broker.publishing import Outgoing
+from kubecrawl.core.errors import TransientError
+from kubecrawl.store.contract import AttemptStart
+
+Request = tuple[str, str]  # (url, request id), as the enqueuer records them
+
+
+class FakePublisher:
+    """Confirms every message unless ``error`` (raised by every publish) or ``refuse(message_id)`` says otherwise.
+
+    ``published`` holds (routing key, headers) of each confirmed message, ``message_ids`` their ids. It has no
+    ``publish_batch``: the enqueuer publishes one message after the other, as on the embedded in-process broker.
+    """
+
+    state = PublisherState.READY
+
+    def __init__(
+        self, error: Exception | None = None, *, refuse: Callable[[str], TransientError | None] = lambda _: None
+    ) -> None:
+        self.error = error
+        self.refuse = refuse
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.message_ids: list[str] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, Any] | None = None,
+        log_context: Mapping[str, Any] | None = None,
+    ) -> None:
+        if self.error is not None:
+            raise self.error
+        refused = self.refuse(message_id)
+        if refused is not None:
+            raise refused
+        self.published.append((routing_key, dict(headers or {})))
+        self.message_ids.append(message_id)
+
+
+class FakeBatchPublisher(FakePublisher):
+    """``FakePublisher`` with ``publish_batch``, as ``RabbitPublisher`` has: ``batches`` holds each batch's ids."""
+
+    def __init__(self, refuse: Callable[[str], TransientError | None] = lambda _: None) -> None:
+        super().__init__(refuse=refuse)
+        self.batches: list[list[str]] = []
+
+    async def publish(self, routing_key: str, body: bytes, *, message_id: str, **_: Any) -> None:
+        raise AssertionError("a batch publisher is sent batches")
+
+    async def publish_batch(
+        self, routing_key: str, messages: Sequence[Outgoing], *, on_confirmed: Callable[[int], None] | None = None
+    ) -> list[TransientError | None]:
+        assert routing_key == "kubecrawl.metadata"
+        self.batches.append([m.message_id for m in messages])
+        outcomes = [self.refuse(m.message_id) for m in messages]
+        for index, outcome in enumerate(outcomes):
+            if outcome is None and on_confirmed is not None:
+                on_confirmed(index)
+        return outcomes
+
+
+class FakeWriter:
+    """The enqueuer's ``RequestWriter``: records each batch in its ``FakePages``; ``gate`` holds a write open."""
+
+    def __init__(self, pages: FakePages) -> None:
+        self.pages = pages
+        self.closed = False
+
+    async def record(self, batch: Sequence[Request]) -> None:
+        self.pages.recorded.append(list(batch))
+        if self.pages.gate is not None:
+            await self.pages.gate.wait()
+        if self.pages.record_error is not None:
+            self.closed = True
+            raise self.pages.record_error
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.pages.on_close is not None:
+            await self.pages.on_close()
+
+
+class FakePages:
+    """The page metadata store: what the API's enqueuer writes and releases (``recorded``, ``released``), and
+    what the worker's metadata pipeline begins (``start``: an ``AttemptStart``, or an exception to raise) and
+    fails (``failed``)."""
+
+    def __init__(self, start: AttemptStart | Exception | None = None) -> None:
+        self.start = start
+        self.failed: list[dict[str, Any]] = []
+        self.recorded: list[list[Request]] = []
+        self.released: list[list[Request]] = []
+        self.writers: list[FakeWriter] = []
+        self.gate: asyncio.Event | None = None
+        self.record_error: Exception | None = None
+        self.release_error: Exception | None = None
+        self.on_close: Callable[[], Awaitable[None]] | None = None
+
+    async def request_writer(self) -> FakeWriter:
+        writer = FakeWriter(self)
+        self.writers.append(writer)
+        return writer
+
+    async def release_requests(self, batch: Sequence[Request]) -> None:
+        self.released.append(list(batch))
+        if self.release_error is not None:
+            raise self.release_error
+
+    async def begin_attempt(self, url: str, request_id: str) -> AttemptStart:
+        if self.start is None:
+            raise AssertionError("this test's pages have no attempt to begin")
+        if isinstance(self.start, Exception):
+            raise self.start
+        return self.start
+
+    async def fail(self, url: str, request_id: str, **kwargs: Any) -> None:
+        self.failed.append(kwargs)
