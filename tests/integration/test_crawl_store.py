@@ -64,7 +64,7 @@ async def _handle_page(store: CrawlStore, settings: Settings, task: PageTask, *,
             body = task.model_dump_json().encode()
             delivery = MemoryDelivery(PAGES_QUEUE, body, {}, "m1", broker, redelivered=redelivered)
             await pipeline.handle(delivery)
-        published = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
+        published = [PageTask.model_validate_json(d.body).url for d in broker.take(PAGES_QUEUE)]
         return Handled(delivery, published, list(broker.dead))
     finally:
         await broker.close()
@@ -361,7 +361,7 @@ async def test_the_sweep_resumes_a_crawl_whose_window_publish_failed(engine: Asy
     await broker.start()
     try:
         assert await sweep_once(store, broker, lost_after=timedelta(minutes=15)) == 2
-        published = [PageTask.model_validate_json(d.body).url for d in broker.drain(PAGES_QUEUE)]
+        published = [PageTask.model_validate_json(d.body).url for d in broker.take(PAGES_QUEUE)]
         assert await sweep_once(store, broker, lost_after=timedelta(minutes=15)) == 0  # in flight again: left alone
     finally:
         await broker.close()

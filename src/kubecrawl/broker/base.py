@@ -1,7 +1,9 @@
 """What the API and the worker need from a broker, independent of RabbitMQ.
 
 Two implementations: ``publishing.RabbitPublisher`` + ``consuming.RabbitConsumer`` (production) and
-``memory.MemoryBroker`` (the embedded default). The worker pipeline only sees ``Delivery``.
+``memory.MemoryBroker`` + its ``MemoryConsumer`` (the embedded default). The worker pipeline only sees ``Delivery``.
+Each implementation module ends with a ``TYPE_CHECKING`` block that assigns its classes to these Protocols, so
+mypy (strict) fails the build the day an implementation and its interface part.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ class Consumer(Protocol):
         """Start consuming each queue in ``handlers``; returns once consumption has begun."""
         ...
 
-    async def drain(self) -> None:
-        """Stop taking new messages and wait until every in-flight handler has returned."""
+    async def drain(self, timeout_seconds: float) -> None:
+        """Stop taking new messages and wait up to ``timeout_seconds`` for every in-flight handler to return; a
+        handler still running then is cancelled (its message goes back to its queue unsettled)."""
         ...
 
     async def close(self) -> None: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import aio_pika.abc
@@ -22,7 +22,7 @@ import aiormq.exceptions
 from pamqp.commands import Basic
 from pamqp.frame import marshal
 
-from kubecrawl.broker.base import Handler
+from kubecrawl.broker.base import Consumer, Delivery, Handler
 from kubecrawl.broker.topology import declare_topology
 from kubecrawl.core.backoff import retry_with_backoff
 from kubecrawl.core.errors import ConnectionLost
@@ -268,3 +268,9 @@ class RabbitConsumer:
             with contextlib.suppress(Exception):
                 await self._connection.close()
         self._channel = self._connection = None
+
+
+if TYPE_CHECKING:  # mypy proves the RabbitMQ consumer implements broker/base.py's interfaces
+
+    def _implements(consumer: RabbitConsumer, delivery: RabbitDelivery) -> tuple[Consumer, Delivery]:
+        return consumer, delivery

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubecrawl.broker.base import Handler, PublisherState
+from kubecrawl.broker.base import Consumer, Delivery, Handler, Publisher, PublisherState
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, RETRY_TIERS_SECONDS, WORK_QUEUES, retry_queue_name
 from kubecrawl.core.errors import PublisherNotReady, PublishRejected
 from kubecrawl.core.logging import get_logger
@@ -55,6 +55,7 @@ class MemoryBroker:
         self._workers: list[asyncio.Task[None]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._draining = False
         self.dead: list[MemoryDelivery] = []
 
     @property
@@ -67,7 +68,7 @@ class MemoryBroker:
     def depth(self, queue: str) -> int:
         return self._queues[queue].qsize()
 
-    def drain(self, queue: str) -> list[MemoryDelivery]:
+    def take(self, queue: str) -> list[MemoryDelivery]:
         """Take every message waiting in ``queue`` without delivering it (inspection, like ``dead``)."""
         taken: list[MemoryDelivery] = []
         while not self._queues[queue].empty():
@@ -118,7 +119,7 @@ class MemoryBroker:
                 self._workers.append(asyncio.create_task(self._consume(name, handler)))
 
     async def _consume(self, queue: str, handler: Handler) -> None:
-        while True:
+        while not self._draining:
             delivery = await self._queues[queue].get()
             task = asyncio.current_task()
             assert task is not None
@@ -129,8 +130,25 @@ class MemoryBroker:
                 log.exception("memory_handler_failed", queue=queue)
             finally:
                 self._in_flight.discard(task)
-            if not delivery.settled:  # a handler that forgot to settle: RabbitMQ would redeliver on close
-                self.requeue(delivery)
+                # A handler that did not settle (it forgot, or ``drain`` cancelled it): RabbitMQ would redeliver.
+                if not delivery.settled:
+                    self.requeue(delivery)
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Stop taking messages; wait up to ``timeout_seconds`` for the handlers running, then cancel the rest.
+
+        A handler cancelled here never settles: its message is put back, as RabbitMQ redelivers an unacked one."""
+        idle = [worker for worker in self._workers if worker not in self._in_flight]
+        busy = [worker for worker in self._workers if worker in self._in_flight]
+        self._draining = True
+        for worker in idle:
+            worker.cancel()
+        if busy:
+            await asyncio.wait(busy, timeout=timeout_seconds)
+        for worker in busy:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
 
     async def close(self) -> None:
         self._state = PublisherState.CLOSED
@@ -142,3 +160,30 @@ class MemoryBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._workers.clear()
+
+    @property
+    def consumer(self) -> MemoryConsumer:
+        """This broker's ``Consumer`` side (``start`` takes the handlers; the broker's own ``start`` opens it)."""
+        return MemoryConsumer(self)
+
+
+class MemoryConsumer:
+    """A ``MemoryBroker`` seen as a ``Consumer``, as ``RabbitConsumer`` is RabbitMQ's."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+
+    async def start(self, handlers: Mapping[str, Handler]) -> None:
+        await self._broker.start_consuming(handlers)
+
+    async def drain(self, timeout_seconds: float) -> None:
+        await self._broker.drain(timeout_seconds)
+
+    async def close(self) -> None:
+        await self._broker.close()
+
+
+if TYPE_CHECKING:  # mypy proves the in-process broker implements broker/base.py's interfaces
+
+    def _implements(broker: MemoryBroker, delivery: MemoryDelivery) -> tuple[Publisher, Consumer, Delivery]:
+        return broker, broker.consumer, delivery

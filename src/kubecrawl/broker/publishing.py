@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import aio_pika.abc
@@ -35,7 +35,7 @@ from pamqp.body import ContentBody  # pamqp: aiormq's AMQP codec
 from pamqp.header import ContentHeader
 from prometheus_client import Counter, Histogram
 
-from kubecrawl.broker.base import PublisherState
+from kubecrawl.broker.base import Publisher, PublisherState
 from kubecrawl.broker.consuming import FrameWriter
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
@@ -473,3 +473,9 @@ class RabbitPublisher:
             self._channel = self._connection = self._writer = None
             self._set_state(S.CLOSED)
         log.info("publisher_shutdown", waited_for=in_flight)
+
+
+if TYPE_CHECKING:  # mypy proves the RabbitMQ publisher implements broker/base.py's interface
+
+    def _implements(publisher: RabbitPublisher) -> Publisher:
+        return publisher

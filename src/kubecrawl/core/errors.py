@@ -19,7 +19,9 @@ HTTP in ``api/errors.py``, ack/retry/dead-letter in the worker pipeline, kopf er
         ├── InvalidMessage        (invalid_message: poison message on a queue)
         ├── InvalidValue          (invalid_value: the database refused a value, e.g. a NUL byte)
         ├── BodyTooLarge          (body_too_large: a request body over the limit; HTTP 413)
-        └── NotFound              (site_not_found, crawl_not_found, ...)
+        ├── NotFound              (site_not_found, crawl_not_found, ...)
+        ├── Conflict              (key_exists, idempotency_key_conflict: the state refuses it; HTTP 409)
+        └── Forbidden             (forbidden: the caller may not do this; HTTP 403)
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ class NotFound(PermanentError):
 
 
 class Conflict(PermanentError):
+    """The request is well formed but the stored state refuses it (a key name taken, an idempotency key of another
+    site's crawl)."""
+
     code = "conflict"
 
 
