@@ -1,5 +1,6 @@
-"""The test doubles of the pure-logic unit tests, defined once: a publisher (with or without batches) and the page
-metadata store as the API's enqueuer and the worker's metadata pipeline see it.
+"""The test doubles of the pure-logic unit tests, defined once: a publisher (with or without batches), the page
+metadata store as the API's enqueuer and the worker's metadata pipeline see it, and the crawl store as the
+worker's page pipeline sees it.
 
 Each records what it was asked and answers as the test configures it; none pretends to be a server (integration
 tests use the real ones).
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubecrawl.broker.base import PublisherState
 from kubecrawl.broker.publishing import Outgoing
 from kubecrawl.core.errors import TransientError
-from kubecrawl.store.contract import AttemptStart
+from kubecrawl.core.models import CrawlState
+from kubecrawl.fetch.fetching import FetchResult
+from kubecrawl.store.contract import AttemptStart, FinishResult, HostState, PageOutcome, PageRef, PageStart
 
 Request = tuple[str, str]  # (url, request id), as the enqueuer records them
 
@@ -136,3 +140,79 @@ class FakePages:
 
     async def fail(self, url: str, request_id: str, **kwargs: Any) -> None:
         self.failed.append(kwargs)
+
+
+class FakeHosts:
+    """A crawl store's hosts: robots.txt already known (``robots_txt``, None: none), no spacing to wait for,
+    pauses recorded."""
+
+    def __init__(self, robots_txt: str | None = None) -> None:
+        self.robots_txt = robots_txt
+        self.paused: list[tuple[str, str]] = []
+
+    async def claim_robots(self, crawl_id: str, host: str, *, lease: timedelta) -> tuple[bool, HostState]:
+        return False, HostState("READY", self.robots_txt)
+
+    async def reserve_slot(self, crawl_id: str, host: str, spacing: float) -> float:
+        return 0.0
+
+    async def pause(self, crawl_id: str, host: str, until: datetime) -> None:
+        self.paused.append((crawl_id, host))
+
+
+class FakeCrawls:
+    """The crawl store as the page pipeline sees it: ``start`` is what ``begin_page`` answers; the steps taken
+    are recorded (``retried``: (page, code, error); ``finished``: the outcomes written)."""
+
+    def __init__(self, start: PageStart | None) -> None:
+        self.start = start
+        self.hosts = FakeHosts()
+        self.retried: list[tuple[int, str, str]] = []
+        self.finished: list[PageOutcome] = []
+        self.released: list[PageRef] = []
+
+    async def begin_page(self, crawl_id: str, page_id: int) -> PageStart | None:
+        return self.start
+
+    async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
+        self.retried.append((page_id, code, error))
+
+    async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:
+        self.finished.append(outcome)
+        return FinishResult(to_publish=[], crawl_state=CrawlState.RUNNING, completed_now=False)
+
+    async def release(self, crawl_id: str, refs: Sequence[PageRef]) -> None:
+        self.released.extend(refs)
+
+
+class FakeDelivery:
+    """One received message; ``settled`` lists how it was settled (``ack``, ``reject``, ``requeue``)."""
+
+    redelivered = False
+
+    def __init__(self, body: bytes, *, queue: str, message_id: str = "m1") -> None:
+        self.body = body
+        self.queue = queue
+        self.message_id = message_id
+        self.headers: Mapping[str, Any] = {}
+        self.settled: list[str] = []
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def reject(self, *, requeue: bool = False) -> None:
+        self.settled.append("requeue" if requeue else "reject")
+
+
+class FakeFetcher:
+    """Answers every fetch with ``answer`` (a ``FetchResult``), or raises it (an exception); counts the calls."""
+
+    def __init__(self, answer: FetchResult | Exception) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    async def fetch(self, url: str, **_: Any) -> FetchResult:
+        self.calls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer

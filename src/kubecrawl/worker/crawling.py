@@ -38,14 +38,14 @@ from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import url_host
 from kubecrawl.fetch.extracting import PageMeta, extract_metadata, robots_directives
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
-from kubecrawl.fetch.policy import response_error, retry_delay
+from kubecrawl.fetch.policy import response_error
 from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap
 from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
 from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
 from kubecrawl.worker.memo import Memo
-from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
+from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, settle_failure
 
 log = get_logger(__name__)
 # A page whose host's robots.txt another worker is fetching reads the host row this often until it is READY (or
@@ -370,23 +370,22 @@ class PagePipeline:
         self, delivery: Delivery, task: PageTask, start: PageStart, spec: CrawlSiteSpec, exc: KubecrawlError
     ) -> str:
         del spec
-        retryable = isinstance(exc, TransientError)
-        if retryable and start.attempts < self._retry.max_attempts:
-            assert isinstance(exc, TransientError)
-            await self._crawls.retry_page(task.page_id, code=exc.code, error=exc.detail)
-            delay = retry_delay(start.attempts, self._retry, exc.retry_after)
-            await retry_later(self._publisher, delivery, attempt=start.attempts, delay=delay, code=exc.code)
-            return "retried"
-        reason = exc.detail if not retryable else f"{exc.detail} (gave up after {start.attempts} attempts)"
-        http_status = None
-        if exc.code.startswith("http_") and exc.code[5:].isdigit():
-            http_status = int(exc.code[5:])
-        outcome = PageOutcome(CrawlPageState.FAILED, http_status=http_status, error_code=exc.code, error=reason)
-        await self._finish(task, outcome)
-        self._report(start, outcome, None)
-        await dead_letter(self._publisher, delivery, code=exc.code, reason=reason)
-        metrics.CRAWL_PAGES.labels(state="FAILED").inc()
-        return "dead_lettered"
+
+        async def record(reason: str, *, permanent: bool) -> None:
+            if not permanent:
+                await self._crawls.retry_page(task.page_id, code=exc.code, error=reason)
+                return
+            http_status = int(exc.code[5:]) if exc.code.startswith("http_") and exc.code[5:].isdigit() else None
+            outcome = PageOutcome(CrawlPageState.FAILED, http_status=http_status, error_code=exc.code, error=reason)
+            await self._finish(task, outcome)
+            self._report(start, outcome, None)
+
+        failure = await settle_failure(
+            self._publisher, delivery, exc, attempts=start.attempts, retry=self._retry, record=record
+        )
+        if failure.outcome == "dead_lettered":
+            metrics.CRAWL_PAGES.labels(state="FAILED").inc()
+        return failure.outcome
 
     def _report(self, start: PageStart, outcome: PageOutcome, fetched: Fetched | None) -> None:
         if self._on_page is not None:

@@ -21,16 +21,16 @@ from pydantic import ValidationError
 from kubecrawl.broker.base import Delivery, Publisher
 from kubecrawl.core import metrics
 from kubecrawl.core.contracts import MetadataTask
-from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
+from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import FetchedPage
 from kubecrawl.core.settings import RetrySettings
 from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
-from kubecrawl.fetch.policy import response_error, retry_delay
+from kubecrawl.fetch.policy import response_error
 from kubecrawl.store.contract import PageMetadataStore
 from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
-from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, retry_later
+from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, settle_failure
 
 log = get_logger(__name__)
 
@@ -135,26 +135,17 @@ class MetadataPipeline:
         exc: KubecrawlError,
         http_status: int | None,
     ) -> str:
-        log_ = log.bind(request_id=task.request_id, url=task.url, attempt=attempts, code=exc.code)
-        retryable = isinstance(exc, TransientError) and not isinstance(exc, PermanentError)
-        if retryable and attempts < self._retry.max_attempts:
-            assert isinstance(exc, TransientError)
+        async def record(reason: str, *, permanent: bool) -> None:
             await self._pages.fail(
-                task.url,
-                task.request_id,
-                code=exc.code,
-                detail=exc.detail,
-                permanent=False,
-                http_status=http_status,
+                task.url, task.request_id, code=exc.code, detail=reason, permanent=permanent, http_status=http_status
             )
-            delay = retry_delay(attempts, self._retry, exc.retry_after)
-            await retry_later(self._publisher, delivery, attempt=attempts, delay=delay, code=exc.code)
-            log_.info("fetch_failed_retryable", detail=exc.detail, delay_s=delay)
-            return "retried"
-        reason = exc.detail if not retryable else f"{exc.detail} (gave up after {attempts} attempts)"
-        await self._pages.fail(
-            task.url, task.request_id, code=exc.code, detail=reason, permanent=True, http_status=http_status
+
+        failure = await settle_failure(
+            self._publisher, delivery, exc, attempts=attempts, retry=self._retry, record=record
         )
-        await dead_letter(self._publisher, delivery, code=exc.code, reason=reason)
-        log_.warning("fetch_failed_permanent", detail=reason)
-        return "dead_lettered"
+        log_ = log.bind(request_id=task.request_id, url=task.url, attempt=attempts, code=exc.code)
+        if failure.outcome == "retried":
+            log_.info("fetch_failed_retryable", detail=exc.detail, delay_s=failure.delay)
+        else:
+            log_.warning("fetch_failed_permanent", detail=failure.reason)
+        return failure.outcome

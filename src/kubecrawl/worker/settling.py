@@ -1,5 +1,9 @@
 """Settling a delivery: ack, retry later through a delay tier, or dead-letter with a reason.
 
+``settle_failure`` is the one failure path of both pipelines (metadata and crawl pages): a transient error with
+attempts left is recorded as retryable and retried through a delay tier; anything else (a permanent error, or the
+last attempt) is recorded as final and dead-lettered. Each pipeline says only how its store records a failure.
+
 Always after the database write. A retry or dead letter is published (with confirm) before the original is
 acked, so a crash in between duplicates a message rather than losing it; processing is idempotent.
 """
@@ -8,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
@@ -22,8 +28,10 @@ from kubecrawl.broker.topology import (
     retry_tier,
 )
 from kubecrawl.core import metrics
-from kubecrawl.core.errors import TransientError
+from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
+from kubecrawl.core.settings import RetrySettings
+from kubecrawl.fetch.policy import retry_delay
 
 log = get_logger(__name__)
 # Header values are bounded: RabbitMQ frames and log lines should not carry whole error pages.
@@ -100,3 +108,43 @@ async def dead_letter(publisher: Publisher, delivery: Delivery, *, code: str, re
         await delivery.ack()
     metrics.WORKER_DEAD_LETTERS.labels(queue=delivery.queue, code=code).inc()
     log.warning("message_dead_lettered", code=code, reason=reason[:_MAX_REASON])
+
+
+class FailureRecorder(Protocol):
+    """How a pipeline's store records a failed attempt: retryable (``permanent=False``) or final."""
+
+    async def __call__(self, reason: str, *, permanent: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What ``settle_failure`` did: ``outcome`` is ``retried`` (after ``delay`` seconds) or ``dead_lettered``;
+    ``reason`` is what was recorded and sent (the error's detail, plus the attempts given up after)."""
+
+    outcome: str
+    reason: str
+    delay: float | None = None
+
+
+async def settle_failure(
+    publisher: Publisher,
+    delivery: Delivery,
+    exc: KubecrawlError,
+    *,
+    attempts: int,
+    retry: RetrySettings,
+    record: FailureRecorder,
+) -> Failure:
+    """Record the failure (``record(reason, permanent=…)``, the store's write) and then settle the delivery: retry
+    it later while a transient error has attempts left, dead-letter it otherwise."""
+    retryable = isinstance(exc, TransientError) and not isinstance(exc, PermanentError)
+    if retryable and attempts < retry.max_attempts:
+        assert isinstance(exc, TransientError)
+        await record(exc.detail, permanent=False)
+        delay = retry_delay(attempts, retry, exc.retry_after)
+        await retry_later(publisher, delivery, attempt=attempts, delay=delay, code=exc.code)
+        return Failure("retried", exc.detail, delay)
+    reason = exc.detail if not retryable else f"{exc.detail} (gave up after {attempts} attempts)"
+    await record(reason, permanent=True)
+    await dead_letter(publisher, delivery, code=exc.code, reason=reason)
+    return Failure("dead_lettered", reason)

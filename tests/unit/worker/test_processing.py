@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -14,36 +11,14 @@ from kubecrawl.core.settings import RetrySettings
 from kubecrawl.store.contract import AttemptStart
 from kubecrawl.worker import settling
 from kubecrawl.worker.processing import MetadataPipeline
-from tests.support.fakes import FakePages, FakePublisher
+from tests.support.fakes import FakeDelivery, FakeFetcher, FakePages, FakePublisher
 
 URL = "https://example.com/page"
 
 
-class FakeDelivery:
-    queue = "kubecrawl.metadata"
-    redelivered = False
-    message_id = "r1"
-
-    def __init__(self, body: bytes | None = None) -> None:
-        self.body = body if body is not None else MetadataTask(url=URL, request_id="r1").model_dump_json().encode()
-        self.headers: Mapping[str, Any] = {}
-        self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def reject(self, *, requeue: bool = False) -> None:
-        self.settled.append("requeue" if requeue else "reject")
-
-
-class FakeFetcher:
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.calls = 0
-
-    async def fetch(self, url: str) -> Any:
-        self.calls += 1
-        raise self.error
+def metadata_delivery(body: bytes | None = None) -> FakeDelivery:
+    task = MetadataTask(url=URL, request_id="r1").model_dump_json().encode()
+    return FakeDelivery(body if body is not None else task, queue="kubecrawl.metadata", message_id="r1")
 
 
 def pipeline(pages: FakePages, publisher: FakePublisher, fetcher: FakeFetcher | None = None) -> MetadataPipeline:
@@ -56,7 +31,7 @@ def pipeline(pages: FakePages, publisher: FakePublisher, fetcher: FakeFetcher | 
 
 
 async def test_a_database_pool_timeout_retries_through_a_delay_tier_without_counting_an_attempt() -> None:
-    delivery, publisher = FakeDelivery(), FakePublisher()
+    delivery, publisher = metadata_delivery(), FakePublisher()
     await pipeline(FakePages(PoolTimeout("QueuePool limit reached")), publisher).handle(delivery)
     [(queue, headers)] = publisher.published
     assert queue.startswith("kubecrawl.metadata.retry.")
@@ -65,7 +40,7 @@ async def test_a_database_pool_timeout_retries_through_a_delay_tier_without_coun
 
 
 async def test_a_message_that_exceeded_its_attempts_is_failed_and_dead_lettered_with_the_reason_unfetched() -> None:
-    delivery, publisher, pages = FakeDelivery(), FakePublisher(), FakePages(AttemptStart(4, already_done=False))
+    delivery, publisher, pages = metadata_delivery(), FakePublisher(), FakePages(AttemptStart(4, already_done=False))
     await pipeline(pages, publisher).handle(delivery)
     assert [(f["code"], f["permanent"]) for f in pages.failed] == [("max_attempts_exceeded", True)]
     [(queue, headers)] = publisher.published
@@ -77,7 +52,7 @@ async def test_a_message_that_exceeded_its_attempts_is_failed_and_dead_lettered_
 
 
 async def test_a_redelivered_message_whose_result_is_stored_is_acked_without_fetching() -> None:
-    delivery, publisher = FakeDelivery(), FakePublisher()
+    delivery, publisher = metadata_delivery(), FakePublisher()
     await pipeline(FakePages(AttemptStart(0, already_done=True)), publisher).handle(delivery)
     assert publisher.published == []
     assert delivery.settled == ["ack"]
@@ -85,9 +60,9 @@ async def test_a_redelivered_message_whose_result_is_stored_is_acked_without_fet
 
 async def test_a_transient_failure_retries_with_its_attempt_and_the_last_attempt_dead_letters() -> None:
     transient = FetchTransient("connection refused", code="connect_error")
-    first, publisher, pages = FakeDelivery(), FakePublisher(), FakePages(AttemptStart(1, already_done=False))
+    first, publisher, pages = metadata_delivery(), FakePublisher(), FakePages(AttemptStart(1, already_done=False))
     await pipeline(pages, publisher, FakeFetcher(transient)).handle(first)
-    last, dead_pages = FakeDelivery(), FakePages(AttemptStart(3, already_done=False))
+    last, dead_pages = metadata_delivery(), FakePages(AttemptStart(3, already_done=False))
     await pipeline(dead_pages, publisher, FakeFetcher(transient)).handle(last)
     (retry_queue, retry_headers), (dead_queue, dead_headers) = publisher.published
     assert retry_queue.startswith("kubecrawl.metadata.retry.")
@@ -100,7 +75,7 @@ async def test_a_transient_failure_retries_with_its_attempt_and_the_last_attempt
 
 
 async def test_a_poison_message_is_dead_lettered_as_invalid_message() -> None:
-    delivery, publisher = FakeDelivery(b'{"schema_version": 2, "url": "x"}'), FakePublisher()
+    delivery, publisher = metadata_delivery(b'{"schema_version": 2, "url": "x"}'), FakePublisher()
     await pipeline(FakePages(AssertionError("must not start")), publisher).handle(delivery)
     [(queue, headers)] = publisher.published
     assert (queue, headers["x-kubecrawl-code"]) == ("kubecrawl.dead", "invalid_message")
@@ -108,14 +83,14 @@ async def test_a_poison_message_is_dead_lettered_as_invalid_message() -> None:
 
 
 async def test_a_dead_letter_that_cannot_be_published_is_rejected_to_the_queues_dead_letter_exchange() -> None:
-    delivery = FakeDelivery(b"not json")
+    delivery = metadata_delivery(b"not json")
     await pipeline(FakePages(AssertionError("must not start")), FakePublisher(PublisherNotReady())).handle(delivery)
     assert delivery.settled == ["reject"]
 
 
 async def test_an_unexpected_error_puts_the_message_back_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settling, "_REQUEUE_PAUSE_SECONDS", 0)
-    delivery, publisher = FakeDelivery(), FakePublisher()
+    delivery, publisher = metadata_delivery(), FakePublisher()
     fetcher = FakeFetcher(RuntimeError("extractor bug"))
     await pipeline(FakePages(AttemptStart(1, already_done=False)), publisher, fetcher).handle(delivery)
     assert fetcher.calls == 1
