@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.publishing import Outgoing, RabbitPublisher
+from kubecrawl.broker.framing import Outgoing
+from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.errors import ConnectionLost, PublishRejected, PublishTimeout
 from kubecrawl.core.settings import PublisherSettings, Settings
 from tests.support.api import ApiHandle

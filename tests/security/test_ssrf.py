@@ -19,7 +19,8 @@ from aiohttp.resolver import DefaultResolver
 
 from kubecrawl.core.errors import BlockedTarget, InvalidUrl
 from kubecrawl.core.settings import FetchSettings, Settings
-from kubecrawl.fetch.fetching import Fetcher, FetchResult, GuardedConnector
+from kubecrawl.fetch.fetching import Fetcher, FetchResult
+from kubecrawl.fetch.guarding import GuardedConnector
 from tests.support.api import ApiHandle
 from tests.support.guarded import GUARDED, INTRANET, final_record
 from tests.support.sites import Page, Site

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.publishing import Outgoing
+from kubecrawl.broker.framing import Outgoing
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.models import CrawlState
 from kubecrawl.fetch.fetching import FetchResult

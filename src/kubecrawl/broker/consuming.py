@@ -23,6 +23,7 @@ from pamqp.commands import Basic
 from pamqp.frame import marshal
 
 from kubecrawl.broker.base import Consumer, Delivery, Handler
+from kubecrawl.broker.framing import FrameWriter
 from kubecrawl.broker.topology import declare_topology
 from kubecrawl.core.backoff import retry_with_backoff
 from kubecrawl.core.errors import ConnectionLost
@@ -31,59 +32,6 @@ from kubecrawl.core.settings import PublisherSettings
 
 log = get_logger(__name__)
 _CONNECT_TIMEOUT_SECONDS = 10.0
-
-
-class _Write:
-    """An item of a connection's write queue whose bytes are fixed only when aiormq's writer takes them.
-
-    Duck-types ``aiormq.abc.ChannelFrame``: the writer reads ``payload`` once, right before it writes it.
-    """
-
-    __slots__ = ("channel", "parts")
-    should_close = False
-    should_drain = False
-
-    def __init__(self, channel: aiormq.Channel, payload: bytes) -> None:
-        self.channel = channel
-        self.parts: list[bytes] | None = [payload]
-
-    @property
-    def payload(self) -> bytes:
-        parts, self.parts = self.parts, None
-        # Frames for a channel that closed meanwhile are dropped, not written: RabbitMQ answers them with a
-        # connection error (or a channel error for an unknown delivery tag if the number was reopened).
-        return b"" if parts is None or self.channel.is_closed else b"".join(parts)
-
-    def drain(self) -> None:
-        pass
-
-
-class FrameWriter:
-    """Writes frames to one aiormq channel: the consumer's acks, the publisher's publishes.
-
-    aiormq's writer makes one socket write, one syscall, per item of the connection's write queue. Frames
-    written while this writer's last item still waits in the queue join that item, so the acks or publishes
-    of the handlers one group commit resumed (store/batching.py) go out in one write: 4,000 writes became 800
-    for 2,000 crawl pages. Order is kept: the writer takes the items in order, and a new item is only started
-    once the writer took the last one.
-    """
-
-    def __init__(self, channel: aiormq.Channel) -> None:
-        self.channel = channel
-        self._waiting: _Write | None = None
-
-    async def write(self, payload: bytes) -> None:
-        waiting = self._waiting
-        if waiting is not None and waiting.parts is not None:
-            waiting.parts.append(payload)
-            return
-        waiting = self._waiting = _Write(self.channel, payload)
-        try:
-            self.channel.write_queue.put_nowait(waiting)
-        except asyncio.QueueFull:
-            # Shielded: the frames must reach the queue even if this caller is cancelled; a publish's delivery
-            # tags are counted already, and other callers' frames may have joined them meanwhile.
-            await asyncio.shield(self.channel.write_queue.put(waiting))
 
 
 class RabbitDelivery:

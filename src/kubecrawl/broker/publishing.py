@@ -19,24 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.exceptions
-from aiormq.abc import ChannelFrame
-from pamqp.body import ContentBody  # pamqp: aiormq's AMQP codec
-from pamqp.header import ContentHeader
 from prometheus_client import Counter, Histogram
 
 from kubecrawl.broker.base import Publisher, PublisherState
-from kubecrawl.broker.consuming import FrameWriter
+from kubecrawl.broker.framing import BatchConfirms, FrameWriter, Outgoing, send_batch
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
 from kubecrawl.core.backoff import retry_with_backoff
@@ -76,86 +70,6 @@ _CONNECT_TIMEOUT_SECONDS = 10.0
 
 class InvalidTransition(RuntimeError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message for ``publish_batch``: persistent, JSON, routed by the batch's routing key."""
-
-    body: bytes
-    message_id: str
-    headers: Mapping[str, Any] | None = None
-    # Fields of the message's log lines (request_id, url, crawl_id): never label values of a metric.
-    log_context: Mapping[str, Any] | None = None
-    # Per-message TTL in milliseconds, as AMQP's ``expiration`` property (dead letters: PublisherSettings).
-    expiration: str | None = None
-
-
-def _frames(routing_key: str, messages: Sequence[Outgoing], max_body_frame: int) -> list[Any]:
-    """basic.publish + content header + body frame(s) per message, as aiormq's basic_publish builds them."""
-    method = aiormq.spec.Basic.Publish(exchange="", routing_key=routing_key, mandatory=True)
-    frames: list[Any] = []
-    for message in messages:
-        properties = aiormq.spec.Basic.Properties(
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
-            headers=dict(message.headers) if message.headers else {},
-            message_id=message.message_id,
-            priority=0,
-            expiration=message.expiration,
-        )
-        frames.append(method)
-        frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
-        body = message.body
-        frames.extend(ContentBody(body[i : i + max_body_frame]) for i in range(0, len(body), max_body_frame))
-    return frames
-
-
-async def _send(
-    writer: FrameWriter, routing_key: str, messages: Sequence[Outgoing]
-) -> list[tuple[int, asyncio.Future[Any]]]:
-    """Queue the messages' frames as ONE write and register their confirms; returns (delivery tag, confirm).
-
-    What ``aiormq.Channel.basic_publish`` does per message, once per batch, at a third of its CPU per message
-    (bench/publish.py); the frames of the batches of one loop turn reach the socket in one write (FrameWriter).
-    It uses aiormq's channel internals (the lock, delivery tags, the confirmation and message-id maps) as
-    basic_publish does; aiormq is pinned to 7.x in pyproject.toml and every outcome (ack, nack, return, lost
-    channel, timeout) is covered by the integration tests.
-    """
-    channel = writer.channel
-    payload = ChannelFrame.marshall(channel.number, _frames(routing_key, messages, channel.max_content_size)).payload
-    sent: list[tuple[int, asyncio.Future[Any]]] = []
-    async with channel.lock:  # raises ChannelInvalidStateError once the channel closed
-        # Registered before the frames can be written (FrameWriter queues them even if this caller is cancelled
-        # while the queue is full), in frame order: the broker numbers a channel's messages as they arrive.
-        for message in messages:
-            channel.delivery_tag += 1
-            confirmation = channel.create_future()  # rejected by aiormq if the channel closes
-            channel.confirmations[channel.delivery_tag] = confirmation
-            channel.message_id_delivery_tag[message.message_id] = channel.delivery_tag
-            sent.append((channel.delivery_tag, confirmation))
-        await writer.write(payload)
-    return sent
-
-
-class _Confirms:
-    """The confirms of one batch: ``confirmed(index, latency)`` as each one arrives, one future for all."""
-
-    def __init__(self, sent: list[tuple[int, asyncio.Future[Any]]], confirmed: Callable[[int, float], None]) -> None:
-        self.sent = sent
-        self._started = time.perf_counter()
-        self._outstanding = len(sent)
-        self._confirmed = confirmed
-        self.all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for index, (_, confirmation) in enumerate(sent):
-            confirmation.add_done_callback(functools.partial(self._arrived, index))
-
-    def _arrived(self, index: int, confirmation: asyncio.Future[Any]) -> None:
-        if not confirmation.cancelled() and confirmation.exception() is None:
-            self._confirmed(index, time.perf_counter() - self._started)
-        self._outstanding -= 1
-        if self._outstanding == 0 and not self.all_done.done():
-            self.all_done.set_result(None)
 
 
 def check_transition(current: PublisherState, new: PublisherState) -> None:
@@ -384,7 +298,7 @@ class RabbitPublisher:
                     on_confirmed(index)
 
             try:
-                confirms = _Confirms(await _send(writer, routing_key, messages), confirmed)
+                confirms = BatchConfirms(await send_batch(writer, routing_key, messages), confirmed)
             except _CONNECTION_ERRORS as exc:  # the channel closed before the frames were queued
                 self._lost()
                 return [
@@ -401,7 +315,7 @@ class RabbitPublisher:
                 self._idle.set()
 
     def _outcomes(
-        self, routing_key: str, channel: aiormq.Channel, messages: Sequence[Outgoing], confirms: _Confirms
+        self, routing_key: str, channel: aiormq.Channel, messages: Sequence[Outgoing], confirms: BatchConfirms
     ) -> list[TransientError | None]:
         """Each message's outcome; the confirmed ones were counted and logged as their confirm arrived."""
         outcomes: list[TransientError | None] = []

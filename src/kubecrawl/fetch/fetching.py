@@ -22,7 +22,8 @@ pass). The proxy resolves the name again when it connects, so a DNS answer that 
 is the proxy's to refuse: give it an egress policy of its own (docs/security.md).
 
 Bodies are decoded here, not by httpx: its gzip decoder inflates each 16 KiB read whole (a 16 KiB bomb is
-16 MiB), while ``_BoundedDecoder`` never produces more than the body cap still allows.
+16 MiB), while ``decoding.BoundedDecoder`` never produces more than the body cap still allows. The guard's resolver
+and connector are ``guarding.py``, ``Set-Cookie`` parsing ``cookies.py``.
 
 Errors leave as ``kubecrawl.core.errors``: network failures are ``FetchTransient`` (``dns_failure``,
 ``connect_error``, ``connection_error``, ``timeout``), malformed responses are ``FetchPermanent``
@@ -35,10 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 import time
-import zlib
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -46,14 +45,15 @@ from urllib.parse import urljoin
 
 import aiohttp
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.connector import Connection
-from aiohttp.resolver import DefaultResolver
+from aiohttp.abc import AbstractResolver
 from httpx_aiohttp import AiohttpTransport
 
-from kubecrawl.core.errors import BlockedTarget, FetchPermanent, FetchTransient, InvalidUrl, KubecrawlError
+from kubecrawl.core.errors import FetchPermanent, FetchTransient, InvalidUrl, KubecrawlError
 from kubecrawl.core.settings import FetchSettings
 from kubecrawl.core.urls import TargetPolicy, normalise_url
+from kubecrawl.fetch.cookies import Cookie, parse_set_cookie
+from kubecrawl.fetch.decoding import BoundedDecoder
+from kubecrawl.fetch.guarding import GuardedConnector, GuardedResolver
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Idle keep-alive connections are dropped after this long; sites close theirs after 5-75 s.
@@ -62,150 +62,11 @@ _KEEPALIVE_SECONDS = 30.0
 _DNS_CACHE_SECONDS = 10
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolve with ``inner`` (the default resolver), then refuse hosts that have any address the policy refuses."""
-
-    def __init__(self, policy: TargetPolicy, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner if inner is not None else DefaultResolver()
-        self._policy = policy
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            if self._policy.refuses(result["host"]):
-                raise BlockedTarget(f"{host} resolves to {result['host']}, a private or reserved address")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-class GuardedConnector(aiohttp.TCPConnector):
-    """A connector that refuses to hand out a connection whose peer address the policy refuses.
-
-    Checked on every request, pooled connections included (a dictionary look-up and an address parse): the
-    resolver's check covers names, this one covers whatever reached a socket by another path.
-    """
-
-    def __init__(self, policy: TargetPolicy, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._policy = policy
-
-    async def connect(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[Any],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature, overridden
-    ) -> Connection:
-        connection = await super().connect(req, traces, timeout)
-        transport = connection.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        address = peer[0] if isinstance(peer, tuple) and peer else None
-        if not isinstance(address, str) or self._policy.refuses(address.split("%", 1)[0]):
-            connection.close()  # never reused: the pool would hand it out again
-            raise BlockedTarget(f"{req.url.host} connected to {address}, a private or reserved address")
-        return connection
-
-
 @dataclass(frozen=True, slots=True)
 class RedirectHop:
     url: str
     status: int
     location: str
-
-
-@dataclass(frozen=True, slots=True)
-class Cookie:
-    """One ``Set-Cookie`` as the server sent it, attributes included."""
-
-    name: str
-    value: str
-    domain: str | None
-    path: str | None
-    expires: str | None
-    max_age: int | None
-    secure: bool
-    http_only: bool
-    same_site: str | None
-    set_by: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "value": self.value,
-            "domain": self.domain,
-            "path": self.path,
-            "expires": self.expires,
-            "max_age": self.max_age,
-            "secure": self.secure,
-            "http_only": self.http_only,
-            "same_site": self.same_site,
-            "set_by": self.set_by,
-        }
-
-
-def parse_set_cookie(header: str, url: str) -> Cookie | None:
-    """Parse one ``Set-Cookie`` value the way user agents do (RFC 6265 §5.2); ``None`` when it has no name.
-
-    Not ``http.cookies.SimpleCookie``: that parses the *Cookie* request grammar, and on anything it does not
-    expect (a space or a JSON value in the cookie, an attribute it does not know such as ``Partitioned``)
-    it silently drops the attributes. Here the value is kept as sent (quotes included, as browsers keep
-    them), attribute names are case-insensitive, unknown attributes are ignored, and the last occurrence of an
-    attribute wins. ``expires`` is the effective expiry: ``Max-Age`` wins over ``Expires`` (§5.3).
-    """
-    pair, _, attributes = header.partition(";")
-    name, sep, value = pair.partition("=")
-    name, value = name.strip(), value.strip()
-    if not sep or not name:
-        return None
-    attrs: dict[str, str] = {}
-    for attribute in attributes.split(";"):
-        key, _, attr_value = attribute.partition("=")
-        key = key.strip().lower()
-        if key:
-            attrs[key] = attr_value.strip()
-    max_age = _max_age(attrs.get("max-age"))
-    expires = attrs.get("expires") or None
-    if max_age is not None:
-        expires = _expiry(max_age)
-    return Cookie(
-        name=name,
-        value=value,
-        domain=attrs.get("domain") or None,
-        path=attrs.get("path") or None,
-        expires=expires,
-        max_age=max_age,
-        secure="secure" in attrs,
-        http_only="httponly" in attrs,
-        same_site=attrs.get("samesite") or None,
-        set_by=url,
-    )
-
-
-_MAX_AGE = re.compile(r"(-?)0*([0-9]+)")
-# RFC 6265bis §5.6.2: user agents cap a cookie's lifetime at 400 days, whatever the server asked. Capping the
-# reported Max-Age too keeps it a small integer (a 20-digit one would not fit the JSON column's int64).
-_MAX_COOKIE_LIFETIME_SECONDS = 400 * 86_400
-
-
-def _max_age(value: str | None) -> int | None:
-    """``Max-Age`` as delta-seconds (an optional ``-`` and ASCII digits only, §5.2.2), else ignored."""
-    match = _MAX_AGE.fullmatch(value or "")
-    if match is None:
-        return None
-    sign, digits = match.groups()
-    # Compare lengths before converting: int() of thousands of digits is slow, and refused past 4300.
-    too_long = len(digits) > len(str(_MAX_COOKIE_LIFETIME_SECONDS))
-    seconds = _MAX_COOKIE_LIFETIME_SECONDS if too_long else min(int(digits), _MAX_COOKIE_LIFETIME_SECONDS)
-    return -seconds if sign else seconds
-
-
-def _expiry(max_age: int) -> str:
-    if max_age <= 0:  # §5.2.2: "the earliest representable date and time"
-        return "Thu, 01 Jan 1970 00:00:00 GMT"
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + max_age))
 
 
 @dataclass(slots=True)
@@ -436,52 +297,9 @@ def _content_length(value: str | None) -> int | None:
     return int(value.strip())
 
 
-class _BoundedDecoder:
-    """Undo ``Content-Encoding`` gzip/deflate layers without ever producing more than ``budget`` bytes.
-
-    Each ``zlib`` step is given ``max_length``, so a compressed chunk that would inflate to gigabytes yields at most
-    what the body cap still allows; the rest stays compressed in ``unconsumed_tail`` and is dropped. Unknown
-    encodings are passed through as sent (httpx does the same). Layers are undone in reverse order (RFC 9110 §8.4).
-    """
-
-    def __init__(self, content_encoding: str | None) -> None:
-        codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
-        self._layers = [
-            zlib.decompressobj(_WBITS[coding]) if coding in ("gzip", "x-gzip") else _Deflate()
-            for coding in reversed(codings)
-            if coding in _WBITS or coding == "deflate"
-        ]
-
-    def decode(self, data: bytes, budget: int) -> bytes:
-        for layer in self._layers:
-            if not data:
-                break
-            try:
-                data = layer.decompress(data, budget)
-            except zlib.error as exc:
-                raise FetchPermanent(f"invalid compressed body: {exc}", code="invalid_response") from exc
-        return data
-
-
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
-
-
-class _Deflate:
-    """``deflate`` as servers send it: zlib-wrapped (RFC 9110), or raw (old IIS), told apart by the first byte."""
-
-    def __init__(self) -> None:
-        self._inner: Any = None
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        if self._inner is None:
-            zlib_wrapped = (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0 if len(data) > 1 else True
-            self._inner = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
-        return bytes(self._inner.decompress(data, max_length))
-
-
 async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """Read at most ``limit`` bytes (decoded); the rest is never downloaded, nor inflated."""
-    decoder = _BoundedDecoder(response.headers.get("content-encoding"))
+    decoder = BoundedDecoder(response.headers.get("content-encoding"))
     chunks: list[bytes] = []
     size = 0
     try:

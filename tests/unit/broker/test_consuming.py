@@ -12,7 +12,8 @@ import pytest
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
-from kubecrawl.broker.consuming import FrameWriter, RabbitConsumer, RabbitDelivery
+from kubecrawl.broker.consuming import RabbitConsumer, RabbitDelivery
+from kubecrawl.broker.framing import FrameWriter
 from kubecrawl.core.settings import PublisherSettings
 
 

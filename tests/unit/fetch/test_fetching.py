@@ -9,7 +9,8 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from kubecrawl.fetch.fetching import Cookie, _decode_headers, _header, parse_set_cookie
+from kubecrawl.fetch.cookies import Cookie, parse_set_cookie
+from kubecrawl.fetch.fetching import _decode_headers, _header
 
 URL = "https://example.com/login"
 

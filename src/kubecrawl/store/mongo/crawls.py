@@ -19,8 +19,7 @@ never takes a projection here: FerretDB has none for findAndModify.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +31,7 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 from kubecrawl.core.settings import DEFAULT_LEASE
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
+from kubecrawl.store.mongo.crawl_locks import CrawlLocks
 from kubecrawl.store.mongo.database import Database, Document, wrapped
 from kubecrawl.store.mongo.frontier import ACTIVE, MongoFrontier
 from kubecrawl.store.mongo.hosts import MongoHostStore
@@ -74,9 +74,10 @@ class MongoCrawlStore:
         self._crawls = db.crawls
         self._pages = db.crawl_pages
         self._hosts_coll = db.crawl_hosts
-        self._leases = Leases(db)
-        self._frontier = MongoFrontier(db, self._leases)
-        self._hosts = MongoHostStore(db, self._leases)
+        leases = Leases(db)
+        self._locks = CrawlLocks(db, leases)
+        self._frontier = MongoFrontier(db, leases)
+        self._hosts = MongoHostStore(db, leases)
         # The crawl's spec, frozen at its start: read once per process (the SQL frontier's memo does the same).
         self._configs: dict[str, dict[str, Any]] = {}
 
@@ -94,46 +95,6 @@ class MongoCrawlStore:
                 self._configs.pop(next(iter(self._configs)))
             config = self._configs[crawl_id] = doc["config"]
         return config
-
-    @asynccontextmanager
-    async def _locked(self, crawl_id: str, doing: str) -> AsyncIterator[None]:
-        """Hold the crawl's lease (``store/mongo/locking.py``) for a step of several documents; repair the crawl
-        first if its last holder died with the lease."""
-        async with wrapped(doing), self._leases.hold(f"crawl:{crawl_id}") as lease:
-            if lease.broken:
-                await self._repair(crawl_id)
-            yield
-
-    async def _repair(self, crawl_id: str) -> None:
-        """Recount what a holder killed between two steps may have left behind: ``in_flight``, the counters
-        pages carry, ``version`` (up to the last page's event number; numbers for settled pages without one)."""
-        pages = self._pages
-        counts: dict[str, Document] = {
-            "in_flight": {"state": {"$in": [P.QUEUED.value, P.FETCHING.value]}},
-            "discovered": {},
-            "fetched": {"state": P.DONE.value},
-            "failed": {"state": P.FAILED.value},
-            "changed": {"state": P.DONE.value, "changed": True},
-            "unchanged": {"state": P.DONE.value, "changed": False},
-        }
-        values = {name: await pages.count_documents({"crawl_id": crawl_id, **where}) for name, where in counts.items()}
-        crawl = await self._crawls.find_one({"_id": crawl_id}, {"version": 1})
-        version = 0 if crawl is None else int(crawl["version"])
-        settled = [P.DONE.value, P.FAILED.value, P.SKIPPED.value]
-        # A page settled (numbered) by the dead holder before it moved ``version``: count it in.
-        last = await pages.find_one({"crawl_id": crawl_id, "seq": {"$ne": None}}, sort=[("seq", DESCENDING)])
-        if last is not None:
-            version = max(version, int(last["seq"]))
-        unnumbered = pages.find({"crawl_id": crawl_id, "state": {"$in": settled}, "seq": None}).sort("_id", ASCENDING)
-        async for page in unnumbered:
-            version += 1
-            await pages.update_one({"_id": page["_id"]}, {"$set": {"seq": version}})
-        values["version"] = version
-        values["queued"] = values["in_flight"] + await pages.count_documents(
-            {"crawl_id": crawl_id, "state": {"$in": settled}}
-        )
-        await self._crawls.update_one({"_id": crawl_id}, {"$set": values})
-        log.warning("crawl_repaired", crawl_id=crawl_id, **values)
 
     # -- crawls -------------------------------------------------------------------------------------------
 
@@ -160,7 +121,7 @@ class MongoCrawlStore:
                 sort=[("created_at", DESCENDING)],
             )
         # Held from before the crawl exists until its window is open: a sweeper that finds it meanwhile waits.
-        async with self._locked(crawl_id, "creating a crawl"):
+        async with self._locks.held(crawl_id, "creating a crawl"):
             unique = list(dict.fromkeys(seeds))[: int(config["scope"]["maxPages"])]
             added = await self._frontier.insert_pages(crawl_id, [(url, 0) for url in unique])
             doc: Document = {
@@ -243,7 +204,7 @@ class MongoCrawlStore:
             return await self._pages.count_documents({"crawl_id": crawl_id})
 
     async def cancel(self, crawl_id: str) -> Crawl | None:
-        async with self._locked(crawl_id, "cancelling a crawl"):
+        async with self._locks.held(crawl_id, "cancelling a crawl"):
             doc = await self._crawls.find_one_and_update(
                 {"_id": crawl_id, "state": {"$in": ACTIVE}},
                 {"$set": {"state": CrawlState.CANCELLED.value, "finished_at": utcnow()}, "$inc": {"version": 1}},
@@ -257,7 +218,7 @@ class MongoCrawlStore:
         """Undo a refill whose publish failed: each page back to PENDING, then its slot out of the window."""
         if not refs:
             return
-        async with self._locked(crawl_id, "releasing pages"):
+        async with self._locks.held(crawl_id, "releasing pages"):
             released = 0
             for ref in refs:
                 moved = await self._pages.update_one(
@@ -271,7 +232,7 @@ class MongoCrawlStore:
                 )
 
     async def reopen_window(self, crawl_id: str) -> list[PageRef]:
-        async with self._locked(crawl_id, "reopening a window"):
+        async with self._locks.held(crawl_id, "reopening a window"):
             crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "in_flight": 1, "config": 1})
             if crawl is None or crawl["state"] not in ACTIVE or crawl["in_flight"] > 0:
                 return []
@@ -310,7 +271,7 @@ class MongoCrawlStore:
                 "crawl_id", {"crawl_id": {"$in": active}, "state": P.QUEUED.value, "updated_at": {"$lt": cutoff}}
             )
         for crawl_id in crawl_ids:
-            async with self._locked(crawl_id, "handing out lost pages"):
+            async with self._locks.held(crawl_id, "handing out lost pages"):
                 lost = {"crawl_id": crawl_id, "state": P.QUEUED.value, "updated_at": {"$lt": cutoff}}
                 docs = await self._pages.find(lost).to_list(None)
                 await self._pages.update_many(
@@ -329,7 +290,7 @@ class MongoCrawlStore:
         async with wrapped("finding expired leases"):
             crawl_ids = await self._pages.distinct("crawl_id", expired)
         for crawl_id in crawl_ids:
-            async with self._locked(crawl_id, "expiring leases"):
+            async with self._locks.held(crawl_id, "expiring leases"):
                 docs = await self._pages.find({**expired, "crawl_id": crawl_id}).to_list(None)
                 await self._pages.update_many(
                     {**expired, "_id": {"$in": [doc["_id"] for doc in docs]}},
@@ -354,7 +315,7 @@ class MongoCrawlStore:
         """Under the crawl's lease only the writes (the page FETCHING, a first page's crawl RUNNING); what
         fetching needs is read after it, as the SQL store reads it after its update."""
         now = utcnow()
-        async with self._locked(crawl_id, "starting a page"):
+        async with self._locks.held(crawl_id, "starting a page"):
             page = await self._pages.find_one_and_update(
                 {"_id": page_id, "crawl_id": crawl_id, "state": {"$in": [P.QUEUED.value, P.FETCHING.value]}},
                 {
@@ -402,7 +363,7 @@ class MongoCrawlStore:
             page = await self._pages.find_one({"_id": page_id}, {"crawl_id": 1})
         if page is None:
             return
-        async with self._locked(page["crawl_id"], "retrying a page"):
+        async with self._locks.held(page["crawl_id"], "retrying a page"):
             await self._pages.update_one(
                 {"_id": page_id, "state": P.FETCHING.value},
                 {
@@ -424,7 +385,7 @@ class MongoCrawlStore:
         last page: in that order. The page carries its number before ``version`` shows it, so an SSE reader
         that sees ``version`` finds every page up to it."""
         now = utcnow()
-        async with self._locked(crawl_id, "finishing a page"):
+        async with self._locks.held(crawl_id, "finishing a page"):
             crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "version": 1})
             if crawl is None:
                 return None

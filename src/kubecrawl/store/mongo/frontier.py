@@ -16,7 +16,7 @@ crawl's lease (``store/mongo/locking.py``) around them all the same, because Fer
   the crawl with an update conditional on ``in_flight == 0`` and an active state: exactly one caller does.
 What a transaction gave SQL and this does not: a worker killed between two steps of one page (its outcome
 written, its slot not yet given back) leaves the crawl's ``in_flight`` one too high, until the next caller takes
-its lapsed lease over and recounts (``MongoCrawlStore._repair``; docs/store.md).
+its lapsed lease over and recounts (``CrawlLocks.repair``, store/mongo/crawl_locks.py; docs/store.md).
 """
 
 from __future__ import annotations
