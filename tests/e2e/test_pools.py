@@ -506,7 +506,7 @@ async def test_broker_unreachable_keeps_replicas_sets_metrics_unavailable_and_wa
         event = await wait_event(kube, namespace, "workers", "MetricsUnavailable")
         assert event["type"] == "Warning"
         assert "keeping 3 replicas" in event["message"]
-        # the queue drains meanwhile; the blind operator must not notice, and keeps polling without scaling
+        # the queue drains meanwhile; the operator, unable to read the depth, must not notice, and keeps polling without scaling
         await (await declare(broker, queue)).purge()
         await eventually(
             lambda: len(log_lines(pools.operator, "pool_metrics_unavailable", ref, since)) >= 4,

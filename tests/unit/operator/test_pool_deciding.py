@@ -290,7 +290,7 @@ def test_fallback_replicas_apply_after_the_failure_threshold_only_if_higher(
 
 def test_first_reading_after_an_outage_does_not_scale_down() -> None:
     run = simulate(pool(), 6, [(0.0, seen(60)), (10.0, None), (70.0, None), (71.0, seen(0)), (131.0, seen(0))])
-    assert run.replicas == [6, 6, 6, 6, 1]  # the blind polls count as "keep 6" in the window
+    assert run.replicas == [6, 6, 6, 6, 1]  # the polls without a depth count as "keep 6" in the window
 
 
 def test_fallback_replicas_stay_for_a_window_after_the_depth_is_read_again() -> None:

@@ -143,8 +143,8 @@ def decide(
         changes=tuple(c for c in state.changes if c.at > now - horizon),
     )
     if observation is None:
-        return _blind(spec, state, current=current, now=now, error=error or "the queue depth could not be read")
-    return _informed(spec, state, current=current, seen=observation, now=now)
+        return _without_depth(spec, state, current=current, now=now, error=error or "the queue depth could not be read")
+    return _from_depth(spec, state, current=current, seen=observation, now=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +153,14 @@ class _Limit:
     message: str
 
 
-def _blind(spec: PoolSpec, state: ScalerState, *, current: int, now: float, error: str) -> Decision:
+def _without_depth(spec: PoolSpec, state: ScalerState, *, current: int, now: float, error: str) -> Decision:
     failures = state.failures + 1
     target = current
     fallback = spec.fallback
     if fallback is None:
-        fallback_outcome = Outcome("False", "NoFallback", "spec.fallback is not set: replicas stay while blind")
+        fallback_outcome = Outcome(
+            "False", "NoFallback", "spec.fallback is not set: replicas stay while the depth cannot be read"
+        )
     elif failures < fallback.failure_threshold:
         fallback_outcome = Outcome(
             "False", "BelowThreshold", f"{failures} of {fallback.failure_threshold} failed depth reads in a row"
@@ -273,7 +275,7 @@ def _target(
     return target, limit, None
 
 
-def _informed(spec: PoolSpec, state: ScalerState, *, current: int, seen: Observation, now: float) -> Decision:
+def _from_depth(spec: PoolSpec, state: ScalerState, *, current: int, seen: Observation, now: float) -> Decision:
     recommended = _recommend(spec, state, current=current, seen=seen, now=now)
     recommendation = recommended.replicas
     recent = (*state.recommendations, Recommendation(now, recommendation, recommended.load))
