@@ -1,6 +1,7 @@
 """The test doubles of the pure-logic unit tests, defined once: a publisher (with or without batches), the page
 metadata store as the API's enqueuer and the worker's metadata pipeline see it, and the crawl store as the
-worker's page pipeline sees it.
+worker's page pipeline sees it, and the operator's Kubernetes and broker edges (CronJobs, the API, a pool's
+Deployment and queue).
 
 Each records what it was asked and answers as the test configures it; none pretends to be a server (integration
 tests use the real ones).
@@ -18,6 +19,8 @@ from kubecrawl.broker.framing import Outgoing
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.models import CrawlState
 from kubecrawl.fetch.fetching import FetchResult
+from kubecrawl.operator.pool.deciding import Observation
+from kubecrawl.operator.pool.workloads import Pod, Scale, ScaleConflict
 from kubecrawl.store.contract import AttemptStart, FinishResult, HostState, PageOutcome, PageRef, PageStart
 
 Request = tuple[str, str]  # (url, request id), as the enqueuer records them
@@ -216,3 +219,143 @@ class FakeFetcher:
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
+
+
+class FakeCronJobs:
+    """The operator's CronJobs as a dict: server-side apply bumps ``resourceVersion`` only when the manifest
+    changed, as the API server does; ``error`` is raised by every call while set."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.error: Exception | None = None
+        self._version = 0
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._check()
+        return self.objects.get((namespace, name))
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        meta = manifest["metadata"]
+        key = (meta["namespace"], meta["name"])
+        existing = self.objects.get(key)
+        if existing is not None and existing["spec"] == manifest["spec"]:
+            return existing
+        self._version += 1
+        uid = existing["metadata"]["uid"] if existing is not None else f"cronjob-{self._version}"
+        stored = {**manifest, "metadata": {**meta, "uid": uid, "resourceVersion": str(self._version)}}
+        self.objects[key] = stored
+        return stored
+
+    async def delete(self, namespace: str, name: str, uid: str) -> bool:
+        self._check()
+        existing = self.objects.get((namespace, name))
+        if existing is None or existing["metadata"]["uid"] != uid:
+            return False
+        del self.objects[namespace, name]
+        return True
+
+
+class FakeSiteApi:
+    """The kubecrawl API as the operator calls it: ``sites`` holds the specs put; ``error`` is raised while set;
+    ``crawls`` is what ``latest_crawl`` answers per site."""
+
+    def __init__(self) -> None:
+        self.sites: dict[tuple[str, str], dict[str, Any]] = {}
+        self.crawls: dict[tuple[str, str], dict[str, Any]] = {}
+        self.error: Exception | None = None
+
+    async def put_site(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
+        if self.error is not None:
+            raise self.error
+        created = (namespace, name) not in self.sites
+        self.sites[namespace, name] = spec
+        return created
+
+    async def has_site(self, namespace: str, name: str) -> bool:
+        if self.error is not None:
+            raise self.error
+        return (namespace, name) in self.sites
+
+    async def latest_crawl(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.error is not None:
+            raise self.error
+        return self.crawls.get((namespace, name))
+
+
+class FakeWorkloads:
+    """A pool's Deployment as the scaler sees it: ``scale`` (None: no Deployment), the writes of ``/scale``
+    (``writes``; ``conflicts`` of them answered 409 first), the status patches and the pods' deletion costs."""
+
+    def __init__(self, scale: Scale | None, pods: list[Pod] | None = None) -> None:
+        self.scale = scale
+        self.pods_ = pods or []
+        self.writes: list[int] = []
+        self.conflicts = 0
+        self.statuses: list[dict[str, Any]] = []
+        self.costs: list[dict[str, str]] = []
+        self.autoscalers: list[str] = []
+
+    async def read_scale(self, namespace: str, deployment: str) -> Scale | None:
+        return self.scale
+
+    async def write_replicas(self, namespace: str, deployment: str, replicas: int, resource_version: str) -> None:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ScaleConflict("the scale changed since it was read")
+        self.writes.append(replicas)
+        if self.scale is not None:
+            self.scale = Scale(replicas, self.scale.selector, str(int(self.scale.resource_version) + 1))
+
+    async def pods(self, namespace: str, selector: str) -> list[Pod]:
+        return self.pods_
+
+    async def set_deletion_costs(self, namespace: str, costs: dict[str, str]) -> None:
+        self.costs.append(costs)
+
+    async def scaled_objects(self, namespace: str, deployment: str) -> list[str]:
+        return self.autoscalers
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        self.statuses.append(patch)
+        return True
+
+
+class FakeProbe:
+    """The broker as the scaler reads it: ``observation`` each poll, or ``error`` (``MetricsUnavailable``)."""
+
+    knows_unacked = False
+
+    def __init__(self, observation: Observation | None = None, error: Exception | None = None) -> None:
+        self.observation = observation
+        self.error = error
+
+    async def observe(self, queue: str, pods: set[str]) -> Observation:
+        if self.error is not None:
+            raise self.error
+        assert self.observation is not None
+        return self.observation
+
+
+class FakeCrawlSites:
+    """Writes to CrawlSites outside kopf's handlers, recorded: status patches, resync requests, Events."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.resyncs: list[str] = []
+        self.events: list[tuple[str, Any]] = []
+
+    async def post_event(self, site: Any, event: Any) -> None:
+        self.events.append((site.name, event))
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        self.patches.append((name, patch))
+        return True
+
+    async def request_resync(self, namespace: str, name: str, reason: str) -> bool:
+        self.resyncs.append(name)
+        return True
