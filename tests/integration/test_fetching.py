@@ -23,7 +23,7 @@ from kubecrawl.core.errors import BlockedTarget, FetchPermanent, FetchTransient
 from kubecrawl.core.settings import FetchSettings, Settings
 from kubecrawl.core.urls import TargetPolicy
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
-from kubecrawl.fetch.policy import response_error
+from kubecrawl.fetch.retrying import response_error
 from tests.support.api import ApiHandle
 from tests.support.guarded import GUARDED, INTRANET, OPEN, final_record
 from tests.support.polling import eventually

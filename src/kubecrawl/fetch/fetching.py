@@ -28,7 +28,7 @@ and connector are ``guarding.py``, ``Set-Cookie`` parsing ``cookies.py``.
 Errors leave as ``kubecrawl.core.errors``: network failures are ``FetchTransient`` (``dns_failure``,
 ``connect_error``, ``connection_error``, ``timeout``), malformed responses are ``FetchPermanent``
 (``invalid_response``, ``too_many_redirects``, ``redirect_without_location``), refused targets
-``BlockedTarget``, bad URLs ``InvalidUrl``. HTTP statuses are results here; ``policy.response_error``
+``BlockedTarget``, bad URLs ``InvalidUrl``. HTTP statuses are results here; ``retrying.response_error``
 decides what a status means.
 """
 

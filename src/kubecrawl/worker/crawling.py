@@ -38,7 +38,7 @@ from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import url_host
 from kubecrawl.fetch.extracting import PageMeta, extract_metadata, robots_directives
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
-from kubecrawl.fetch.policy import response_error
+from kubecrawl.fetch.retrying import response_error
 from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots_url
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap

@@ -27,7 +27,7 @@ from kubecrawl.core.models import FetchedPage
 from kubecrawl.core.settings import RetrySettings
 from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
-from kubecrawl.fetch.policy import response_error
+from kubecrawl.fetch.retrying import response_error
 from kubecrawl.store.contract import PageMetadataStore
 from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, settle_failure

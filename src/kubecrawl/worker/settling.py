@@ -31,7 +31,7 @@ from kubecrawl.core import metrics
 from kubecrawl.core.errors import KubecrawlError, PermanentError, TransientError
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import RetrySettings
-from kubecrawl.fetch.policy import retry_delay
+from kubecrawl.fetch.retrying import retry_delay
 
 log = get_logger(__name__)
 # Header values are bounded: RabbitMQ frames and log lines should not carry whole error pages.

@@ -1,4 +1,4 @@
-"""Retry policy (pure): which responses are worth retrying, and when.
+"""When to retry (pure): which responses are worth retrying, and after how long.
 
 Retryable: 408, 425, 429 and 5xx (``Retry-After`` honoured), plus the network errors the fetcher raises as
 ``FetchTransient`` (DNS failure, connection refused/reset, timeouts). Any other 4xx is permanent at once, and so

@@ -9,7 +9,7 @@ import pytest
 
 from kubecrawl.core.errors import FetchPermanent, FetchTransient
 from kubecrawl.core.settings import RetrySettings
-from kubecrawl.fetch.policy import MAX_RETRY_AFTER_SECONDS, parse_retry_after, response_error, retry_delay
+from kubecrawl.fetch.retrying import MAX_RETRY_AFTER_SECONDS, parse_retry_after, response_error, retry_delay
 
 NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
 RETRY = RetrySettings(max_attempts=5, base_delay_seconds=2.0, max_delay_seconds=300.0)
