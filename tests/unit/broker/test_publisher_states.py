@@ -82,16 +82,17 @@ async def test_start_fails_fast_after_max_attempts_with_the_seed_backoff() -> No
 async def test_close_during_start_up_backoff_ends_start_with_connection_lost_and_state_closed() -> None:
     """A shutdown (SIGTERM) while start() still waits between attempts: start() gives up at once with a clear
     error instead of a state-machine error, and the publisher stays CLOSED."""
-    sleeping = asyncio.Event()
+    sleeping, closed = asyncio.Event(), asyncio.Event()
 
-    async def slow_sleep(seconds: float) -> None:
+    async def backoff_until_closed(seconds: float) -> None:  # the wait between attempts ends after close()
         sleeping.set()
-        await asyncio.sleep(0.05)
+        await closed.wait()
 
-    publisher = _unreachable(sleep=slow_sleep)
+    publisher = _unreachable(sleep=backoff_until_closed)
     start = asyncio.create_task(publisher.start())
     await sleeping.wait()
     await publisher.close()
+    closed.set()
     with pytest.raises(ConnectionLost, match="closed while connecting"):
         await start
     assert publisher.state is S.CLOSED
