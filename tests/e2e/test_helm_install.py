@@ -268,7 +268,7 @@ def run_operator(release: Release) -> Process:
     args += [f"--liveness={liveness}", f"--metrics-port={free_port()}"]
     process = Process(args, env, release.work / "operator.log")
     process.start()
-    process.wait_until(lambda: http_status(liveness) == 200, timeout=60, what="operator liveness")
+    process.wait_ready(lambda: http_status(liveness) == 200, timeout=60, what="operator liveness")
     return process
 
 

@@ -191,7 +191,7 @@ class Process:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_until(self, ready: Callable[[], object], *, timeout: float, what: str) -> None:
+    def wait_ready(self, ready: Callable[[], object], *, timeout: float, what: str) -> None:
         """Poll ``ready`` (tests/support/polling.py) while the process runs; its exit or the deadline fails with
         the end of its log."""
 
@@ -244,14 +244,14 @@ def service_env(database_url: str, rabbitmq_url: str, **extra: str) -> dict[str,
 def start_api(env: dict[str, str], port: int, log_path: Path) -> Process:
     api = Process(["api", "--host", "127.0.0.1", "--port", str(port)], env, log_path)
     api.start()
-    api.wait_until(lambda: http_status(f"http://127.0.0.1:{port}/health/ready") == 200, timeout=90, what="API ready")
+    api.wait_ready(lambda: http_status(f"http://127.0.0.1:{port}/health/ready") == 200, timeout=90, what="API ready")
     return api
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:
     worker = Process(["worker", "--metrics-port", "0"], env, log_path)
     worker.start()
-    worker.wait_until(lambda: "worker_started" in worker.output(), timeout=90, what="worker_started")
+    worker.wait_ready(lambda: "worker_started" in worker.output(), timeout=90, what="worker_started")
     return worker
 
 
@@ -274,7 +274,7 @@ class OperatorProcess(Process):
 
     def start(self) -> None:
         super().start()
-        self.wait_until(lambda: http_status(self.liveness) == 200, timeout=60, what="operator liveness")
+        self.wait_ready(lambda: http_status(self.liveness) == 200, timeout=60, what="operator liveness")
 
     def restart(self, **env: str) -> None:
         self.kill()
