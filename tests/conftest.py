@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,26 +31,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(marker)
 
 
-@pytest.fixture(scope="session")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
-    server = RabbitServer(Path(tmp_path_factory.mktemp("rabbitmq")))
+ServerT = TypeVar("ServerT", RabbitServer, PostgresServer, FerretServer)
+
+
+def running(server: ServerT) -> Iterator[ServerT]:
+    """Start a session's server, hand it out, stop it at the end of the session."""
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
+    yield from running(RabbitServer(Path(tmp_path_factory.mktemp("rabbitmq"))))
 
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = PostgresServer(Path(tmp_path_factory.mktemp("postgres")))
-    server.start()
-    yield server
-    server.stop()
+    yield from running(PostgresServer(Path(tmp_path_factory.mktemp("postgres"))))
 
 
 @pytest.fixture(scope="session")
 def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretServer]:
     """The tests' MongoDB: FerretDB on SQLite (tests/support/ferretdb.py)."""
-    server = FerretServer(Path(tmp_path_factory.mktemp("ferretdb")))
-    server.start()
-    yield server
-    server.stop()
+    yield from running(FerretServer(Path(tmp_path_factory.mktemp("ferretdb"))))

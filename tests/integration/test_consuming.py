@@ -36,17 +36,23 @@ async def test_publishes_of_one_turn_are_confirmed_each_and_an_unroutable_one_al
         await publisher.close()
 
 
-async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: RabbitServer, vhost: str) -> None:
-    publisher = RabbitPublisher(rabbit.url(vhost), PublisherSettings(), metadata_max_length=1000, pages_max_length=10)
+async def publisher_and_consumer(url: str, *, prefetch_count: int, name: str) -> tuple[RabbitPublisher, RabbitConsumer]:
+    """A started publisher and a consumer of ``prefetch_count`` on one vhost (small queue bounds)."""
+    publisher = RabbitPublisher(url, PublisherSettings(), metadata_max_length=1000, pages_max_length=10)
     await publisher.start()
     consumer = RabbitConsumer(
-        rabbit.url(vhost),
+        url,
         PublisherSettings(),
-        prefetch_count=20,
+        prefetch_count=prefetch_count,
         metadata_max_length=1000,
         pages_max_length=10,
-        connection_name="test-consumer",
+        connection_name=name,
     )
+    return publisher, consumer
+
+
+async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: RabbitServer, vhost: str) -> None:
+    publisher, consumer = await publisher_and_consumer(rabbit.url(vhost), prefetch_count=20, name="test-consumer")
     count = 40
     received: list[bytes] = []
     batch_full = asyncio.Event()
@@ -74,16 +80,7 @@ async def test_acks_of_handlers_resumed_together_all_reach_the_broker(rabbit: Ra
 
 
 async def test_the_consumer_takes_at_most_prefetch_count_unacked_messages(rabbit: RabbitServer, vhost: str) -> None:
-    publisher = RabbitPublisher(rabbit.url(vhost), PublisherSettings(), metadata_max_length=1000, pages_max_length=10)
-    await publisher.start()
-    consumer = RabbitConsumer(
-        rabbit.url(vhost),
-        PublisherSettings(),
-        prefetch_count=3,
-        metadata_max_length=1000,
-        pages_max_length=10,
-        connection_name="test-prefetch",
-    )
+    publisher, consumer = await publisher_and_consumer(rabbit.url(vhost), prefetch_count=3, name="test-prefetch")
     received: list[bytes] = []
     release = asyncio.Event()
 
