@@ -23,6 +23,7 @@ from pamqp.commands import Basic
 from pamqp.frame import marshal
 
 from kubecrawl.broker.base import Consumer, Delivery, Handler
+from kubecrawl.broker.connecting import CONNECT_TIMEOUT_SECONDS, close_quietly
 from kubecrawl.broker.framing import FrameWriter
 from kubecrawl.broker.topology import declare_topology
 from kubecrawl.core.backoff import retry_with_backoff
@@ -31,7 +32,6 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import PublisherSettings
 
 log = get_logger(__name__)
-_CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class RabbitDelivery:
@@ -143,7 +143,7 @@ class RabbitConsumer:
             # Robust: after a broker restart the consumer re-opens its channel, QoS and consumers itself.
             return await aio_pika.connect_robust(
                 self._url,
-                timeout=_CONNECT_TIMEOUT_SECONDS,
+                timeout=CONNECT_TIMEOUT_SECONDS,
                 client_properties={"connection_name": self._connection_name},
             )
 
@@ -209,12 +209,7 @@ class RabbitConsumer:
             await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
+        await close_quietly(self._channel, self._connection)
         self._channel = self._connection = None
 
 

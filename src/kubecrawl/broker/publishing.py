@@ -30,6 +30,7 @@ import aiormq.exceptions
 from prometheus_client import Counter, Histogram
 
 from kubecrawl.broker.base import Publisher, PublisherState
+from kubecrawl.broker.connecting import CONNECT_TIMEOUT_SECONDS, close_quietly
 from kubecrawl.broker.framing import BatchConfirms, FrameWriter, Outgoing, send_batch
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
@@ -64,8 +65,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, TimeoutError)
-# A TCP connect plus AMQP handshake to a healthy broker takes milliseconds; 10 s means it is not answering.
-_CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class InvalidTransition(RuntimeError):
@@ -164,7 +163,7 @@ class RabbitPublisher:
         try:
             connection = await aio_pika.connect(
                 self._url,
-                timeout=_CONNECT_TIMEOUT_SECONDS,
+                timeout=CONNECT_TIMEOUT_SECONDS,
                 client_properties={"connection_name": self._connection_name},
             )
             self._set_state(S.CONNECTED)
@@ -179,9 +178,7 @@ class RabbitPublisher:
             await declare_topology(channel, **self._queue_args)
             self._set_state(S.QUEUE_DECLARED)
         except BaseException:
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.close()
+            await close_quietly(None, connection)
             if self._state is not failure_state and failure_state in TRANSITIONS[self._state]:
                 self._set_state(failure_state)
             raise
@@ -205,9 +202,7 @@ class RabbitPublisher:
     async def _reconnect_loop(self) -> None:
         old = self._connection
         self._connection = self._channel = self._writer = None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.close()
+        await close_quietly(None, old)
 
         async def reopen() -> bool:
             """True once READY again; False when the publisher is closing meanwhile (nothing to do)."""
@@ -378,12 +373,7 @@ class RabbitPublisher:
         except TimeoutError:
             log.warning("publisher_shutdown_timeout", in_flight=self._in_flight)
         async with self._lock:
-            if self._channel is not None:
-                with contextlib.suppress(Exception):
-                    await self._channel.close()
-            if self._connection is not None:
-                with contextlib.suppress(Exception):
-                    await self._connection.close()
+            await close_quietly(self._channel, self._connection)
             self._channel = self._connection = self._writer = None
             self._set_state(S.CLOSED)
         log.info("publisher_shutdown", waited_for=in_flight)
