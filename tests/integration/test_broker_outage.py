@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.publishing import Outgoing, RabbitPublisher
+from kubecrawl.broker.base import Outgoing, PublisherState
+from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.errors import ConnectionLost, PublishRejected, PublishTimeout
 from kubecrawl.core.settings import PublisherSettings, Settings
 from tests.integration.conftest import ApiHandle

@@ -23,7 +23,6 @@ import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import aio_pika
@@ -35,7 +34,7 @@ from pamqp.body import ContentBody  # pamqp: aiormq's AMQP codec
 from pamqp.header import ContentHeader
 from prometheus_client import Counter, Histogram
 
-from kubecrawl.broker.base import PublisherState
+from kubecrawl.broker.base import Outgoing, PublisherState
 from kubecrawl.broker.consuming import FrameWriter
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
@@ -76,19 +75,6 @@ _CONNECT_TIMEOUT_SECONDS = 10.0
 
 class InvalidTransition(RuntimeError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message for ``publish_batch``: persistent, JSON, routed by the batch's routing key."""
-
-    body: bytes
-    message_id: str
-    headers: Mapping[str, Any] | None = None
-    # Fields of the message's log lines (request_id, url, crawl_id): never label values of a metric.
-    log_context: Mapping[str, Any] | None = None
-    # Per-message TTL in milliseconds, as AMQP's ``expiration`` property (dead letters: PublisherSettings).
-    expiration: str | None = None
 
 
 def _frames(routing_key: str, messages: Sequence[Outgoing], max_body_frame: int) -> list[Any]:

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import re2
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -90,6 +89,8 @@ class CrawlSiteSpec(_Spec):
 def next_run(schedule: str, time_zone: str | None, after: datetime) -> datetime:
     """The first scheduled minute after ``after`` (UTC), reading the 5-field cron in ``time_zone`` (UTC by
     default) as the operator's CronJobs and the embedded scheduler do."""
+    from croniter import croniter  # only where schedules are read: a crawl or a trigger pod never needs it
+
     zone = ZoneInfo(time_zone) if time_zone else UTC
     fire: datetime = croniter(schedule, after.astimezone(zone)).get_next(datetime)
     return fire.astimezone(UTC)

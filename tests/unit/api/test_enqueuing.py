@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from kubecrawl.api.enqueuing import MetadataEnqueuer
-from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.publishing import Outgoing
+from kubecrawl.broker.base import Outgoing, PublisherState
 from kubecrawl.core.errors import PublishRejected, StoreUnavailable, TransientError
 
 Request = tuple[str, str]
