@@ -146,6 +146,22 @@ def baseline_sources(ref: str, work: Path) -> Path:
     return target / "src"
 
 
+def add_baseline(
+    ref: str, work: Path, runs: list[str], commands: dict[str, list[str]], envs: dict[str, dict[str, str]]
+) -> None:
+    """Each kubecrawl command once more as ``NAME@REF``, from ``ref``'s sources."""
+    baseline = baseline_sources(ref, work)
+    compile_bytecode(baseline)
+    for name in [name for name in runs if name != "peer"]:
+        before = f"{name}@{ref}"
+        runs.append(before)
+        envs[before] = envs[name] | {"PYTHONPATH": str(baseline)}
+        if name in commands:
+            commands[before] = [*commands[name]]
+    if "crawl" in runs:  # its own SQLite file: the baseline migrates it its own way
+        commands[f"crawl@{ref}"][-1] = str(work / "crawl-baseline.db")
+
+
 def timed_worker(env: dict[str, str]) -> dict[str, float]:
     """Exec → /health/ready 200, then SIGTERM → exit."""
     from tests.support.servers import free_port
@@ -251,10 +267,12 @@ def main() -> None:
     envs = dict.fromkeys(commands, env) | {"trigger": env | {"KUBECRAWL_API_URL": probe.url}}
     services: dict[str, Any] = {}
     load_before = load()
-    times: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     try:
         if "worker" in runs:
             envs["worker"] = worker_env(work, services)
+        if args.baseline:
+            add_baseline(args.baseline, work, runs, commands, envs)
+        times: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
         # Warm-up, not counted: the page cache, the .pyc files, the crawl's SQLite file migrated to head.
         for name in runs:
             measure(probe, name, commands, envs)
