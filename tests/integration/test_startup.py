@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from kubecrawl.store.migrating import HEAD_REVISION, behind_head
 from kubecrawl.store.opening import migrate
 from tests.support.apiprocess import ApiProcess
 from tests.support.cli import TIMEOUT_SECONDS, Run
+from tests.support.polling import eventually
 from tests.support.servers import PostgresServer
 from tests.support.sites import Site
 
@@ -72,8 +74,17 @@ NEVER_IN_TRIGGER = NEVER | {
 }
 
 
+def loaded_modules(listing: Path) -> set[str]:
+    """The top-level packages and the kubecrawl modules and packages a listing names."""
+    names = set(listing.read_text().splitlines())
+    # "sqlalchemy.orm" counts as "sqlalchemy"; a kubecrawl module also as each of its packages.
+    return {name.split(".")[0] for name in names} | {
+        ".".join(name.split(".")[:depth]) for name in names if name.startswith("kubecrawl.") for depth in (2, 3)
+    }
+
+
 async def kubecrawl_listing(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[Run, set[str]]:
-    """Run ``kubecrawl ARGS``; its result and the top-level packages and kubecrawl modules it had loaded."""
+    """Run ``kubecrawl ARGS``; its result and the modules it had loaded (``loaded_modules``)."""
     listing = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.txt"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -87,12 +98,7 @@ async def kubecrawl_listing(tmp_path: Path, *args: str, env: dict[str, str]) -> 
     )
     out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_SECONDS)
     assert proc.returncode is not None
-    names = set(listing.read_text().splitlines())
-    # "sqlalchemy.orm" counts as "sqlalchemy"; a kubecrawl module also as each of its packages.
-    loaded = {name.split(".")[0] for name in names} | {
-        ".".join(name.split(".")[:depth]) for name in names if name.startswith("kubecrawl.") for depth in (2, 3)
-    }
-    return Run(proc.returncode, out.decode(), err.decode()), loaded
+    return Run(proc.returncode, out.decode(), err.decode()), loaded_modules(listing)
 
 
 async def test_a_crawl_loads_no_broker_client_api_server_mongodb_driver_or_scheduler(
@@ -144,6 +150,42 @@ async def test_the_stored_revision_tells_whether_postgresql_is_behind(
         assert await behind_head(engine) is (revision != "head")
     finally:
         await engine.dispose()
+
+
+async def test_a_worker_on_postgresql_loads_no_migrations_mongodb_driver_or_api_server(
+    settings: Settings, tmp_path: Path
+) -> None:
+    listing, log = tmp_path / "modules.txt", tmp_path / "worker.log"
+    env = {
+        "KUBECRAWL_DATABASE_URL": settings.database_url.get_secret_value(),
+        "KUBECRAWL_RABBITMQ_URL": settings.rabbitmq_url.get_secret_value(),
+        "KUBECRAWL_LOG_FORMAT": "json",
+    }
+    with log.open("wb") as output:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LISTING,
+            str(listing),
+            "worker",
+            "--metrics-port",
+            "0",
+            env=dict(os.environ, **env),
+            stdout=output,
+            stderr=output,
+        )
+        try:
+            await eventually(lambda: "worker_started" in log.read_text(), timeout=60, what="worker_started")
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), TIMEOUT_SECONDS) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    loaded = loaded_modules(listing)
+    assert {"aio_pika", "sqlalchemy", "kubecrawl.worker"} <= loaded  # the listing sees what the worker uses
+    never = {"alembic", "pymongo", "bson", "uvicorn", "fastapi", "starlette", "kopf", "kubernetes_asyncio", "yaml"}
+    assert loaded & (never | {"croniter", "kubecrawl.api", "kubecrawl.embedded", "kubecrawl.operator"}) == set()
 
 
 async def test_a_trigger_loads_an_http_client_and_no_store_broker_or_server(settings: Settings, tmp_path: Path) -> None:
