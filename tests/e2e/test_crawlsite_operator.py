@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubecrawl.core.sites import schedule_key
+from kubecrawl.core.schedules import schedule_key
 from kubecrawl.operator.crawlsite.naming import cronjob_name
 from tests.e2e.conftest import Cluster, Services
 from tests.e2e.stack import EXAMPLES, Kube, KubectlFailed, OperatorProcess, http_json, http_status

@@ -71,6 +71,7 @@ NEVER_IN_TRIGGER = NEVER | {
     "kubecrawl.fetch",
     "kubecrawl.worker",
     "kubecrawl.embedded",
+    "kubecrawl.core.sites",  # the CrawlSite spec's models: the trigger needs a schedule's key (core/schedules.py)
 }
 
 
