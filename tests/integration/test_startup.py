@@ -18,7 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kubecrawl import embedded
+from kubecrawl.core.models import CrawlState
 from kubecrawl.core.settings import Settings
+from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.migrating import HEAD_REVISION, behind_head
 from kubecrawl.store.opening import migrate
@@ -137,6 +140,28 @@ async def test_a_crawl_migrates_a_database_an_older_kubecrawl_made(site: Site, t
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
         columns = {row[1] for row in conn.execute("PRAGMA table_info(crawl_pages)")}
     assert "lease_until" in columns
+
+
+async def test_a_crawl_returns_when_its_last_page_settles_not_at_the_next_progress_tick(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "_PROGRESS_SECONDS", 3600.0)  # a tick that would outlast the test's deadline
+    site.html("/", title="home", body="<a href='/a'>a</a><a href='/b'>b</a>")
+    site.html("/a", title="a", body="<a href='/c'>c</a>")
+    site.html("/b", title="b")
+    site.html("/c", title="c")
+    settings = Settings(database_url=embedded.sqlite_url(tmp_path / "k.db"), allow_private_targets=True)  # type: ignore[arg-type]
+    progress: list[int] = []
+    crawl = await asyncio.wait_for(
+        embedded.crawl_once(
+            settings,
+            CrawlSiteSpec.model_validate({"url": site.url("/")}),
+            on_progress=lambda current: progress.append(current.counters.fetched),
+        ),
+        TIMEOUT_SECONDS,
+    )
+    assert (crawl.state, crawl.counters.fetched) == (CrawlState.COMPLETED, 4)
+    assert progress[-1] == 4
 
 
 @pytest.mark.parametrize("revision", [None, "0005", "head"])
