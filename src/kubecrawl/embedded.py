@@ -23,10 +23,10 @@ from kubecrawl.core.urls import normalise_url, url_host
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.contract import Stores
 from kubecrawl.store.database import create_engine
-from kubecrawl.store.migrating import upgrade_async
+from kubecrawl.store.migrating import upgrade_if_behind
 from kubecrawl.store.opening import SqlDatabase
 from kubecrawl.triggers import start_crawl
-from kubecrawl.worker.runtime import queue_handlers
+from kubecrawl.worker.pipelines import queue_handlers
 
 log = get_logger(__name__)
 # The CLI's crawls are stored as sites of this namespace, named after the host.
@@ -51,11 +51,10 @@ def sqlite_url(path: Path) -> str:
 async def embedded_runtime(
     settings: Settings, *, on_page: Callable[[PageReport], None] | None = None
 ) -> AsyncIterator[Embedded]:
-    """Migrate the SQLite file, start the in-process broker and the workers; stop them on exit.
+    """Migrate the SQLite file if it is behind, start the in-process broker and the workers; stop them on exit.
 
     ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``)."""
     url = settings.database_url.get_secret_value()
-    await upgrade_async(url)
     database = SqlDatabase(create_engine(url), lease=settings.lease())
     stores = database.stores
     broker = MemoryBroker(
@@ -65,8 +64,9 @@ async def embedded_runtime(
         },
         concurrency=settings.prefetch_count,
     )
-    await broker.start()
     try:
+        await upgrade_if_behind(database.engine, url)
+        await broker.start()
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
             await broker.start_consuming(queue_handlers(settings, stores, fetcher, broker, on_page=on_page))
             yield Embedded(settings=settings, database=database, stores=stores, broker=broker)
@@ -81,6 +81,36 @@ def cli_site_name(url: str) -> str:
     return name[:63].strip("-") or "site"
 
 
+class _SettledPages:
+    """Counts the settled pages of ``kubecrawl crawl`` so that the command ends with its last page: once as many
+    pages have settled since a progress read as that read found unsettled, the crawl is probably complete, and it is
+    read at once instead of at the next progress tick (up to ``_PROGRESS_SECONDS`` of idling at the end of every
+    crawl). A wake-up that finds more work (links found meanwhile) costs one read; a missed one, the tick."""
+
+    def __init__(self, on_page: Callable[[PageReport], None] | None) -> None:
+        self._on_page = on_page
+        self.count = 0  # pages settled so far (each page once: its ``on_page`` report)
+        self._mark = 0  # ``count`` when the last read began
+        self._unsettled = 1  # the start page, until the first read
+        self.all_settled = asyncio.Event()
+
+    def __call__(self, report: PageReport) -> None:
+        if self._on_page is not None:
+            self._on_page(report)
+        self.count += 1
+        if self.count - self._mark >= self._unsettled:
+            self.all_settled.set()
+
+    def read(self, crawl: Crawl, *, mark: int) -> None:
+        """``crawl`` as read from the store by a read begun when ``count`` was ``mark``."""
+        counters = crawl.counters
+        self._mark = mark
+        self._unsettled = counters.discovered - (counters.fetched + counters.failed + counters.skipped_robots)
+        self.all_settled.clear()
+        if self._unsettled > 0 and self.count - mark >= self._unsettled:
+            self.all_settled.set()
+
+
 async def crawl_once(
     settings: Settings,
     spec: CrawlSiteSpec,
@@ -90,7 +120,8 @@ async def crawl_once(
 ) -> Crawl:
     """Crawl one site in-process (``kubecrawl crawl URL``) and return the finished crawl."""
     normalise_url(spec.url)
-    async with embedded_runtime(settings, on_page=on_page) as runtime:
+    settled = _SettledPages(on_page)
+    async with embedded_runtime(settings, on_page=settled) as runtime:
         sites, crawls = runtime.stores.sites, runtime.stores.crawls
         name = cli_site_name(spec.url)
         await sites.put(CLI_NAMESPACE, name, spec.model_dump(mode="json", by_alias=True))
@@ -100,11 +131,14 @@ async def crawl_once(
             )
         ).crawl
         while crawl.state not in FINAL_CRAWL_STATES:
-            await asyncio.sleep(_PROGRESS_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.all_settled.wait(), _PROGRESS_SECONDS)
+            mark = settled.count
             current = await crawls.get(crawl.id)
             if current is None:
                 raise KubecrawlError(f"crawl {crawl.id} vanished from the store", code="crawl_not_found")
             crawl = current
+            settled.read(crawl, mark=mark)
             if on_progress is not None:
                 on_progress(crawl)
         return crawl

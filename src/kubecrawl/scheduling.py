@@ -19,7 +19,8 @@ import yaml
 from kubecrawl.broker.base import Publisher
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.sites import CrawlSiteSpec, next_run, schedule_key
+from kubecrawl.core.schedules import next_run, schedule_key
+from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.store.contract import CrawlStore, SiteStore
 from kubecrawl.triggers import start_crawl
 

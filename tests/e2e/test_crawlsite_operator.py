@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubecrawl.core.sites import schedule_key
+from kubecrawl.core.schedules import schedule_key
 from kubecrawl.operator.crawlsite.naming import cronjob_name
 from tests.support.polling import eventually
 from tests.support.sites import Site

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.framing import Outgoing
+from kubecrawl.broker.base import Outgoing, PublisherState
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.errors import ConnectionLost, PublishRejected, PublishTimeout
 from kubecrawl.core.settings import PublisherSettings, Settings

@@ -14,8 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubecrawl.broker.base import PublisherState
-from kubecrawl.broker.framing import Outgoing
+from kubecrawl.broker.base import Outgoing, PublisherState
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.models import CrawlState
 from kubecrawl.fetch.fetching import FetchResult

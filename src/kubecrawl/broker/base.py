@@ -9,6 +9,7 @@ mypy (strict) fails the build the day an implementation and its interface part.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -45,6 +46,20 @@ class Publisher(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message for a publisher's ``publish_batch`` (``broker/tasks.py``): persistent, JSON, routed by the batch's
+    routing key. Here, not beside ``RabbitPublisher``, so that building messages never imports aio-pika."""
+
+    body: bytes
+    message_id: str
+    headers: Mapping[str, Any] | None = None
+    # Fields of the message's log lines (request_id, url, crawl_id): never label values of a metric.
+    log_context: Mapping[str, Any] | None = None
+    # Per-message TTL in milliseconds, as AMQP's ``expiration`` property (dead letters: PublisherSettings).
+    expiration: str | None = None
 
 
 class Delivery(Protocol):

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -22,6 +21,8 @@ import aiormq
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody  # pamqp: aiormq's AMQP codec
 from pamqp.header import ContentHeader
+
+from kubecrawl.broker.base import Outgoing
 
 
 class _Write:
@@ -75,19 +76,6 @@ class FrameWriter:
             # Shielded: the frames must reach the queue even if this caller is cancelled; a publish's delivery
             # tags are counted already, and other callers' frames may have joined them meanwhile.
             await asyncio.shield(self.channel.write_queue.put(waiting))
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message for ``publish_batch``: persistent, JSON, routed by the batch's routing key."""
-
-    body: bytes
-    message_id: str
-    headers: Mapping[str, Any] | None = None
-    # Fields of the message's log lines (request_id, url, crawl_id): never label values of a metric.
-    log_context: Mapping[str, Any] | None = None
-    # Per-message TTL in milliseconds, as AMQP's ``expiration`` property (dead letters: PublisherSettings).
-    expiration: str | None = None
 
 
 def publish_frames(routing_key: str, messages: Sequence[Outgoing], max_body_frame: int) -> list[Any]:

@@ -29,9 +29,9 @@ import aiormq
 import aiormq.exceptions
 from prometheus_client import Counter, Histogram
 
-from kubecrawl.broker.base import Publisher, PublisherState
+from kubecrawl.broker.base import Outgoing, Publisher, PublisherState
 from kubecrawl.broker.connecting import CONNECT_TIMEOUT_SECONDS, close_quietly
-from kubecrawl.broker.framing import BatchConfirms, FrameWriter, Outgoing, send_batch
+from kubecrawl.broker.framing import BatchConfirms, FrameWriter, send_batch
 from kubecrawl.broker.topology import DEAD_LETTER_QUEUE, declare_topology
 from kubecrawl.core import metrics
 from kubecrawl.core.backoff import retry_with_backoff

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from kubecrawl.broker.base import Publisher
-from kubecrawl.broker.framing import Outgoing
+from kubecrawl.broker.base import Outgoing, Publisher
 from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.contracts import MetadataTask, PageTask
 from kubecrawl.core.errors import TransientError

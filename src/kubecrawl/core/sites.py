@@ -4,12 +4,9 @@ the API refuses the same things when called directly)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import re2
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -85,34 +82,3 @@ class CrawlSiteSpec(_Spec):
     scope: ScopeSpec = Field(default_factory=ScopeSpec)
     politeness: PolitenessSpec = Field(default_factory=PolitenessSpec)
     fetch: FetchSpec = Field(default_factory=FetchSpec)
-
-
-def next_run(schedule: str, time_zone: str | None, after: datetime) -> datetime:
-    """The first scheduled minute after ``after`` (UTC), reading the 5-field cron in ``time_zone`` (UTC by
-    default) as the operator's CronJobs and the embedded scheduler do."""
-    zone = ZoneInfo(time_zone) if time_zone else UTC
-    fire: datetime = croniter(schedule, after.astimezone(zone)).get_next(datetime)
-    return fire.astimezone(UTC)
-
-
-def next_run_at(spec: dict[str, Any], now: datetime) -> datetime | None:
-    """A site spec's next scheduled run after ``now`` (``next_run_at`` in the site API, ``nextScheduleTime`` in
-    the CrawlSite status); None without a schedule, while suspended, or when the schedule cannot be read here (a
-    time zone this machine's tz database lacks: the CrawlSite's Scheduled condition says what is wrong)."""
-    schedule = spec.get("schedule")
-    if not schedule or spec.get("suspend"):
-        return None
-    try:
-        return next_run(schedule, spec.get("timeZone"), now)
-    except (ZoneInfoNotFoundError, ValueError, KeyError):  # croniter's errors are ValueErrors and KeyErrors
-        return None
-
-
-def schedule_key(namespace: str, name: str, scheduled: datetime) -> str:
-    """Idempotency key of a scheduled crawl: ``site:{ns}/{name}:cron:{scheduled minute, ISO-8601 UTC}``.
-
-    The operator's trigger pods and the embedded scheduler both use it, so two triggers for one scheduled
-    minute (a retried Job, two schedulers) start one crawl.
-    """
-    moment = scheduled.astimezone(UTC).replace(second=0, microsecond=0)
-    return f"site:{namespace}/{name}:cron:{moment.isoformat()}"

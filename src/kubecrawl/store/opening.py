@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Literal, Protocol
-
-from pymongo import AsyncMongoClient
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.settings import DEFAULT_LEASE
-from kubecrawl.store import database as sql
 from kubecrawl.store.apikeys import ApiKeyStore
 from kubecrawl.store.contract import Stores
-from kubecrawl.store.crawls import SqlCrawlStore
-from kubecrawl.store.keys import KeyStore
-from kubecrawl.store.migrating import upgrade
-from kubecrawl.store.mongo import database as mongo
-from kubecrawl.store.mongo.crawls import MongoCrawlStore
-from kubecrawl.store.mongo.keys import MongoKeyStore
-from kubecrawl.store.mongo.page_metadata import MongoPageMetadataStore
-from kubecrawl.store.mongo.sites import MongoSiteStore
-from kubecrawl.store.page_metadata import SqlPageMetadataStore
-from kubecrawl.store.sites import SqlSiteStore
+
+if TYPE_CHECKING:
+    from pymongo import AsyncMongoClient
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from kubecrawl.store.mongo import database as mongo
 
 DatabaseKind = Literal["sql", "mongodb"]
 
 
 def database_kind(url: str) -> DatabaseKind:
     """Which implementation serves ``url``: the scheme decides (``core/settings.py`` accepts only these)."""
-    return "mongodb" if mongo.is_mongodb_url(url) else "sql"
+    return "mongodb" if url.startswith(("mongodb://", "mongodb+srv://")) else "sql"
 
 
 class Database(Protocol):
@@ -59,6 +51,10 @@ class Database(Protocol):
 def sql_stores(engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> Stores:
     """The SQL stores (PostgreSQL, or SQLite for the embedded default) over one engine; ``lease``: how long a
     worker's claim holds (``Settings.lease()``)."""
+    from kubecrawl.store.crawls import SqlCrawlStore
+    from kubecrawl.store.page_metadata import SqlPageMetadataStore
+    from kubecrawl.store.sites import SqlSiteStore
+
     return Stores(
         pages=SqlPageMetadataStore(engine, lease=lease),
         sites=SqlSiteStore(engine),
@@ -68,6 +64,10 @@ def sql_stores(engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> Stor
 
 def mongo_stores(db: mongo.Database, *, lease: timedelta = DEFAULT_LEASE) -> Stores:
     """The MongoDB stores over one database of an ``AsyncMongoClient``; ``lease`` as for ``sql_stores``."""
+    from kubecrawl.store.mongo.crawls import MongoCrawlStore
+    from kubecrawl.store.mongo.page_metadata import MongoPageMetadataStore
+    from kubecrawl.store.mongo.sites import MongoSiteStore
+
     return Stores(
         pages=MongoPageMetadataStore(db, lease=lease),
         sites=MongoSiteStore(db),
@@ -82,10 +82,14 @@ class SqlDatabase:
 
     @property
     def keys(self) -> ApiKeyStore:
+        from kubecrawl.store.keys import KeyStore
+
         return KeyStore(self.engine)
 
     async def ping(self) -> None:
-        await sql.ping(self.engine)
+        from kubecrawl.store.database import ping
+
+        await ping(self.engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -93,16 +97,22 @@ class SqlDatabase:
 
 class MongoDatabase:
     def __init__(self, client: AsyncMongoClient[mongo.Document], *, lease: timedelta = DEFAULT_LEASE) -> None:
+        from kubecrawl.store.mongo.database import database
+
         self.client = client
-        self.db = mongo.database(client)
+        self.db = database(client)
         self.stores = mongo_stores(self.db, lease=lease)
 
     @property
     def keys(self) -> ApiKeyStore:
+        from kubecrawl.store.mongo.keys import MongoKeyStore
+
         return MongoKeyStore(self.db)
 
     async def ping(self) -> None:
-        await mongo.ping(self.db)
+        from kubecrawl.store.mongo.database import ping
+
+        await ping(self.db)
 
     async def close(self) -> None:
         await self.client.close()
@@ -110,20 +120,31 @@ class MongoDatabase:
 
 def open_database(url: str, *, pool_size: int = 10, lease: timedelta = DEFAULT_LEASE) -> SqlDatabase | MongoDatabase:
     """The database ``url`` names; nothing is sent until it is used (``store/connection.py`` pings it at start-up
-    and then watches it). ``lease``: how long a worker's claim holds (``Settings.lease()``)."""
+    and then watches it). ``lease``: how long a worker's claim holds (``Settings.lease()``).
+
+    Only the one implementation's modules are imported (PyMongo or SQLAlchemy, not both): a process pays the
+    start-up of the database it uses (docs/crawls.md, "Start-up")."""
     if database_kind(url) == "mongodb":
-        return MongoDatabase(mongo.connect(url, pool_size=pool_size), lease=lease)
-    return SqlDatabase(sql.create_engine(url, pool_size=pool_size), lease=lease)
+        from kubecrawl.store.mongo.database import connect
+
+        return MongoDatabase(connect(url, pool_size=pool_size), lease=lease)
+    from kubecrawl.store.database import create_engine
+
+    return SqlDatabase(create_engine(url, pool_size=pool_size), lease=lease)
 
 
 def migrate(url: str, revision: str = "head") -> str:
     """``kubecrawl migrate``: SQL runs the Alembic migrations up to ``revision``; MongoDB creates the
     collections' indexes (idempotent) and records its schema version. Returns what the database is at now."""
     if database_kind(url) == "sql":
+        from kubecrawl.store.migrating import upgrade
+
         upgrade(url, revision)
         return revision
     if revision != "head":
         raise StoreUnavailable(f"MongoDB has no revisions to go to: migrate it to head, not {revision!r}")
+
+    from kubecrawl.store.mongo import database as mongo
 
     async def indexes() -> int:
         client = mongo.connect(url)

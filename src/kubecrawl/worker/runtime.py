@@ -9,49 +9,38 @@ timeout from that, so the process ends on its own before a SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
-from collections.abc import Callable
 from datetime import timedelta
 
-from kubecrawl.broker.base import Handler, Publisher
 from kubecrawl.broker.consuming import RabbitConsumer
 from kubecrawl.broker.publishing import RabbitPublisher
-from kubecrawl.broker.topology import METADATA_QUEUE, PAGES_QUEUE
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.models import PageReport
 from kubecrawl.core.settings import Settings
 from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.connection import DatabaseConnection
-from kubecrawl.store.contract import Stores
 from kubecrawl.store.opening import open_database
-from kubecrawl.worker.crawling import PagePipeline
+from kubecrawl.worker.pipelines import queue_handlers
 from kubecrawl.worker.probes import WorkerProbes
-from kubecrawl.worker.processing import MetadataPipeline
 from kubecrawl.worker.sweeping import sweep_forever
 
 log = get_logger(__name__)
 
 
-def queue_handlers(
-    settings: Settings,
-    stores: Stores,
-    fetcher: Fetcher,
-    publisher: Publisher,
-    *,
-    on_page: Callable[[PageReport], None] | None = None,
-) -> dict[str, Handler]:
-    """The pipeline for each work queue: the same for `kubecrawl worker` and the embedded default."""
-    metadata = MetadataPipeline(pages=stores.pages, fetcher=fetcher, publisher=publisher, retry=settings.retry)
-    pages = PagePipeline(
-        crawls=stores.crawls,
-        fetcher=fetcher,
-        publisher=publisher,
-        retry=settings.retry,
-        fetch=settings.fetch,
-        on_page=on_page,
-    )
-    return {METADATA_QUEUE: metadata.handle, PAGES_QUEUE: pages.handle}
+async def _reach_both(connection: DatabaseConnection, publisher: RabbitPublisher) -> None:
+    """Reach the database and RabbitMQ at once, each with its own backoff: the worker is ready a connection set-up
+    sooner (tens of milliseconds, bench/startup.py). When both fail, the database's failure is the one raised (exit
+    3), as when they were reached one after the other; a database failure stops the broker's attempts."""
+    broker = asyncio.create_task(publisher.start(), name="publisher-start")
+    try:
+        await connection.connect()
+    except BaseException:
+        broker.cancel()
+        with contextlib.suppress(BaseException):
+            await broker
+        raise
+    await broker
 
 
 async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
@@ -85,9 +74,9 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     if metrics_port:
         await probes.start(metrics_port)
     try:
-        await connection.connect()
-        await publisher.start()
+        await _reach_both(connection, publisher)
     except BaseException:
+        await publisher.close()
         await connection.close()
         await probes.close()
         await database.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from kubecrawl.core.sites import next_run_at
+from kubecrawl.core.schedules import next_run_at
 
 NOW = datetime(2026, 12, 5, 10, 7, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from kubecrawl.core.sites import schedule_key
+from kubecrawl.core.schedules import schedule_key
 
 
 def test_schedule_key_names_the_scheduled_minute_in_utc() -> None:

@@ -15,7 +15,8 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import NotFound
 from kubecrawl.core.logging import get_logger
 from kubecrawl.core.models import Crawl
-from kubecrawl.core.sites import CrawlSiteSpec, next_run_at
+from kubecrawl.core.schedules import next_run_at
+from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url
 from kubecrawl.triggers import start_crawl
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubecrawl.core.models import CrawlState
-from kubecrawl.core.sites import next_run_at, schedule_key
+from kubecrawl.core.schedules import next_run_at, schedule_key
 from kubecrawl.operator.conditions import Event, Outcome, condition, timestamp
 
 SCHEDULED = "Scheduled"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.sites import schedule_key
+from kubecrawl.core.schedules import schedule_key
 from kubecrawl.operator.crawlsite import naming
 from kubecrawl.operator.crawlsite.syncing import ApiRejected, SiteApi
 

@@ -79,10 +79,6 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-def is_mongodb_url(url: str) -> bool:
-    return url.startswith(("mongodb://", "mongodb+srv://"))
-
-
 def connect(url: str, *, pool_size: int = 10) -> AsyncMongoClient[Document]:
     """A client for ``url`` (it must name the database: ``mongodb://host/kubecrawl``); nothing is sent yet."""
     try:

@@ -10,14 +10,14 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from kubecrawl.core.errors import KubecrawlError
-from kubecrawl.core.settings import Settings
-from kubecrawl.store.apikeys import SCOPES, ApiKeyStore
-from kubecrawl.store.opening import open_database
+
+if TYPE_CHECKING:
+    from kubecrawl.store.apikeys import ApiKeyStore
 
 app = typer.Typer(no_args_is_help=True, help="API keys (docs/security.md).")
 T = TypeVar("T")
@@ -25,6 +25,9 @@ _NAME = r"^[a-z0-9]([-a-z0-9._]{0,62}[a-z0-9])?$"
 
 
 def _with_store(work: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
+    from kubecrawl.core.settings import Settings
+    from kubecrawl.store.opening import open_database
+
     async def main() -> T:
         database = open_database(Settings().database_url.get_secret_value())
         try:
@@ -48,6 +51,8 @@ def create(
     ] = None,
 ) -> None:
     """Make a key and print it (only now: it is stored hashed)."""
+    from kubecrawl.store.apikeys import SCOPES
+
     if not re.match(_NAME, name):
         raise typer.BadParameter("1-64 characters of a-z, 0-9, '-', '.', '_'", param_hint="NAME")
     unknown = sorted(set(scope) - set(SCOPES))
