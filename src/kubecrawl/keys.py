@@ -16,7 +16,7 @@ import typer
 
 from kubecrawl.core.errors import KubecrawlError
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.apikeys import SCOPES, ApiKeyStore
+from kubecrawl.store.apikeys import SCOPES, ApiKeyStore, KeyQuotas
 from kubecrawl.store.opening import open_database
 
 app = typer.Typer(no_args_is_help=True, help="API keys (docs/security.md).")
@@ -46,6 +46,14 @@ def create(
     namespace: Annotated[
         list[str] | None, typer.Option(help="limit the key to this namespace (repeat for several)")
     ] = None,
+    max_concurrent_crawls: Annotated[
+        int | None,
+        typer.Option(min=0, help="crawls not yet finished this key may have started (0: no limit; default: the API's)"),
+    ] = None,
+    max_pages: Annotated[
+        int | None,
+        typer.Option(min=0, help="pages of a crawl this key starts (0: no limit; default: the API's)"),
+    ] = None,
 ) -> None:
     """Make a key and print it (only now: it is stored hashed)."""
     if not re.match(_NAME, name):
@@ -53,7 +61,8 @@ def create(
     unknown = sorted(set(scope) - set(SCOPES))
     if unknown:
         raise typer.BadParameter(f"unknown scope(s) {unknown}; use {', '.join(SCOPES)}", param_hint="--scope")
-    typer.echo(_with_store(lambda keys: keys.create(name, scope, namespace or None)))
+    quotas = KeyQuotas(max_concurrent_crawls=max_concurrent_crawls, max_pages=max_pages)
+    typer.echo(_with_store(lambda keys: keys.create(name, scope, namespace or None, quotas)))
 
 
 @app.command("list")

@@ -187,6 +187,13 @@ class Settings(BaseSettings):
     # (1,000 sites ≈ 100 requests/s), so a limit must be sized for the installation.
     auth_rate_limit_per_second: float = Field(default=0.0, ge=0)
     auth_rate_limit_burst: int = Field(default=100, ge=1)
+    # Crawl quotas per caller, with authentication on (docs/security.md, "Crawl quotas"); a key may carry its own
+    # (`kubecrawl keys create --max-concurrent-crawls/--max-pages`); 0: no limit. Crawls not yet finished that one
+    # caller started (a scheduled run counts against its site, not the trigger's ServiceAccount): past it, 429
+    # too_many_crawls. Pages of a crawl a caller starts by hand: a larger explicit max_pages is 400
+    # max_pages_over_limit, a larger site scope.maxPages is lowered to it (scheduled runs keep the site's).
+    auth_max_concurrent_crawls: int = Field(default=10, ge=0)
+    auth_max_pages: int = Field(default=10_000, ge=0)
     # What the operator and `kubecrawl trigger` send: the projected ServiceAccount token in this file (re-read
     # for every request, since the kubelet rotates it), else the key (an admin-scope key) outside a cluster.
     api_token_file: Path | None = None
