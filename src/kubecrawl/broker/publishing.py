@@ -45,6 +45,10 @@ from kubecrawl.core.logging import get_logger
 from kubecrawl.core.settings import PublisherSettings
 
 log = get_logger(__name__)
+# A broker that stopped reading from this connection (a memory or disk alarm blocks publishers) never answers
+# Channel.Close: close() would hang until the pod is killed. The connection's close, which aiormq bounds itself, then
+# ends the socket and fails every confirm still outstanding.
+CHANNEL_CLOSE_TIMEOUT_SECONDS = 5.0
 S = PublisherState
 
 # Every legal transition. Anything else is a bug and raises, so tests catch it.
@@ -199,6 +203,11 @@ class RabbitPublisher:
     @property
     def state(self) -> PublisherState:
         return self._state
+
+    @property
+    def in_flight(self) -> int:
+        """Messages published and still awaiting their confirm (``close()`` waits for them)."""
+        return self._in_flight
 
     def _set_state(self, new: PublisherState) -> None:
         check_transition(self._state, new)
@@ -465,8 +474,9 @@ class RabbitPublisher:
             log.warning("publisher_shutdown_timeout", in_flight=self._in_flight)
         async with self._lock:
             if self._channel is not None:
-                with contextlib.suppress(Exception):
-                    await self._channel.close()
+                with contextlib.suppress(Exception):  # TimeoutError included: the connection's close follows
+                    async with asyncio.timeout(CHANNEL_CLOSE_TIMEOUT_SECONDS):
+                        await self._channel.close()
             if self._connection is not None:
                 with contextlib.suppress(Exception):
                     await self._connection.close()
