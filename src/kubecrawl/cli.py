@@ -174,11 +174,6 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _serve(app_: object, host: str, port: int) -> None:
-    # log_config=None keeps our structlog bridge in charge of uvicorn's loggers.
-    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False, lifespan="on")  # type: ignore[arg-type]
-
-
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",  # noqa: S104 - a pod listens on all
@@ -200,7 +195,15 @@ def api(
         pages_max_length=settings.pages_queue_max_length,
         connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher",
     )
-    _serve(create_app(settings, publisher=publisher, database=database), host, port)
+    from kubecrawl.api.serving import serve
+
+    serve(
+        create_app(settings, publisher=publisher, database=database),
+        host=host,
+        port=port,
+        delay=settings.api_shutdown_delay_seconds,
+        timeout=settings.api_shutdown_timeout_seconds,
+    )
 
 
 @app.command()

@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     fetch: FetchSettings = FetchSettings()
     retry: RetrySettings = RetrySettings()
 
+    # SIGTERM of `kubecrawl api` (docs/api.md, "Shutdown"): readiness answers 503 shutting_down and requests are
+    # still served for the delay (endpoints and load balancers take seconds to stop routing to the pod), then the
+    # server stops accepting, ends event streams, and waits at most the timeout for requests in flight. The chart's
+    # grace period (30 s, Kubernetes' default) covers both with room for closing the publisher and the database.
+    api_shutdown_delay_seconds: float = Field(default=5.0, ge=0, le=300)
+    api_shutdown_timeout_seconds: float = Field(default=15.0, ge=0, le=3600)
+
     # API request bodies: a POST /metadata is about 100 bytes, a CrawlSite spec a few KiB; larger bodies are
     # answered 413 before they are read (api/limiting.py).
     max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
