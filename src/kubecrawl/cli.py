@@ -193,6 +193,7 @@ def api(
         settings.publisher,
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
+        queue_type=settings.queue_type,
         connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher",
     )
     from kubecrawl.api.serving import serve

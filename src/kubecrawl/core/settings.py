@@ -138,6 +138,10 @@ class Settings(BaseSettings):
 
     metadata_queue_max_length: int = Field(default=1000, ge=1)
     pages_queue_max_length: int = Field(default=100_000, ge=1)
+    # The work queues' and retry tiers' type (docs/queues.md, "Queue type"): classic, or quorum (replicated, with a
+    # delivery limit and at-least-once dead-lettering). A queue's type is fixed when it is first declared:
+    # changing it for an existing broker needs new queues (drain, delete, restart every process).
+    queue_type: Literal["classic", "quorum"] = "classic"
     prefetch_count: int = Field(default=16, ge=1, le=1000)
     # Database connection pool per process.
     db_pool_size: int = Field(default=10, ge=1)
