@@ -452,6 +452,45 @@ async def local_site() -> AsyncIterator[Site]:
     await site.stop()
 
 
+async def next_job(kube: Kube, namespace: str, site: str, *, seen: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The first Job of the site's CronJob not in ``seen``, made by kube-controller-manager's cronjob controller
+    when the schedule fires (up to a minute for ``* * * * *``)."""
+
+    async def job() -> dict[str, Any] | None:
+        jobs = await kube.alist("jobs", namespace, f"kubecrawl.io/crawlsite={site}")
+        return next((j for j in jobs if j["metadata"]["name"] not in seen), None)
+
+    found: dict[str, Any] = await eventually(job, timeout=75, interval=1, what=f"a new Job of {namespace}/{site}")
+    return found
+
+
+def scheduled_for(job: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"])
+
+
+async def trigger_env(kube: Kube, namespace: str, job: dict[str, Any], api_url: str, folder: Path) -> dict[str, str]:
+    """The environment of the Job's trigger pod, as the kubelet would give it: the pod template's env, the downward
+    API values filled in, and the projected token of its ServiceAccount for the kubecrawl audience in its file."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["kubecrawl", "trigger"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBECRAWL_")}
+    for item in container["env"]:
+        env[item["name"]] = item.get("value", "")
+    env.update(
+        JOB_NAME=job["metadata"]["name"],
+        JOB_UID=job["metadata"]["uid"],
+        KUBECRAWL_API_URL=api_url,
+        SITE=container["command"][3],
+    )
+    (source,) = job["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    token = await kube.arun("create", "token", "default", "-n", namespace, "--audience", "kubecrawl")
+    token_file = folder / job["metadata"]["name"] / source["serviceAccountToken"]["path"]
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(token.stdout)
+    env["KUBECRAWL_API_TOKEN_FILE"] = str(token_file)
+    return env
+
+
 def run_trigger(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kubecrawl.cli", "trigger", "--site", env.pop("SITE")],
@@ -473,30 +512,10 @@ async def test_every_minute_schedule_fires_a_job_and_two_triggers_start_one_craw
 ) -> None:
     await kube.aapply(crawlsite("minutely", url=local_site.url("/"), schedule="* * * * *"), namespace)
     await wait_cronjob(kube, namespace, "minutely")
-
-    async def job() -> dict[str, Any] | None:  # made by kube-controller-manager's cronjob controller
-        jobs = await kube.alist("jobs", namespace, "kubecrawl.io/crawlsite=minutely")
-        return jobs[0] if jobs else None
-
-    found = await eventually(job, timeout=75, interval=1, what="a Job from the every-minute CronJob")
-    job_name, job_uid = found["metadata"]["name"], found["metadata"]["uid"]
-    scheduled = datetime.fromisoformat(
-        found["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
-    )
-
-    # Run the trigger as the Job's pod would: its env from the pod template, downward API values filled in.
-    container = found["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][:2] == ["kubecrawl", "trigger"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBECRAWL_")}
-    for item in container["env"]:
-        env[item["name"]] = item.get("value", "")
-    env.update(JOB_NAME=job_name, JOB_UID=job_uid, KUBECRAWL_API_URL=services.api_url, SITE=container["command"][3])
-    # The projected volume the kubelet would mount: a token of the pod's ServiceAccount for the kubecrawl audience.
-    (source,) = found["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
-    token = await kube.arun("create", "token", "default", "-n", namespace, "--audience", "kubecrawl")
-    token_file = tmp_path / source["serviceAccountToken"]["path"]
-    token_file.write_text(token.stdout)
-    env["KUBECRAWL_API_TOKEN_FILE"] = str(token_file)
+    found = await next_job(kube, namespace, "minutely")
+    scheduled = scheduled_for(found)
+    # Run the trigger as the Job's pod would (no node here to run the pod).
+    env = await trigger_env(kube, namespace, found, services.api_url, tmp_path)
     first, second = [await asyncio.to_thread(run_trigger, dict(env)) for _ in range(2)]
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert "crawl_triggered" in first.stderr
@@ -535,6 +554,87 @@ async def test_every_minute_schedule_fires_a_job_and_two_triggers_start_one_craw
     assert series["kubecrawl_site_schedule_period_seconds"] == 60
     # Stop it firing every minute for the rest of the session.
     await kube.arun("delete", "crawlsite", "minutely", "-n", namespace, "--wait=false")
+
+
+@pytest.fixture
+async def slow_site() -> AsyncIterator[Site]:
+    """Four linked pages: with politeness.delaySeconds 60 and one page at a time a crawl lasts over three minutes."""
+    site = Site()
+    site.html("/", title="home", body="".join(f"<a href='/{p}'>{p}</a>" for p in "abc"))
+    for page in "abc":
+        site.html(f"/{page}", title=page)
+    await site.start()
+    yield site
+    await site.stop()
+
+
+async def test_forbid_skips_the_next_minutes_run_while_a_crawl_runs_and_posts_scheduled_run_skipped(
+    kube: Kube,
+    namespace: str,
+    services: Services,
+    slow_site: Site,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    """overlapPolicy Forbid on the cluster path: the operator's CronJob fires every minute (kube-controller-manager),
+    each Job's trigger command runs against the real API as its pod would, the first starts a crawl that lasts
+    minutes, the next minute's starts nothing and answers skipped: crawl_overlap, and the operator posts
+    ScheduledRunSkipped on the CrawlSite. Not covered here (no node): the kubelet running the trigger pod itself,
+    which tests/e2e/test_pods.py covers for a scheduled crawl."""
+    politeness = {"delaySeconds": 60, "maxConcurrency": 1, "respectRobotsTxt": False}
+    spec = crawlsite(
+        "forbid", url=slow_site.url("/"), schedule="* * * * *", overlapPolicy="Forbid", politeness=politeness
+    )
+    await kube.aapply(spec, namespace)
+    await wait_cronjob(kube, namespace, "forbid", lambda cj: cj["spec"]["concurrencyPolicy"] == "Forbid")
+
+    first_job = await next_job(kube, namespace, "forbid")
+    first = await asyncio.to_thread(
+        run_trigger, await trigger_env(kube, namespace, first_job, services.api_url, tmp_path)
+    )
+    assert first.returncode == 0, first.stderr
+    assert "crawl_triggered" in first.stderr
+    status, body = http_json(f"{services.api_url}/sites/{namespace}/forbid/crawls")
+    (running,) = body["items"]
+    assert running["state"] in ("QUEUED", "RUNNING")
+    # The Job's pod would have ended in seconds; without a node the Job stays active, and the CronJob's own
+    # concurrencyPolicy Forbid would hold back the next Job. Deleting it ends it as its completion would.
+    await kube.arun("delete", "job", first_job["metadata"]["name"], "-n", namespace, "--wait=false")
+
+    second_job = await next_job(kube, namespace, "forbid", seen=frozenset({first_job["metadata"]["name"]}))
+    env = await trigger_env(kube, namespace, second_job, services.api_url, tmp_path)
+    second = await asyncio.to_thread(run_trigger, dict(env))
+    assert second.returncode == 0, second.stderr  # a skipped run is not a failed Job
+    assert "crawl_trigger_skipped" in second.stderr
+    assert "crawl_overlap" in second.stderr
+    # The API's answer to that run's key, asked again directly: the running crawl, marked skipped; nothing new.
+    key = schedule_key(namespace, "forbid", scheduled_for(second_job).astimezone(UTC))
+    status, answer = http_json(
+        f"{services.api_url}/sites/{namespace}/forbid/crawls",
+        method="POST",
+        body={"trigger": "schedule", "idempotency_key": key},
+    )
+    assert (status, answer["id"], answer["skipped"]) == (200, running["id"], "crawl_overlap")
+    status, body = http_json(f"{services.api_url}/sites/{namespace}/forbid/crawls")
+    assert [crawl["id"] for crawl in body["items"]] == [running["id"]]
+
+    # No more runs; the operator judges the skipped run a minute after it fired (crawlsite/status.py).
+    await kube.arun("patch", "crawlsite", "forbid", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+
+    async def told() -> dict[str, Any] | None:
+        events = await kube.aevents(namespace, "forbid")
+        return next((e for e in events if e["reason"] == "ScheduledRunSkipped"), None)
+
+    event: dict[str, Any] = await eventually(
+        told, timeout=120, interval=1, what="a ScheduledRunSkipped Event on the CrawlSite"
+    )
+    assert event["type"] == "Normal"
+    assert running["id"] in event["message"]
+    assert "overlapPolicy Forbid" in event["message"]
+    # Free the session's worker from the slow crawl.
+    status, _ = http_json(f"{services.api_url}/crawls/{running['id']}/cancel", method="POST", body={})
+    assert status == 200
+    await kube.arun("delete", "crawlsite", "forbid", "-n", namespace, "--wait=false")
 
 
 # -- least privilege --------------------------------------------------------------------------------------------------

@@ -276,6 +276,11 @@ def test_default_render_has_the_workloads_and_no_optional_objects(
         ("ClusterRole", f"{FULLNAME}-crawlsites-view"),
         ("ClusterRole", f"{FULLNAME}-crawlsites-edit"),
         ("Pod", f"{FULLNAME}-test-api-ready"),  # `helm test`
+        # NetworkPolicy on by default (docs/security.md): ingress of each role, the workers' egress.
+        ("NetworkPolicy", f"{FULLNAME}-api"),
+        ("NetworkPolicy", f"{FULLNAME}-worker"),
+        ("NetworkPolicy", f"{FULLNAME}-operator"),
+        ("NetworkPolicy", f"{FULLNAME}-worker-egress"),
     }
 
 
@@ -804,8 +809,9 @@ def test_worker_egress_policy_denies_private_and_metadata_ranges_and_the_api_ser
     cluster: Cluster, helm: Helm, all_objects: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
     assert ("NetworkPolicy", f"{FULLNAME}-worker-egress") not in index(
-        render(helm, "--set", "networkPolicy.enabled=true")
+        render(helm, "--set", "networkPolicy.workerEgress.enabled=false")
     )
+    assert not [key for key in index(render(helm, "--set", "networkPolicy.enabled=false")) if key[0] == "NetworkPolicy"]
     policy = all_objects["NetworkPolicy", f"{FULLNAME}-worker-egress"]
     assert policy["spec"]["policyTypes"] == ["Egress"]
     assert policy["spec"]["podSelector"] == all_objects["Deployment", f"{FULLNAME}-worker"]["spec"]["selector"]
@@ -822,6 +828,50 @@ def test_worker_egress_policy_denies_private_and_metadata_ranges_and_the_api_ser
     cluster.admin.run("create", "namespace", namespace)
     try:
         cluster.admin.run("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(policy))
+    finally:
+        cluster.admin.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_default_network_policies_keep_an_install_working_and_the_api_server_accepts_them(
+    cluster: Cluster, helm: Helm, default_objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """On by default without breaking installs: every role keeps its port open to everyone (apiFrom and metricsFrom
+    empty); the workers reach DNS, the internet but private/metadata ranges, the broker's and the database's ports
+    at any address (their addresses live in Secrets), config.allowedPrivateNetworks, and the egress proxy's port."""
+    policies = {name: obj for (kind, name), obj in default_objects.items() if kind == "NetworkPolicy"}
+    api = policies[f"{FULLNAME}-api"]["spec"]
+    assert api["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]  # from anyone, its port only
+    for role in ("worker", "operator"):
+        assert policies[f"{FULLNAME}-{role}"]["spec"]["ingress"] == [
+            {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+        ]
+    egress = policies[f"{FULLNAME}-worker-egress"]["spec"]["egress"]
+    open_ports = {port["port"] for rule in egress if "to" not in rule for port in rule["ports"]}
+    assert open_ports == {53, 5432, 5671, 5672, 27017}
+    v4 = next(
+        peer["ipBlock"] for rule in egress for peer in rule.get("to", ()) if peer["ipBlock"]["cidr"] == "0.0.0.0/0"
+    )
+    for private in ("10.96.0.1/32", "169.254.169.254/32", "192.168.1.1/32", "172.17.0.1/32"):
+        assert any(ip_network(private).subnet_of(ip_network(c)) for c in v4["except"]), private
+
+    opened = index(
+        render(
+            helm,
+            "--set-json",
+            'config.allowedPrivateNetworks=["10.20.0.0/16"]',
+            "--set",
+            "config.fetch.proxyUrl=http://squid.proxy:3128",
+        )
+    )["NetworkPolicy", f"{FULLNAME}-worker-egress"]["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]} in opened
+    assert {"ports": [{"port": 3128, "protocol": "TCP"}]} in opened
+
+    # The API server validates every default policy; no CNI here enforces them (docs/security.md).
+    namespace = f"np-{uuid.uuid4().hex[:6]}"
+    cluster.admin.run("create", "namespace", namespace)
+    try:
+        for policy in policies.values():
+            cluster.admin.run("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(policy))
     finally:
         cluster.admin.run("delete", "namespace", namespace, "--wait=false", check=False)
 

@@ -460,6 +460,35 @@ async def test_cancel_ends_an_active_crawl_and_leaves_a_finished_one(stores: Sto
     assert await crawls.get(str(uuid.uuid4())) is None
 
 
+async def test_an_identitys_active_crawls_are_the_unfinished_ones_it_started_and_carry_their_max_pages(
+    stores: Stores,
+) -> None:
+    crawls = stores.crawls
+
+    async def start(who: str | None, name: str) -> str:
+        crawl, created, _ = await crawls.create(
+            "default",
+            name,
+            trigger="manual",
+            idempotency_key=None,
+            config=_config(max_pages=7),
+            seeds=["http://a.t/"],
+            started_by=who,
+        )
+        assert created
+        assert crawl.max_pages == 7
+        return crawl.id
+
+    first, second = await start("key:a", "one"), await start("key:a", "two")
+    await start("key:b", "one")
+    await start(None, "one")
+    assert sorted(c.id for c in await crawls.active_started_by("key:a", limit=10)) == sorted([first, second])
+    assert len(await crawls.active_started_by("key:a", limit=1)) == 1
+    await crawls.cancel(first)
+    assert [c.id for c in await crawls.active_started_by("key:a", limit=10)] == [second]
+    assert await crawls.active_started_by("key:nobody", limit=10) == []
+
+
 async def test_a_sites_crawls_are_listed_newest_first_and_a_later_crawl_sees_the_previous_one(stores: Stores) -> None:
     crawls = stores.crawls
     first_id, (seed,) = await _crawl(crawls)

@@ -32,6 +32,7 @@ async def running_api(settings: Settings) -> AsyncIterator[ApiHandle]:
         settings.publisher,
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
+        queue_type=settings.queue_type,
     )
     app = create_app(settings, publisher=publisher, database=database)
     async with (

@@ -24,6 +24,7 @@ from kubecrawl.api.limiting import BodyLimitMiddleware
 from kubecrawl.api.observing import ObservingMiddleware
 from kubecrawl.api.reviews import KubernetesReviews
 from kubecrawl.api.routes import crawls, health, metadata, sites
+from kubecrawl.api.serving import Lifecycle
 from kubecrawl.broker.base import Publisher
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.logging import get_logger
@@ -97,6 +98,7 @@ def create_app(
     app.state.publisher = publisher
     app.state.database = database
     app.state.connection = connection
+    app.state.lifecycle = Lifecycle()  # the SIGTERM drain (api/serving.py)
     stores = database.stores
     app.state.pages = stores.pages
     app.state.enqueuer = MetadataEnqueuer(stores.pages, publisher)

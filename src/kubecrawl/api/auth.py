@@ -55,6 +55,9 @@ class Identity:
     name: str
     scopes: frozenset[str]
     namespaces: frozenset[str] | None
+    # The key's own crawl quotas (``kubecrawl keys create --max-…``); None: the API's settings.
+    max_concurrent_crawls: int | None = None
+    max_pages: int | None = None
 
     def may(self, scope: str) -> bool:
         return any(scope in _IMPLIED[held] for held in self.scopes if held in _IMPLIED)
@@ -188,7 +191,7 @@ class AuthMiddleware:
         key = await keys.verify(token)
         if key is None:
             return None
-        identity = Identity(key.name, key.scopes, key.namespaces)
+        identity = Identity(key.name, key.scopes, key.namespaces, key.max_concurrent_crawls, key.max_pages)
         self._cache.put(token, identity)
         return identity
 

@@ -6,6 +6,8 @@ database that cannot take the request now (clients should retry), 500 for bugs (
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -52,7 +54,10 @@ def status_for(exc: KubecrawlError) -> int:
 
 def _retry_headers(exc: KubecrawlError) -> dict[str, str]:
     # Tell clients and load balancers when to come back; a broker reconnect takes about a second.
-    return {"Retry-After": "1"} if isinstance(exc, TransientError) else {}
+    # A quota says longer (too_many_crawls: a crawl takes minutes).
+    if not isinstance(exc, TransientError):
+        return {}
+    return {"Retry-After": str(math.ceil(exc.retry_after)) if exc.retry_after else "1"}
 
 
 async def _kubecrawl_error(_: Request, exc: Exception) -> JSONResponse:

@@ -99,11 +99,16 @@ class RabbitConsumer:
         metadata_max_length: int,
         pages_max_length: int,
         connection_name: str,
+        queue_type: str = "classic",
     ) -> None:
         self._url = url
         self._backoff = backoff
         self._prefetch = prefetch_count
-        self._queue_args = {"metadata_max_length": metadata_max_length, "pages_max_length": pages_max_length}
+        self._queue_args: dict[str, Any] = {
+            "metadata_max_length": metadata_max_length,
+            "pages_max_length": pages_max_length,
+            "queue_type": queue_type,
+        }
         self._connection_name = connection_name
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None

@@ -86,12 +86,17 @@ class RabbitPublisher:
         *,
         metadata_max_length: int,
         pages_max_length: int,
+        queue_type: str = "classic",
         connection_name: str = "kubecrawl-publisher",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._url = url
         self._settings = settings
-        self._queue_args = {"metadata_max_length": metadata_max_length, "pages_max_length": pages_max_length}
+        self._queue_args: dict[str, Any] = {
+            "metadata_max_length": metadata_max_length,
+            "pages_max_length": pages_max_length,
+            "queue_type": queue_type,
+        }
         self._dead_letter_expiration = str(int(settings.dead_letter_ttl_seconds * 1000))
         self._connection_name = connection_name
         self._sleep = sleep
@@ -112,6 +117,11 @@ class RabbitPublisher:
     @property
     def state(self) -> PublisherState:
         return self._state
+
+    @property
+    def in_flight(self) -> int:
+        """Messages published and still awaiting their confirm (``close()`` waits for them)."""
+        return self._in_flight
 
     def _set_state(self, new: PublisherState) -> None:
         check_transition(self._state, new)

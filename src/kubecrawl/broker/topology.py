@@ -50,12 +50,26 @@ def retry_tier(delay_seconds: float) -> int:
     return RETRY_TIERS_SECONDS[-1]
 
 
-def queue_specs(*, metadata_max_length: int, pages_max_length: int) -> list[QueueSpec]:
-    """Every queue kubecrawl uses, in declaration order (the dead-letter target first)."""
+# Quorum work queues dead-letter a message redelivered this many times (a message that keeps killing workers);
+# attempts are counted in the database first (KUBECRAWL_RETRY__MAX_ATTEMPTS), so this is only the broker's backstop.
+QUORUM_DELIVERY_LIMIT = 20
+# Quorum queues dead-letter at least once (the message stays in its queue until the target confirms it), which
+# needs reject-publish on the source: a retry tier then keeps its message while the work queue is full.
+_QUORUM = {"x-queue-type": "quorum", "x-overflow": "reject-publish", "x-dead-letter-strategy": "at-least-once"}
+
+
+def queue_specs(*, metadata_max_length: int, pages_max_length: int, queue_type: str = "classic") -> list[QueueSpec]:
+    """Every queue kubecrawl uses, in declaration order (the dead-letter target first). ``queue_type`` quorum makes
+    the work queues and their retry tiers quorum queues; ``kubecrawl.dead`` stays classic (nothing consumes it,
+    and its messages carry a per-message TTL)."""
     dead_letter = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD_LETTER_QUEUE}
+    quorum = queue_type == "quorum"
     specs = [QueueSpec(DEAD_LETTER_QUEUE)]
     for name, max_length in ((METADATA_QUEUE, metadata_max_length), (PAGES_QUEUE, pages_max_length)):
-        specs.append(QueueSpec(name, {"x-max-length": max_length, "x-overflow": "reject-publish", **dead_letter}))
+        work = {"x-max-length": max_length, "x-overflow": "reject-publish", **dead_letter}
+        if quorum:
+            work |= {**_QUORUM, "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
+        specs.append(QueueSpec(name, work))
         specs.extend(
             QueueSpec(
                 retry_queue_name(name, tier),
@@ -63,6 +77,7 @@ def queue_specs(*, metadata_max_length: int, pages_max_length: int) -> list[Queu
                     "x-message-ttl": tier * 1000,
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": name,
+                    **(_QUORUM if quorum else {}),
                 },
             )
             for tier in RETRY_TIERS_SECONDS
@@ -71,10 +86,15 @@ def queue_specs(*, metadata_max_length: int, pages_max_length: int) -> list[Queu
 
 
 async def declare_topology(
-    channel: aio_pika.abc.AbstractChannel, *, metadata_max_length: int, pages_max_length: int
+    channel: aio_pika.abc.AbstractChannel,
+    *,
+    metadata_max_length: int,
+    pages_max_length: int,
+    queue_type: str = "classic",
 ) -> dict[str, aio_pika.abc.AbstractQueue]:
     """Declare every queue (idempotent) and return them by name."""
     declared: dict[str, aio_pika.abc.AbstractQueue] = {}
-    for spec in queue_specs(metadata_max_length=metadata_max_length, pages_max_length=pages_max_length):
+    lengths = {"metadata_max_length": metadata_max_length, "pages_max_length": pages_max_length}
+    for spec in queue_specs(**lengths, queue_type=queue_type):
         declared[spec.name] = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
     return declared

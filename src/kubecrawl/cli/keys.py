@@ -49,16 +49,25 @@ def create(
     namespace: Annotated[
         list[str] | None, typer.Option(help="limit the key to this namespace (repeat for several)")
     ] = None,
+    max_concurrent_crawls: Annotated[
+        int | None,
+        typer.Option(min=0, help="crawls not yet finished this key may have started (0: no limit; default: the API's)"),
+    ] = None,
+    max_pages: Annotated[
+        int | None,
+        typer.Option(min=0, help="pages of a crawl this key starts (0: no limit; default: the API's)"),
+    ] = None,
 ) -> None:
     """Make a key and print it (only now: it is stored hashed)."""
-    from kubecrawl.store.apikeys import SCOPES
+    from kubecrawl.store.apikeys import SCOPES, KeyQuotas
 
     if not re.match(_NAME, name):
         raise typer.BadParameter("1-64 characters of a-z, 0-9, '-', '.', '_'", param_hint="NAME")
     unknown = sorted(set(scope) - set(SCOPES))
     if unknown:
         raise typer.BadParameter(f"unknown scope(s) {unknown}; use {', '.join(SCOPES)}", param_hint="--scope")
-    typer.echo(_with_store(lambda keys: keys.create(name, scope, namespace or None)))
+    quotas = KeyQuotas(max_concurrent_crawls=max_concurrent_crawls, max_pages=max_pages)
+    typer.echo(_with_store(lambda keys: keys.create(name, scope, namespace or None, quotas)))
 
 
 @app.command("list")

@@ -24,13 +24,6 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _serve(app_: object, host: str, port: int) -> None:
-    import uvicorn
-
-    # log_config=None keeps our structlog bridge in charge of uvicorn's loggers.
-    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=False, lifespan="on")  # type: ignore[arg-type]
-
-
 def api(
     host: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",  # noqa: S104 - a pod listens on all
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
@@ -39,6 +32,7 @@ def api(
 
     Publishes to RabbitMQ and reads and writes the database (KUBECRAWL_RABBITMQ_URL, KUBECRAWL_DATABASE_URL)."""
     from kubecrawl.api.app import create_app
+    from kubecrawl.api.serving import serve
     from kubecrawl.broker.publishing import RabbitPublisher
     from kubecrawl.store.opening import open_database
 
@@ -49,9 +43,16 @@ def api(
         settings.publisher,
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
+        queue_type=settings.queue_type,
         connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher",
     )
-    _serve(create_app(settings, publisher=publisher, database=database), host, port)
+    serve(
+        create_app(settings, publisher=publisher, database=database),
+        host=host,
+        port=port,
+        delay=settings.api_shutdown_delay_seconds,
+        timeout=settings.api_shutdown_timeout_seconds,
+    )
 
 
 def openapi() -> None:

@@ -10,7 +10,7 @@ HTTP in ``api/errors.py``, ack/retry/dead-letter in the worker pipeline, kopf er
     │   ├── ConnectionLost        (connection_lost)
     │   ├── PublishTimeout        (publish_timeout)
     │   ├── FetchTransient        (dns_failure, connect_error, timeout, http_5xx, http_408, http_429, ...)
-    │   ├── TooManyRequests       (too_many_subscribers: a bounded resource is full; HTTP 429)
+    │   ├── TooManyRequests       (too_many_subscribers, too_many_crawls: a bounded resource is full; HTTP 429)
     │   └── StoreUnavailable      (database_unavailable)
     └── PermanentError            never retry: the input itself is wrong
         ├── InvalidUrl            (invalid_url, empty_url, unsupported_scheme)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PageStatus(StrEnum):
@@ -128,6 +128,11 @@ class Crawl(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    max_pages: int | None = Field(
+        default=None,
+        description="the most pages this crawl fetches: the site's scope.maxPages, lowered by the trigger's "
+        'max_pages or the caller\'s ceiling (docs/security.md, "Crawl quotas")',
+    )
 
 
 class CrawlPage(BaseModel):

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
 
     metadata_queue_max_length: int = Field(default=1000, ge=1)
     pages_queue_max_length: int = Field(default=100_000, ge=1)
+    # The work queues' and retry tiers' type (docs/queues.md, "Queue type"): classic, or quorum (replicated, with a
+    # delivery limit and at-least-once dead-lettering). A queue's type is fixed when it is first declared:
+    # changing it for an existing broker needs new queues (drain, delete, restart every process).
+    queue_type: Literal["classic", "quorum"] = "classic"
     prefetch_count: int = Field(default=16, ge=1, le=1000)
     # Database connection pool per process.
     db_pool_size: int = Field(default=10, ge=1)
@@ -163,6 +167,13 @@ class Settings(BaseSettings):
     fetch: FetchSettings = FetchSettings()
     retry: RetrySettings = RetrySettings()
 
+    # SIGTERM of `kubecrawl api` (docs/api.md, "Shutdown"): readiness answers 503 shutting_down and requests are
+    # still served for the delay (endpoints and load balancers take seconds to stop routing to the pod), then the
+    # server stops accepting, ends event streams, and waits at most the timeout for requests in flight. The chart's
+    # grace period (30 s, Kubernetes' default) covers both with room for closing the publisher and the database.
+    api_shutdown_delay_seconds: float = Field(default=5.0, ge=0, le=300)
+    api_shutdown_timeout_seconds: float = Field(default=15.0, ge=0, le=3600)
+
     # API request bodies: a POST /metadata is about 100 bytes, a CrawlSite spec a few KiB; larger bodies are
     # answered 413 before they are read (api/limiting.py).
     max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -187,6 +198,13 @@ class Settings(BaseSettings):
     # (1,000 sites ≈ 100 requests/s), so a limit must be sized for the installation.
     auth_rate_limit_per_second: float = Field(default=0.0, ge=0)
     auth_rate_limit_burst: int = Field(default=100, ge=1)
+    # Crawl quotas per caller, with authentication on (docs/security.md, "Crawl quotas"); a key may carry its own
+    # (`kubecrawl keys create --max-concurrent-crawls/--max-pages`); 0: no limit. Crawls not yet finished that one
+    # caller started (a scheduled run counts against its site, not the trigger's ServiceAccount): past it, 429
+    # too_many_crawls. Pages of a crawl a caller starts by hand: a larger explicit max_pages is 400
+    # max_pages_over_limit, a larger site scope.maxPages is lowered to it (scheduled runs keep the site's).
+    auth_max_concurrent_crawls: int = Field(default=10, ge=0)
+    auth_max_pages: int = Field(default=10_000, ge=0)
     # What the operator and `kubecrawl trigger` send: the projected ServiceAccount token in this file (re-read
     # for every request, since the kubelet rotates it), else the key (an admin-scope key) outside a cluster.
     api_token_file: Path | None = None

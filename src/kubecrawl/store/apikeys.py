@@ -28,6 +28,9 @@ class ApiKey:
     namespaces: frozenset[str] | None  # None: every namespace
     created_at: datetime
     revoked_at: datetime | None
+    # The key's own crawl quotas (docs/security.md, "Crawl quotas"); None: the API's settings.
+    max_concurrent_crawls: int | None = None
+    max_pages: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +39,8 @@ class ApiKey:
             "namespaces": sorted(self.namespaces) if self.namespaces is not None else None,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "max_concurrent_crawls": self.max_concurrent_crawls,
+            "max_pages": self.max_pages,
         }
 
 
@@ -43,8 +48,22 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyQuotas:
+    """A key's own crawl quotas; None: the API's settings (``KUBECRAWL_AUTH_MAX_CONCURRENT_CRAWLS``,
+    ``KUBECRAWL_AUTH_MAX_PAGES``)."""
+
+    max_concurrent_crawls: int | None = None
+    max_pages: int | None = None
+
+
+NO_QUOTAS = KeyQuotas()
+
+
 class ApiKeyStore(Protocol):
-    async def create(self, name: str, scopes: list[str], namespaces: list[str] | None) -> str:
+    async def create(
+        self, name: str, scopes: list[str], namespaces: list[str] | None, quotas: KeyQuotas = NO_QUOTAS
+    ) -> str:
         """Make a key and return it (the only time it is seen); ``Conflict`` if the name is taken."""
         ...
 

@@ -250,9 +250,16 @@ class CrawlStore(Protocol):
         idempotency_key: str | None,
         config: dict[str, Any],
         seeds: Sequence[str],
+        started_by: str | None = None,
     ) -> tuple[Crawl, bool, list[PageRef]]:
         """Create a crawl with its seed pages and open its window (→ the pages to publish); or return the crawl
-        already holding ``idempotency_key`` (created False, nothing to publish)."""
+        already holding ``idempotency_key`` (created False, nothing to publish). ``started_by``: who the crawl
+        counts against (:meth:`active_started_by`)."""
+        ...
+
+    async def active_started_by(self, started_by: str, *, limit: int) -> list[Crawl]:
+        """At most ``limit`` crawls created with ``started_by`` that are not finished (QUEUED or RUNNING): the
+        per-identity limit of concurrent crawls (docs/security.md, "Crawl quotas")."""
         ...
 
     async def get(self, crawl_id: str) -> Crawl | None: ...

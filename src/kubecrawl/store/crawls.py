@@ -35,9 +35,11 @@ from kubecrawl.store.dialects import as_utc, dialect_insert, transactions
 from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.hosts import SqlHostStore
-from kubecrawl.store.outcomes import COUNTERS, ERROR_CHARS, shared_out
+from kubecrawl.store.outcomes import COUNTERS, ERROR_CHARS, max_pages_of, shared_out
 from kubecrawl.store.schema import crawl_pages, crawls
 from kubecrawl.store.starting import PageStarts
+
+ACTIVE_STATES = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
 
 P = CrawlPageState
 _ACTIVE = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
@@ -57,6 +59,7 @@ def crawl_model(row: Any) -> Crawl:
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
+        max_pages=max_pages_of(getattr(row, "config", None)),
     )
 
 
@@ -116,6 +119,7 @@ class SqlCrawlStore:
         idempotency_key: str | None,
         config: dict[str, Any],
         seeds: Sequence[str],
+        started_by: str | None = None,
     ) -> tuple[Crawl, bool, list[PageRef]]:
         """Create a crawl with its seed pages and open its window; or return the crawl holding the key."""
         now = utcnow()
@@ -146,6 +150,7 @@ class SqlCrawlStore:
                         config=config,
                         previous_crawl_id=previous,
                         created_at=now,
+                        started_by=started_by,
                     )
                     .on_conflict_do_nothing(index_elements=["idempotency_key"])
                     .returning(crawls.c.id)
@@ -173,6 +178,17 @@ class SqlCrawlStore:
                     select(crawls)
                     .where(crawls.c.site_namespace == namespace, crawls.c.site_name == name)
                     .order_by(crawls.c.created_at.desc(), crawls.c.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [crawl_model(row) for row in rows]
+
+    async def active_started_by(self, started_by: str, *, limit: int) -> list[Crawl]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(crawls)
+                    .where(crawls.c.started_by == started_by, crawls.c.state.in_(ACTIVE_STATES))
                     .limit(limit)
                 )
             ).all()

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import Conflict, NotFound
-from kubecrawl.store.apikeys import KEY_PREFIX, SCOPES, ApiKey, key_hash, new_key
+from kubecrawl.store.apikeys import KEY_PREFIX, NO_QUOTAS, SCOPES, ApiKey, KeyQuotas, key_hash, new_key
 from kubecrawl.store.dialects import as_utc
 from kubecrawl.store.schema import api_keys
 
@@ -25,6 +25,8 @@ def _key(row: Any) -> ApiKey:
         namespaces=frozenset(row.namespaces) if row.namespaces is not None else None,
         created_at=as_utc(row.created_at) or row.created_at,
         revoked_at=as_utc(row.revoked_at),
+        max_concurrent_crawls=row.max_concurrent_crawls,
+        max_pages=row.max_pages,
     )
 
 
@@ -32,7 +34,9 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, name: str, scopes: list[str], namespaces: list[str] | None) -> str:
+    async def create(
+        self, name: str, scopes: list[str], namespaces: list[str] | None, quotas: KeyQuotas = NO_QUOTAS
+    ) -> str:
         """Make a key and return it (the only time it is seen); ``Conflict`` if the name is taken."""
         key = new_key()
         try:
@@ -43,6 +47,8 @@ class KeyStore:
                         key_hash=key_hash(key),
                         scopes=sorted(set(scopes)),
                         namespaces=sorted(set(namespaces)) if namespaces else None,
+                        max_concurrent_crawls=quotas.max_concurrent_crawls,
+                        max_pages=quotas.max_pages,
                         created_at=utcnow(),
                     )
                 )

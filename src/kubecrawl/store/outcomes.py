@@ -43,6 +43,11 @@ def pages_left(config: dict[str, Any], discovered: int) -> int:
     return max(0, int(config["scope"]["maxPages"]) - discovered)
 
 
+def max_pages_of(config: dict[str, Any] | None) -> int | None:
+    """A crawl's ``scope.maxPages`` as its config snapshot holds it (None for a row read without it)."""
+    return None if config is None else int(config["scope"]["maxPages"])
+
+
 def outcome_values(outcome: PageOutcome) -> dict[str, Any]:
     """The stored values of an outcome (``state``, ``outlinks`` and the result fields), as plain data."""
     values = {name: getattr(outcome, name) for name in RESULT_FIELDS}

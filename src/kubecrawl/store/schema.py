@@ -128,7 +128,11 @@ crawls = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    # who the crawl counts against for the per-identity limit of concurrent crawls (docs/security.md, "Crawl
+    # quotas"): "key:NAME", "user:NAME" (a Kubernetes user), "site:NS/NAME" (a scheduled run); null without auth
+    Column("started_by", String(320)),
     Index("ix_crawls_site_created", "site_namespace", "site_name", "created_at"),
+    Index("ix_crawls_started_by_state", "started_by", "state"),
 )
 
 crawl_pages = Table(
@@ -216,6 +220,9 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("scopes", Json, nullable=False),
     Column("namespaces", Json),  # null: every namespace
+    # the key's own crawl quotas (docs/security.md); null: the API's settings
+    Column("max_concurrent_crawls", Integer),
+    Column("max_pages", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
 )

@@ -57,6 +57,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         connection_name=f"{name}-publisher",
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
+        queue_type=settings.queue_type,
     )
     consumer = RabbitConsumer(
         rabbit_url,
@@ -65,6 +66,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         connection_name=name,
         metadata_max_length=settings.metadata_queue_max_length,
         pages_max_length=settings.pages_queue_max_length,
+        queue_type=settings.queue_type,
     )
     # /metrics and the probes answer from the start: alive (not ready) while the database and broker back off.
     connection = DatabaseConnection(

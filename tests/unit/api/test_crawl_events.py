@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from kubecrawl.api.routes import crawls as crawl_routes
+from kubecrawl.api.serving import Lifecycle
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
 
 
@@ -58,7 +59,9 @@ class FakeCrawls:
 class Connected:
     """The request as the endpoint reads it: connected, on an app with room for subscribers, no identity."""
 
-    app = SimpleNamespace(state=SimpleNamespace(subscribers=crawl_routes.Subscribers(per_crawl=16, total=256)))
+    app = SimpleNamespace(
+        state=SimpleNamespace(subscribers=crawl_routes.Subscribers(per_crawl=16, total=256), lifecycle=Lifecycle())
+    )
     scope: ClassVar[dict[str, Any]] = {}  # no identity: authentication is off
 
     async def is_disconnected(self) -> bool:

@@ -32,3 +32,20 @@ def test_retry_tier_rounds_up_and_caps() -> None:
     assert retry_tier(3) == 5
     assert retry_tier(61) == 300
     assert retry_tier(10_000) == 300
+
+
+def test_quorum_makes_work_queues_and_tiers_quorum_with_at_least_once_dead_letters_and_leaves_dead_classic() -> None:
+    specs = {s.name: s for s in queue_specs(metadata_max_length=10, pages_max_length=10, queue_type="quorum")}
+    work = specs[METADATA_QUEUE].arguments
+    assert (work["x-queue-type"], work["x-dead-letter-strategy"], work["x-overflow"]) == (
+        "quorum",
+        "at-least-once",
+        "reject-publish",
+    )
+    assert work["x-delivery-limit"] > 0
+    for tier in RETRY_TIERS_SECONDS:
+        args = specs[retry_queue_name(METADATA_QUEUE, tier)].arguments
+        assert (args["x-queue-type"], args["x-overflow"]) == ("quorum", "reject-publish")
+    assert specs[DEAD_LETTER_QUEUE].arguments == {}
+    classic = queue_specs(metadata_max_length=10, pages_max_length=10)
+    assert not any("x-queue-type" in spec.arguments for spec in classic)

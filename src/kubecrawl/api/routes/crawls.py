@@ -264,8 +264,8 @@ async def _stream(crawls: CrawlStore, request: Request, crawl: Crawl, start: int
         if current.state in FINAL_CRAWL_STATES:
             yield _event(_final_name(current), current.version, current.model_dump(mode="json"))
             return
-        if await request.is_disconnected():
-            return
+        if await request.is_disconnected() or request.app.state.lifecycle.stopping:
+            return  # stopping (SIGTERM, api/serving.py): the client resumes on another replica with Last-Event-ID
         await asyncio.sleep(POLL_SECONDS)
         idle += POLL_SECONDS
         if idle >= KEEPALIVE_SECONDS:

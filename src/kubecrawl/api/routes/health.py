@@ -31,7 +31,7 @@ class Ready(BaseModel):
 
 class NotReady(BaseModel):
     status: Literal["unavailable"]
-    reason: str = Field(description="comma-separated: publisher_not_ready, database_unavailable")
+    reason: str = Field(description="comma-separated: shutting_down, publisher_not_ready, database_unavailable")
     detail: dict[str, str] = Field(description="each reason's explanation")
 
 
@@ -47,6 +47,8 @@ async def live() -> Live:
 )
 async def ready(request: Request, publisher: PublisherDep) -> JSONResponse:
     reasons: dict[str, str] = {}
+    if request.app.state.lifecycle.draining:  # SIGTERM: leave the endpoints while still serving (api/serving.py)
+        reasons["shutting_down"] = "the process received SIGTERM and is draining"
     if publisher.state is not PublisherState.READY:
         reasons["publisher_not_ready"] = f"publisher is {publisher.state}"
     database: DatabaseConnection = request.app.state.connection

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubecrawl.api.auth import Identity
 from kubecrawl.api.deps import CrawlsDep, PublisherDep, SitesDep
 from kubecrawl.api.documenting import PUBLISH_CODES, URL_CODES, errors
 from kubecrawl.core.clock import utcnow
@@ -18,7 +19,7 @@ from kubecrawl.core.models import Crawl
 from kubecrawl.core.schedules import next_run_at
 from kubecrawl.core.sites import CrawlSiteSpec
 from kubecrawl.core.urls import normalise_url
-from kubecrawl.triggers import start_crawl
+from kubecrawl.triggers import Quota, start_crawl
 
 router = APIRouter(tags=["sites"])
 log = get_logger(__name__)
@@ -39,6 +40,13 @@ class TriggerRequest(BaseModel):
         pattern=_KEY,
         description="the same key again answers 200 with the same crawl; scheduled triggers use "
         "site:{namespace}/{name}:cron:{scheduled minute, ISO-8601 UTC}",
+    )
+    max_pages: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="crawl at most this many pages this time (never more than the site's scope.maxPages); over "
+        "the caller's ceiling (KUBECRAWL_AUTH_MAX_PAGES, or the API key's own) is 400 max_pages_over_limit",
     )
 
 
@@ -163,9 +171,10 @@ async def list_sites(sites: SitesDep) -> JSONResponse:
         },
         202: {"description": "A new crawl, its first pages published", "links": _CRAWL_LINKS},
         **errors(
-            bad_request=("invalid_request", "invalid_value"),
+            bad_request=("invalid_request", "invalid_value", "max_pages_over_limit"),
             not_found=("site_not_found",),
             conflict=("idempotency_key_conflict",),
+            too_many=("too_many_crawls",),
             too_large=True,
             unavailable=(*PUBLISH_CODES, *_UNAVAILABLE),
         ),
@@ -178,6 +187,7 @@ async def trigger_crawl(
     sites: SitesDep,
     crawls: CrawlsDep,
     publisher: PublisherDep,
+    request: Request,
     body: TriggerRequest | None = None,
 ) -> JSONResponse:
     body = body or TriggerRequest()
@@ -189,6 +199,8 @@ async def trigger_crawl(
         name,
         trigger=body.trigger,
         idempotency_key=body.idempotency_key,
+        quota=crawl_quota(request, namespace, name, scheduled=body.trigger == "schedule"),
+        max_pages=body.max_pages,
     )
     answer = triggered.crawl.model_dump(mode="json")
     if triggered.skipped is not None:
@@ -210,6 +222,25 @@ async def site_crawls(
 ) -> JSONResponse:
     items = await crawls.list_for_site(namespace, name, limit=limit)
     return JSONResponse({"items": [crawl.model_dump(mode="json") for crawl in items]})
+
+
+def crawl_quota(request: Request, namespace: str, name: str, *, scheduled: bool) -> Quota | None:
+    """The caller's crawl quota (docs/security.md, "Crawl quotas"); None with authentication off. A scheduled run
+    counts against its site, not against the trigger's identity (every CronJob of a namespace may share one
+    ServiceAccount), and keeps the site's scope.maxPages: the CrawlSite's author chose it."""
+    principal = request.scope.get("state", {}).get("identity")
+    if principal is None:
+        return None
+    settings = request.app.state.settings
+    concurrent: int = settings.auth_max_concurrent_crawls
+    if scheduled:
+        return Quota(f"site:{namespace}/{name}", max_concurrent=concurrent)
+    pages: int = settings.auth_max_pages
+    if isinstance(principal, Identity):
+        concurrent = concurrent if principal.max_concurrent_crawls is None else principal.max_concurrent_crawls
+        pages = pages if principal.max_pages is None else principal.max_pages
+        return Quota(f"key:{principal.name}", concurrent, pages)
+    return Quota(f"user:{principal.name}", concurrent, pages)
 
 
 def _site_body(site: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from kubecrawl.store.mongo.database import Database, Document, wrapped
 from kubecrawl.store.mongo.frontier import ACTIVE, MongoFrontier
 from kubecrawl.store.mongo.hosts import MongoHostStore
 from kubecrawl.store.mongo.locking import Leases
-from kubecrawl.store.outcomes import COUNTERS, ERROR_CHARS, counted, outcome_values
+from kubecrawl.store.outcomes import COUNTERS, ERROR_CHARS, counted, max_pages_of, outcome_values
 
 P = CrawlPageState
 log = get_logger(__name__)
@@ -57,6 +57,7 @@ def _crawl(doc: Document) -> Crawl:
         created_at=doc["created_at"],
         started_at=doc.get("started_at"),
         finished_at=doc.get("finished_at"),
+        max_pages=max_pages_of(doc.get("config")),
     )
 
 
@@ -107,6 +108,7 @@ class MongoCrawlStore:
         idempotency_key: str | None,
         config: dict[str, Any],
         seeds: Sequence[str],
+        started_by: str | None = None,
     ) -> tuple[Crawl, bool, list[PageRef]]:
         now = utcnow()
         crawl_id = str(uuid.uuid4())
@@ -140,6 +142,7 @@ class MongoCrawlStore:
                 "created_at": now,
                 "started_at": None,
                 "finished_at": None,
+                "started_by": started_by,
             }
             if idempotency_key is not None:  # absent, not null: the sparse unique index skips it
                 doc["idempotency_key"] = idempotency_key
@@ -169,6 +172,12 @@ class MongoCrawlStore:
                 .limit(limit)
                 .to_list(None)
             )
+        return [_crawl(doc) for doc in docs]
+
+    async def active_started_by(self, started_by: str, *, limit: int) -> list[Crawl]:
+        async with wrapped("counting active crawls"):
+            active = {"started_by": started_by, "state": {"$in": ACTIVE}}
+            docs = await self._crawls.find(active).limit(limit).to_list(None)
         return [_crawl(doc) for doc in docs]
 
     async def pages(

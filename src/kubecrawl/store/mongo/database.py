@@ -35,7 +35,7 @@ Database = AsyncDatabase[Document]
 # Readiness must answer quickly, as for SQL (store/database.py).
 PING_TIMEOUT_SECONDS = 2.0
 # The collections' layout version, recorded by ``ensure_indexes``; bump it with every change of the indexes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: crawls.started_by_state (crawl quotas)
 # MongoDB's server error codes that blame a value, not the server: 2 BadValue, 10334 BSONObjectTooLarge,
 # 17280 KeyTooLong, 11000 DuplicateKey (a unique index, where the store did not expect one).
 _VALUE_CODES = frozenset({2, 10334, 17280, 11000})
@@ -62,6 +62,8 @@ INDEXES: dict[str, list[IndexModel]] = {
             [("site_namespace", ASCENDING), ("site_name", ASCENDING), ("created_at", DESCENDING)], name="site_created"
         ),
         IndexModel([("state", ASCENDING), ("in_flight", ASCENDING)], name="state_in_flight"),
+        # An identity's active crawls (the per-identity limit of concurrent crawls, docs/security.md).
+        IndexModel([("started_by", ASCENDING), ("state", ASCENDING)], name="started_by_state"),
     ],
     "crawl_pages": [
         IndexModel([("crawl_id", ASCENDING), ("url", ASCENDING)], unique=True, name="crawl_url_unique"),

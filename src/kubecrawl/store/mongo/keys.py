@@ -10,7 +10,7 @@ from pymongo.errors import DuplicateKeyError
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import Conflict, NotFound
-from kubecrawl.store.apikeys import ApiKey, key_hash, new_key
+from kubecrawl.store.apikeys import NO_QUOTAS, ApiKey, KeyQuotas, key_hash, new_key
 from kubecrawl.store.mongo.database import Database, wrapped
 
 
@@ -22,6 +22,8 @@ def _key(doc: dict[str, Any]) -> ApiKey:
         namespaces=frozenset(namespaces) if namespaces is not None else None,
         created_at=doc["created_at"],
         revoked_at=doc.get("revoked_at"),
+        max_concurrent_crawls=doc.get("max_concurrent_crawls"),
+        max_pages=doc.get("max_pages"),
     )
 
 
@@ -31,13 +33,17 @@ class MongoKeyStore:
     def __init__(self, db: Database) -> None:
         self._keys = db.api_keys
 
-    async def create(self, name: str, scopes: list[str], namespaces: list[str] | None) -> str:
+    async def create(
+        self, name: str, scopes: list[str], namespaces: list[str] | None, quotas: KeyQuotas = NO_QUOTAS
+    ) -> str:
         key = new_key()
         doc = {
             "_id": name,
             "key_hash": key_hash(key),
             "scopes": sorted(set(scopes)),
             "namespaces": sorted(set(namespaces)) if namespaces else None,
+            "max_concurrent_crawls": quotas.max_concurrent_crawls,
+            "max_pages": quotas.max_pages,
             "created_at": utcnow(),
             "revoked_at": None,
         }
