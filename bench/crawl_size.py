@@ -7,6 +7,8 @@ page i links to page i+1, and the random links reach every page within a few lin
 - pages/s for each tenth of the crawl (by pages settled, from each page's ``fetched_at`` in the crawl's database),
   with an ASCII plot, and the last tenth over the first against the 0.9 target: a cost that grows with the
   crawl (an index walked per batch, a memo that grows, a query that scans) shows as a falling curve;
+- the crawl process's CPU per page in each tenth (its /proc CPU time, sampled): on a machine shared with other
+  work the pages/s of a tenth follow the machine's load, its CPU per page much less;
 - the crawl process's peak RSS (its ``ru_maxrss`` from ``wait4``) against 300 MB;
 - the SQLite database's bytes (with its WAL) per page.
 
@@ -21,6 +23,7 @@ average (printed). Results go to ``bench/results/crawl-size-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
@@ -28,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +44,8 @@ TENTHS = 10
 FLATNESS_TARGET = 0.9
 RSS_TARGET_MB = 300
 PLOT_WIDTH = 50
+# How often the crawl process's CPU time is read (/proc/PID/stat), for the CPU per page of each tenth.
+CPU_SAMPLE_SECONDS = 0.25
 
 
 def run_crawl(base_url: str, pages: int, db: Path, work: Path) -> dict[str, Any]:
@@ -54,10 +60,14 @@ def run_crawl(base_url: str, pages: int, db: Path, work: Path) -> dict[str, Any]
         *("--db", str(db), "--json"),
     ]
     started = time.perf_counter()
+    samples: list[tuple[float, float]] = []
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        sampler = threading.Thread(target=sample_cpu, args=(proc.pid, samples), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"kubecrawl crawl failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
     crawl = json.loads(out_path.read_text())
@@ -66,11 +76,40 @@ def run_crawl(base_url: str, pages: int, db: Path, work: Path) -> dict[str, Any]
         "wall_seconds": time.perf_counter() - started,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "max_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "cpu_samples": samples,
     }
 
 
-def tenths(db: Path, crawl_id: str) -> list[dict[str, float]]:
-    """Pages/s over each tenth of the crawl's settled pages, in the order they settled."""
+def sample_cpu(pid: int, samples: list[tuple[float, float]]) -> None:
+    """(wall clock, CPU seconds used) of the crawl process every ``CPU_SAMPLE_SECONDS`` until it exits: the CPU
+    per page of each tenth does not depend on what else the machine runs, which pages/s does."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = Path(f"/proc/{pid}/stat")
+    while True:
+        try:
+            raw = stat.read_text()
+        except OSError:
+            return
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if fields[0] == "Z":  # exited, not yet reaped
+            return
+        samples.append((time.time(), (int(fields[11]) + int(fields[12])) / ticks))
+        time.sleep(CPU_SAMPLE_SECONDS)
+
+
+def cpu_at(samples: list[tuple[float, float]], when: float) -> float:
+    """The process's CPU seconds at ``when``, interpolated between samples."""
+    index = bisect.bisect_left(samples, (when, -1.0))
+    if index == 0:
+        return samples[0][1]
+    if index >= len(samples):
+        return samples[-1][1]
+    (t0, c0), (t1, c1) = samples[index - 1], samples[index]
+    return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
+
+
+def tenths(db: Path, crawl_id: str, samples: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """Pages/s and CPU per page over each tenth of the crawl's settled pages, in the order they settled."""
     with sqlite3.connect(db) as conn:
         stamps = [
             datetime.fromisoformat(row[0]).timestamp()
@@ -89,7 +128,10 @@ def tenths(db: Path, crawl_id: str) -> list[dict[str, float]]:
         begin = stamps[first - 1] if first > 0 else stamps[0]
         pages = last - first + 1 if first > 0 else last - first
         seconds = max(stamps[last] - begin, 1e-6)
-        curve.append({"tenth": index + 1, "pages": pages, "seconds": seconds, "rate": pages / seconds})
+        cpu_ms = 1000 * (cpu_at(samples, stamps[last]) - cpu_at(samples, begin)) / max(pages, 1)
+        curve.append(
+            {"tenth": index + 1, "pages": pages, "seconds": seconds, "rate": pages / seconds, "cpu_ms_per_page": cpu_ms}
+        )
     return curve
 
 
@@ -98,7 +140,7 @@ def plot(curve: list[dict[str, float]]) -> str:
     lines = []
     for point in curve:
         bar = "#" * max(1, round(PLOT_WIDTH * point["rate"] / top))
-        lines.append(f"  {point['tenth']:>4}  {point['rate']:>7.0f}  {bar}")
+        lines.append(f"  {point['tenth']:>4}  {point['rate']:>7.0f}  {point['cpu_ms_per_page']:>6.2f}  {bar}")
     return "\n".join(lines)
 
 
@@ -126,7 +168,7 @@ def main() -> None:
         run = run_crawl(f"http://127.0.0.1:{port}", pages, db, work)
         load_after = os.getloadavg()
         crawl = run["crawl"]
-        curve = tenths(db, crawl["id"])
+        curve = tenths(db, crawl["id"], run["cpu_samples"])
         db_bytes = sum(path.stat().st_size for path in work.glob("embedded.db*"))
     finally:
         nginx.terminate()
@@ -137,16 +179,22 @@ def main() -> None:
     fetched = crawl["counters"]["fetched"]
     seconds = crawl_seconds(crawl)
     flatness = curve[-1]["rate"] / curve[0]["rate"]
+    # The same ratio in CPU per page (first over last, so that > 1 is cheaper at the end): free of the machine's load.
+    cpu_flatness = curve[0]["cpu_ms_per_page"] / max(curve[-1]["cpu_ms_per_page"], 1e-9)
     print(
         f"\n  {fetched} of {pages} pages fetched in {seconds:.1f} s = {fetched / seconds:.0f} pages/s ({crawl['state']})"
     )
     print(f"  load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 minute)\n")
-    print("  tenth  pages/s")
+    print("  tenth  pages/s  CPU ms/page")
     print(plot(curve))
     print()
     print(
         f"  last tenth / first tenth  {flatness:>6.2f}   (target ≥ {FLATNESS_TARGET})  "
         f"{'ok' if flatness >= FLATNESS_TARGET else 'MISSED'}"
+    )
+    print(
+        f"  the same in CPU per page  {cpu_flatness:>6.2f}   (first tenth's CPU per page / last tenth's; "
+        "what the machine's other load does not move)"
     )
     print(
         f"  peak RSS                  {run['max_rss_mb']:>6.0f} MB (target ≤ {RSS_TARGET_MB} MB)  "
@@ -165,6 +213,7 @@ def main() -> None:
                 "state": crawl["state"],
                 "tenths": curve,
                 "last_over_first": flatness,
+                "cpu_first_over_last": cpu_flatness,
                 "max_rss_mb": run["max_rss_mb"],
                 "db_bytes": db_bytes,
                 "db_bytes_per_page": db_bytes / fetched,
