@@ -3,7 +3,8 @@ politeness counted at the server.
 
 127.0.0.0/8 is loopback on Linux: one nginx listens on 127.0.1.1 … 127.0.1.H (one "host" each) and on
 127.0.0.1 for the single-host baseline, and logs every request (``$msec`` at its end, ``$request_time``, the
-address) so that per-host in-flight requests and request spacing are rebuilt from what the server saw. The
+address) so that per-host in-flight requests (each response is sent at 200 KB/s, ~60 ms a page, so that
+requests overlap at the server as they would at a remote host) and request spacing are rebuilt from what the server saw. The
 worker runs with the SSRF guard ON and ``KUBECRAWL_ALLOWED_PRIVATE_NETWORKS='["127.0.0.0/8"]'`` (docs/security.md).
 Runs, one after the other, on the same stack:
 
@@ -59,6 +60,10 @@ http {{
     access_log {base}/access.log timing buffer=256k flush=1s;
     sendfile on;
     keepalive_requests 1000000;
+    # ~60 ms a page (12 KB at 200 KB/s): a request lasts long enough at the server for the requests in flight
+    # to overlap there (a file served in no time would show one in flight whatever the crawler did), like a
+    # remote host's latency; the single-host baseline is served the same way.
+    limit_rate 200k;
     default_type text/html;
     types {{ text/html html; text/plain txt; }}
     client_body_temp_path {base}/tmp; proxy_temp_path {base}/tmp; fastcgi_temp_path {base}/tmp;
