@@ -103,7 +103,7 @@ def run(pages: int, workers: int, work: Path) -> dict[str, Any]:
         worker_procs = services.start_workers(env, workers, "kubecrawl.pages")
         spec = {
             "url": base_url + "/",
-            "scope": {"maxPages": pages, "maxDepth": 1000},
+            "scope": {"maxPages": pages, "maxDepth": 50},
             "politeness": {"maxConcurrency": CONCURRENCY},
         }
         http_json("PUT", f"{api}/sites/bench/size", spec)

@@ -1,10 +1,11 @@
 """Many hosts at once (issue #16 goal 4): 200 hosts crawled by ONE ``kubecrawl worker`` (RabbitMQ + PostgreSQL),
 politeness counted at the server.
 
-127.0.0.0/8 is loopback on Linux: one nginx listens on 127.0.1.1 … 127.0.1.H (one "host" each) and on
-127.0.0.1 for the single-host baseline, and logs every request (``$msec`` at its end, ``$request_time``, the
-address) so that per-host in-flight requests (each response is sent at 200 KB/s, ~60 ms a page, so that
-requests overlap at the server as they would at a remote host) and request spacing are rebuilt from what the server saw. The
+127.0.0.0/8 is loopback on Linux: one small counting server (aiohttp, in its own process) listens on
+127.0.1.1 … 127.0.1.H (one "host" each) and on 127.0.0.1 for the single-host baseline, answers each request
+after 20 ms (so that requests in flight overlap at the server, as at a remote host; a file served in no time
+would show one in flight whatever the crawler did) and logs it (start, end, address), so that per-host in-flight
+requests and request spacing are rebuilt from what the server saw. The
 worker runs with the SSRF guard ON and ``KUBECRAWL_ALLOWED_PRIVATE_NETWORKS='["127.0.0.0/8"]'`` (docs/security.md).
 Runs, one after the other, on the same stack:
 
@@ -18,10 +19,10 @@ Runs, one after the other, on the same stack:
     span     ONE crawl spanning every host (pages link to the same paths on other hosts; ``sameHost: false``),
              maxConcurrency 16, delaySeconds S2 per host: per-host gaps ≥ S2; fairness over the hosts.
 
-Request starts are the server's (end − request_time, millisecond resolution), so a gap is judged with 2 ms of
-slack for the clock's rounding; anything shorter is a violation and is reported with its count.
+Request starts are the server's (when its handler began), so a gap is judged with 2 ms of slack for the
+scheduling of the server's own loop; anything shorter is a violation and is reported with its count.
 
-    flock /tmp/kubecrawl-bench.lock .venv/bin/python bench/many_hosts.py --quick   # 200 hosts × 10 pages
+    flock /tmp/kubecrawl-bench.lock .venv/bin/python bench/many_hosts.py --quick   # 200 hosts × 20 pages
     flock /tmp/kubecrawl-bench.lock .venv/bin/python bench/many_hosts.py            # 200 hosts × 50 pages
 """
 
@@ -33,9 +34,11 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,37 +52,61 @@ THROUGHPUT_TARGET = 0.8
 FAIRNESS_TARGET = 2.0
 SLACK_S = 0.002  # $msec and $request_time are in milliseconds
 
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-pid {base}/nginx.pid;
-error_log {base}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    log_format timing '$msec $request_time $server_addr $status $request_uri';
-    access_log {base}/access.log timing buffer=256k flush=1s;
-    sendfile on;
-    keepalive_requests 1000000;
-    # ~60 ms a page (12 KB at 200 KB/s): a request lasts long enough at the server for the requests in flight
-    # to overlap there (a file served in no time would show one in flight whatever the crawler did), like a
-    # remote host's latency; the single-host baseline is served the same way.
-    limit_rate 200k;
-    default_type text/html;
-    types {{ text/html html; text/plain txt; }}
-    client_body_temp_path {base}/tmp; proxy_temp_path {base}/tmp; fastcgi_temp_path {base}/tmp;
-    uwsgi_temp_path {base}/tmp; scgi_temp_path {base}/tmp;
-    server {{
-{listens}
-        root {root};
-        index index.html;
-    }}
-    server {{
-{span_listens}
-        root {span_root};
-        index index.html;
-    }}
-}}
-"""
+LATENCY_S = 0.02  # each answer waits this long: requests in flight overlap at the server, as at a remote host
+
+
+def serve(root: str, span_root: str, port: int, span_port: int, hosts: int, log: str) -> None:
+    """The counting web server (run as ``many_hosts.py serve …``): files of ``root`` on 127.0.0.1 and every host
+    at ``port``, of ``span_root`` on every host at ``span_port``; each answer after LATENCY_S; one log line per
+    request, ``end took address status uri`` (nginx's $msec $request_time $server_addr …), written at exit."""
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    lines: list[str] = []
+    cache: dict[tuple[str, str], bytes | None] = {}
+
+    def make(base: str) -> web.Application:
+        async def handle(request: web.Request) -> web.Response:
+            started = time.time()
+            await asyncio.sleep(LATENCY_S)
+            path = request.path
+            key = (base, path)
+            if key not in cache:
+                file = Path(base) / (path.lstrip("/") or "index.html")
+                cache[key] = file.read_bytes() if file.is_file() else None
+            body = cache[key]
+            status = 200 if body is not None else 404
+            address = request.transport.get_extra_info("sockname")[0] if request.transport else "?"
+            lines.append(f"{time.time():.4f} {time.time() - started:.4f} {address} {status} {path}")
+            kind = "text/plain" if path.endswith(".txt") else "text/html"
+            return web.Response(status=status, body=body or b"not found", content_type=kind)
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handle)
+        return app
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        runners = []
+        for base, at, addresses in (
+            (root, port, ["127.0.0.1", *map(host, range(1, hosts + 1))]),
+            (span_root, span_port, list(map(host, range(1, hosts + 1)))),
+        ):
+            runner = web.AppRunner(make(base), access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            for address in addresses:
+                await web.TCPSite(runner, address, at, backlog=1024).start()
+        print("ready", flush=True)
+        await stop.wait()
+        Path(log).write_text("\n".join(lines) + "\n")
+        for runner in runners:
+            await runner.cleanup()
+
+    asyncio.run(main())
 
 
 def host(n: int) -> str:
@@ -103,32 +130,29 @@ def generate_span_site(root: Path, pages: int, hosts: int, port: int, seed: int 
     (root / "robots.txt").write_text("User-agent: *\nAllow: /\n")
 
 
-def start_nginx(
-    base: Path, root: Path, span_root: Path, port: int, span_port: int, hosts: int
-) -> subprocess.Popen[bytes]:
-    (base / "tmp").mkdir(exist_ok=True)
-    listens = "\n".join(
-        f"        listen {address}:{port};" for address in ["127.0.0.1", *map(host, range(1, hosts + 1))]
-    )
-    span_listens = "\n".join(f"        listen {host(n)}:{span_port};" for n in range(1, hosts + 1))
-    conf = base / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(base=base, root=root, span_root=span_root, listens=listens, span_listens=span_listens)
-    )
-    proc = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(base)], stderr=subprocess.DEVNULL)
-    crawl_bench.wait_http(f"http://{host(hosts)}:{port}/robots.txt", 30, proc)
+def start_server(
+    work: Path, root: Path, span_root: Path, port: int, span_port: int, hosts: int
+) -> subprocess.Popen[str]:
+    args = [str(root), str(span_root), str(port), str(span_port), str(hosts), str(work / "access.log")]
+    proc = subprocess.Popen([sys.executable, __file__, "serve", *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the counting server did not start")
     return proc
 
 
-def read_log(path: Path, since: int) -> tuple[list[tuple[str, float, float, str]], int]:
-    """(address, start, end, uri) of every request logged after byte ``since``; and the new end offset."""
-    time.sleep(1.5)  # the access log is flushed every second (flush=1s)
-    data = path.read_bytes()
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def read_log(path: Path) -> list[tuple[str, float, float, str]]:
+    """(address, start, end, uri) of every request the server logged."""
     requests = []
-    for line in data[since:].decode().splitlines():
+    for line in path.read_text().splitlines():
         end, took, address, _status, uri = line.split(" ", 4)
         requests.append((address, float(end) - float(took), float(end), uri))
-    return requests, len(data)
+    return requests
 
 
 def max_in_flight(spans: list[tuple[float, float]]) -> int:
@@ -152,8 +176,11 @@ def politeness(requests: list[tuple[str, float, float, str]]) -> dict[str, Any]:
     for spans in by_host.values():
         starts = sorted(start for start, _ in spans)
         gaps.extend(b - a for a, b in itertools.pairwise(starts))
+    # While every host has work: from the last host's first request to the first host's last one.
+    all_started = max(min(start for start, _ in spans) for spans in by_host.values())
     first_done = min(max(start for start, _ in spans) for spans in by_host.values())
-    counts = [sum(1 for start, _ in spans if start <= first_done) for spans in by_host.values()]
+    counts = [sum(1 for start, _ in spans if all_started <= start <= first_done) for spans in by_host.values()]
+    measurable = first_done > all_started
     starts = [start for spans in by_host.values() for start, _ in spans]
     ends = [end for spans in by_host.values() for _, end in spans]
     return {
@@ -163,8 +190,9 @@ def politeness(requests: list[tuple[str, float, float, str]]) -> dict[str, Any]:
         "max_in_flight_per_host": max(peaks.values()),
         "min_gap_s": min(gaps) if gaps else None,
         "gaps": sorted(gaps),
-        "fairness_max_over_min": max(counts) / max(min(counts), 1),
+        "fairness_max_over_min": max(counts) / max(min(counts), 1) if measurable else None,
         "fairness_counts": [min(counts), max(counts)],
+        "fairness_window_s": round(first_done - all_started, 3),
     }
 
 
@@ -175,7 +203,11 @@ def gap_violations(result: dict[str, Any], delay: float) -> int:
 def crawl_all(api: str, services: Services, specs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for name, spec in specs.items():
         http_json("PUT", f"{api}/sites/bench/{name}", spec)
-    crawls = [http_json("POST", f"{api}/sites/bench/{name}/crawls", {"trigger": "manual"}) for name in specs]
+    # Triggered 16 at a time, so that the last crawl starts soon after the first (fairness needs them together).
+    with ThreadPoolExecutor(16) as pool:
+        crawls = list(
+            pool.map(lambda name: http_json("POST", f"{api}/sites/bench/{name}/crawls", {"trigger": "manual"}), specs)
+        )
     deadline = time.monotonic() + 3600
     pending = {crawl["id"] for crawl in crawls}
     done: list[dict[str, Any]] = []
@@ -201,9 +233,7 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
     print(f"  generating a {total}-page site and a {pages * 4}-page spanning site …", flush=True)
     crawl_bench.generate_site(site, total)
     generate_span_site(span_site, pages * 4, hosts, span_port)
-    nginx = start_nginx(work, site, span_site, port, span_port, hosts)
     log = work / "access.log"
-    offset = 0
     services = Services(work)
     results: dict[str, Any] = {}
     try:
@@ -219,15 +249,17 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
         services.start_workers(env, 1, "kubecrawl.pages")
 
         def politeness_of(*specs: tuple[str, dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            nonlocal offset
-            crawls = crawl_all(api, services, dict(specs))
-            requests, offset = read_log(log, offset)
-            return politeness(requests), crawls
+            server = start_server(work, site, span_site, port, span_port, hosts)  # a fresh log per run
+            try:
+                crawls = crawl_all(api, services, dict(specs))
+            finally:
+                stop_server(server)
+            return politeness(read_log(log)), crawls
 
         def spec(url: str, max_pages: int, concurrency: int, delay_s: float = 0.0, **scope: Any) -> dict[str, Any]:
             return {
                 "url": url,
-                "scope": {"maxPages": max_pages, "maxDepth": 1000, **scope},
+                "scope": {"maxPages": max_pages, "maxDepth": 50, **scope},
                 "politeness": {"maxConcurrency": concurrency, "delaySeconds": delay_s},
             }
 
@@ -260,8 +292,6 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
         )
         results["span"]["gap_violations"] = gap_violations(results["span"], span_delay)
     finally:
-        nginx.terminate()
-        nginx.wait(10)
         services.stop()
     ratio = results["hosts"]["pages_per_s"] / results["single"]["pages_per_s"]
     return {
@@ -276,7 +306,7 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
         "concurrency_held": results["hosts"]["max_in_flight_per_host"] <= PER_HOST_CONCURRENCY
         and results["delay"]["max_in_flight_per_host"] <= 1,
         "delay_held": results["delay"]["gap_violations"] == 0 and results["span"]["gap_violations"] == 0,
-        "fairness_met": results["hosts"]["fairness_max_over_min"] <= FAIRNESS_TARGET,
+        "fairness_met": (results["hosts"]["fairness_max_over_min"] or float("inf")) <= FAIRNESS_TARGET,
         "load_average": load_average(),
         "at": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -289,9 +319,10 @@ def print_report(result: dict[str, Any]) -> None:
     )
     for name, figures in runs.items():
         gap = "-" if figures["min_gap_s"] is None else f"{figures['min_gap_s']:.3f}"
+        fair = "-" if figures["fairness_max_over_min"] is None else f"{figures['fairness_max_over_min']:.2f}"
         print(
             f"  {name:<7} {figures['hosts']:>5} {figures['pages']:>6} {figures['pages_per_s']:>8.0f} "
-            f"{figures['max_in_flight_per_host']:>19} {gap:>10} {figures['fairness_max_over_min']:>13.2f}"
+            f"{figures['max_in_flight_per_host']:>19} {gap:>10} {fair:>13}"
         )
     ok = {True: "met", False: "NOT met"}
     print(
@@ -310,13 +341,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--pages", type=int, default=50, help="pages per host")
-    parser.add_argument("--quick", action="store_true", help="10 pages per host")
+    parser.add_argument("--quick", action="store_true", help="20 pages per host")
     parser.add_argument("--delay", type=float, default=0.2)
     parser.add_argument("--delay-hosts", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    pages = 10 if args.quick else args.pages
+    pages = 20 if args.quick else args.pages
     work = Path(tempfile.mkdtemp(prefix="kubecrawl-hostsbench-"))
     work.chmod(0o755)
     try:
@@ -333,4 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
+    else:
+        main()
