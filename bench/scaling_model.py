@@ -7,7 +7,7 @@ rate is the smallest limit, and that component saturates first:
     database   K cores                                                    → K / c_postgres
     broker     a classic queue is one Erlang process, so one core per queue however big the cluster:
                min(B, Q) / c_rabbitmq (B broker cores, Q queues carrying the pages; today Q = 1)
-    API        A cores answering the progress reads (polls or SSE)        → A / c_api
+    API        A cores answering the progress reads (polls or SSE); 4 here  → A / c_api
     window     per crawl: maxConcurrency pages in flight / page latency   → crawls × maxConcurrency / latency
     machine    everything on S shared cores (this bench machine)          → S / Σ c
 
@@ -35,7 +35,7 @@ def limits(
     db_cores: float,
     broker_cores: float,
     queues: int = 1,
-    api_cores: float = 1.0,
+    api_cores: float = 4.0,  # the API is stateless: it scales out like the workers
 ) -> dict[str, float]:
     """pages/s each component allows (cost_ms: CPU ms per page per component)."""
     return {
@@ -54,7 +54,7 @@ def predict(cost_ms: dict[str, float], **deployment: Any) -> tuple[float, str]:
 
 def on_this_machine(cost_ms: dict[str, float], workers: int, cores: float, other_ms: float) -> tuple[float, str]:
     """Everything on ``cores`` shared cores: the sum of the costs bounds the rate; a worker still has ≤ 1 core."""
-    shared = cores * 1000 / (sum(cost_ms[name] for name in COMPONENTS) * 1 + other_ms)
+    shared = cores * 1000 / (sum(cost_ms[name] for name in COMPONENTS) + other_ms)
     single = workers * 1000 / cost_ms["worker"]
     return (shared, "the machine's cores") if shared < single else (single, "the worker's one core")
 
@@ -62,12 +62,14 @@ def on_this_machine(cost_ms: dict[str, float], workers: int, cores: float, other
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="bench/dist_size.py JSON results (1 and 2 workers)")
+    # nginx serving a 12 KB page from the page cache: about a tenth of a millisecond (bench/crawl_vs_scrapy.py).
     parser.add_argument("--nginx-ms", type=float, default=0.15, help="the web server's CPU ms per page here")
+    parser.add_argument("--json", type=Path, default=None, help="write the predictions here")
     args = parser.parse_args(argv)
     runs = sorted((json.loads(path.read_text()) for path in args.runs), key=lambda run: run["workers"])
     base = runs[0]
-    cost = {name: base["cpu_ms_per_page"][name] / 1 for name in COMPONENTS}
-    # Several workers' CPU is summed in the JSON: per page it is the same whatever their number.
+    # The 1-worker run's costs (several workers' CPU is summed in the JSON: per page it barely depends on N).
+    cost = {name: base["cpu_ms_per_page"][name] for name in COMPONENTS}
     print("measured CPU ms per page (1-worker run):", ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
     print(f"\ncheck against this machine ({os.cpu_count() or 2} cores shared by everything):")
     checks = []
@@ -87,21 +89,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  {run['workers']} worker(s): measured {run['pages_per_s']:.0f} pages/s, predicted {predicted:.0f} "
             f"({bound}), error {error:+.0%}"
         )
-    print("\npredicted pages/s of a deployment (one pages queue; workers 1 core each):")
+    print("\npredicted pages/s of a deployment (workers 1 core each, a 3-node broker with 2 cores a node):")
     table = []
-    print(f"  {'workers':>7} {'db cores':>8} {'broker cores':>12} {'pages/s':>8}  saturates first")
-    for workers in (1, 4, 16, 64, 256):
-        for db_cores in (4, 16, 64):
-            rate, first = predict(cost, workers=workers, db_cores=db_cores, broker_cores=3)
-            table.append({"workers": workers, "db_cores": db_cores, "pages_per_s": round(rate), "first": first})
-            print(f"  {workers:>7} {db_cores:>8} {3:>12} {rate:>8.0f}  {first}")
+    print(f"  {'workers':>7} {'db cores':>8} {'page queues':>11} {'pages/s':>8}  saturates first")
+    for workers in (1, 4, 16, 64):
+        for db_cores in (4, 16):
+            for queues in (1, 8):
+                rate, first = predict(cost, workers=workers, db_cores=db_cores, broker_cores=6, queues=queues)
+                row = {"workers": workers, "db_cores": db_cores, "queues": queues, "pages_per_s": round(rate)}
+                table.append(row | {"first": first})
+                print(f"  {workers:>7} {db_cores:>8} {queues:>11} {rate:>8.0f}  {first}")
     need = {name: 10_000 * cost[name] / 1000 for name in COMPONENTS}
     print("\ncores needed for 10,000 pages/s at today's costs:", ", ".join(f"{k} {v:.1f}" for k, v in need.items()))
     print(
         f"  one classic queue carries at most {1000 / cost['rabbitmq']:.0f} pages/s (one core): "
         f"{max(1, round(10_000 * cost['rabbitmq'] / 1000 + 0.5))} queues (or shards) needed"
     )
-    return {"cost_ms": cost, "checks": checks, "table": table, "cores_for_10k": need}
+    result = {"cost_ms": cost, "checks": checks, "table": table, "cores_for_10k": need}
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":
