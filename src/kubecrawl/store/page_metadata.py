@@ -341,7 +341,9 @@ class SqlPageMetadataStore:
         """
         now = utcnow()
         params = {"page_url": url, "request_id": request_id, "now": now, "lease_until": now + self._lease}
-        async with self._engine.begin() as conn:
+        # Two autocommitted statements, not a transaction: the read takes no lock, so BEGIN and COMMIT (two more
+        # round trips per message) bought nothing; the count is the upsert's own, atomic.
+        async with self._autocommit.connect() as conn:
             row = (await conn.execute(self._sql.attempt_state, params)).first()
             if row is not None and row.last_request_id == request_id and row.fetched_at is not None:
                 queued, fetched = as_utc(row.queued_at), as_utc(row.fetched_at)
