@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import crawl_vs_scrapy as crawl_bench
-from distributed import ROOT, Services, http_json, load_average, peak_rss_mb, tree_cpu
+from distributed import ROOT, Services, http_json, load_average, machine_busy_seconds, peak_rss_mb, tree_cpu
 
 CONCURRENCY = 16
 TENTHS = 10
@@ -115,6 +115,8 @@ def run(pages: int, workers: int, work: Path) -> dict[str, Any]:
                 "worker": sum(tree_cpu(proc.pid) for proc in worker_procs),
                 "api": tree_cpu(api_proc.pid),
                 **services.server_cpu(),
+                "nginx": tree_cpu(nginx.pid),
+                "machine": machine_busy_seconds(),
             }
 
         samples = [sample(0)]

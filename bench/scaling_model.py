@@ -52,18 +52,24 @@ def predict(cost_ms: dict[str, float], **deployment: Any) -> tuple[float, str]:
     return found[first], first
 
 
-def on_this_machine(cost_ms: dict[str, float], workers: int, cores: float, other_ms: float) -> tuple[float, str]:
-    """Everything on ``cores`` shared cores: the sum of the costs bounds the rate; a worker still has ≤ 1 core."""
-    shared = cores * 1000 / (sum(cost_ms[name] for name in COMPONENTS) + other_ms)
-    single = workers * 1000 / cost_ms["worker"]
-    return (shared, "the machine's cores") if shared < single else (single, "the worker's one core")
+def on_this_machine(run: dict[str, Any], cost_ms: dict[str, float], cores: float) -> tuple[float, str]:
+    """Everything on ``cores`` shared cores, less what the machine's other users took during the run (when the
+    run measured it): the sum of the costs bounds the rate; a worker still has ≤ 1 core."""
+    measured = run["cpu_ms_per_page"]
+    ours = sum(measured.get(name, 0.0) for name in (*COMPONENTS, "nginx"))
+    others_cores = max(0.0, measured["machine"] - ours) * run["pages_per_s"] / 1000 if "machine" in measured else 0.0
+    shared = (cores - others_cores) * 1000 / (sum(cost_ms[name] for name in COMPONENTS) + measured.get("nginx", 0.15))
+    single = run["workers"] * 1000 / cost_ms["worker"]
+    return (
+        (shared, f"the machine's cores less {others_cores:.2f} taken by others")
+        if shared < single
+        else (single, "the worker's one core")
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="bench/dist_size.py JSON results (1 and 2 workers)")
-    # nginx serving a 12 KB page from the page cache: about a tenth of a millisecond (bench/crawl_vs_scrapy.py).
-    parser.add_argument("--nginx-ms", type=float, default=0.15, help="the web server's CPU ms per page here")
     parser.add_argument("--json", type=Path, default=None, help="write the predictions here")
     args = parser.parse_args(argv)
     runs = sorted((json.loads(path.read_text()) for path in args.runs), key=lambda run: run["workers"])
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\ncheck against this machine ({os.cpu_count() or 2} cores shared by everything):")
     checks = []
     for run in runs:
-        predicted, bound = on_this_machine(cost, run["workers"], os.cpu_count() or 2, args.nginx_ms)
+        predicted, bound = on_this_machine(run, cost, os.cpu_count() or 2)
         error = predicted / run["pages_per_s"] - 1
         checks.append(
             {
