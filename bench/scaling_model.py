@@ -9,7 +9,8 @@ rate is the smallest limit, and that component saturates first:
                min(B, Q) / c_rabbitmq (B broker cores, Q queues carrying the pages; today Q = 1)
     API        A cores answering the progress reads (polls or SSE); 4 here  → A / c_api
     window     per crawl: maxConcurrency pages in flight / page latency   → crawls × maxConcurrency / latency
-    machine    everything on S shared cores (this bench machine)          → S / Σ c
+    machine    everything on S shared cores (this bench machine) less the cores its other users took during
+               the run (/proc/stat minus our processes): S' / Σ c
 
 The check: the same formulas with this machine's numbers (2 cores shared by workers, PostgreSQL, RabbitMQ, the
 API and nginx) against the 1- and 2-worker runs of bench/dist_size.py.
