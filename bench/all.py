@@ -48,7 +48,7 @@ def plan(quick: bool, stamp: str) -> list[tuple[str, str, list[str]]]:
         ("dist_size-1", "dist_size", [*(q or ["--pages", "100000"]), "--json", out("size-1")]),
         ("dist_size-2", "dist_size", [*(q or ["--pages", "20000"]), "--workers", "2", "--json", out("size-2")]),
         ("many_hosts", "many_hosts", [*q, "--json", out("hosts")]),
-        ("scaling_model", "scaling_model", [out("size-1"), out("size-2")]),
+        ("scaling_model", "scaling_model", [out("size-1"), out("size-2"), "--json", out("model")]),
     ]
 
 
@@ -75,6 +75,12 @@ def summary(stamp: str, outcomes: dict[str, str]) -> None:
                 f"PostgreSQL CPU/page last/first {size['postgres_cpu_last_over_first']:.2f}; "
                 f"RSS worker {max(rss['workers']):.0f} MB (≤ 250), API {rss['api']:.0f} MB (≤ 200) "
                 f"{ok[size['rss_met']]}; {size['database_bytes_per_page']} DB bytes/page"
+            )
+    if model := read("model"):
+        for check in model["checks"]:
+            print(
+                f"  goal 6  model, {check['workers']} worker(s): predicted {check['predicted']:.0f} pages/s, measured "
+                f"{check['measured']:.0f} ({check['error']:+.0%}; bound: {check['bound']})"
             )
     if hosts := read("hosts"):
         print(
