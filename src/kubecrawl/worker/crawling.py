@@ -53,8 +53,10 @@ log = get_logger(__name__)
 _ROBOTS_POLL_SECONDS = 0.25
 # Sitemap indexes can nest; follow at most this many sitemap documents per crawl seed.
 _MAX_SITEMAPS = 20
-# Parsed specs of this many recent crawls are kept per process.
-_SITES_CACHED = 64
+# Parsed specs of this many recent crawls are kept per process: a few KB each (the spec and its compiled scope),
+# and as many as the crawls a worker may serve at once (bench/many_hosts.py runs 200; 64 made each page of such a
+# load parse its crawl's spec again).
+_SITES_CACHED = 1024
 # Parsed robots.txt of this many (crawl, host) pairs are kept per process: a crawl spanning many hosts
 # (sameHost: false) must not grow a worker's memory without end.
 _ROBOTS_CACHED = 1024
