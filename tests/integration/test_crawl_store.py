@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.broker.memory import MemoryBroker, MemoryDelivery
 from kubecrawl.broker.topology import CODE_HEADER, METADATA_QUEUE, PAGES_QUEUE
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.contracts import PageTask
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.core.settings import Settings
@@ -26,11 +27,13 @@ from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.contract import CrawlStore, PageOutcome
 from kubecrawl.store.crawls import SqlCrawlStore
 from kubecrawl.store.database import create_engine
+from kubecrawl.store.dialects import as_utc
 from kubecrawl.store.migrating import upgrade_async
-from kubecrawl.store.schema import crawl_pages
+from kubecrawl.store.schema import crawl_hosts, crawl_pages
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.sweeping import sweep_once
 from tests.support.servers import free_port
+from tests.support.sites import Site
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -327,6 +330,27 @@ async def test_a_crawl_page_fetch_is_timed_even_when_it_fails(engine: AsyncEngin
     handled = await _handle_page(store, settings, seed)
     assert handled.delivery.settled  # retried later (connect_error is transient)
     assert _sample("kubecrawl_fetch_duration_seconds_count") == fetches_before + 1
+
+
+async def test_a_spaced_host_is_held_for_the_spacing_from_the_answer_not_from_the_reserved_slot(
+    engine: AsyncEngine, settings: Settings, site: Site
+) -> None:
+    """A request that reaches the host after its slot (a slow connect, a busy worker) must not let the next one,
+    sent on time for its own slot, arrive closer than ``delaySeconds``: the host is held from the answer."""
+    store = SqlCrawlStore(engine)
+    site.html("/")
+    site.delay = 0.5  # the answer comes half a second after the slot
+    spec = {"url": site.url("/"), "politeness": {"respectRobotsTxt": False, "delaySeconds": 5}}
+    config = CrawlSiteSpec.model_validate(spec).model_dump(mode="json", by_alias=True)
+    crawl, _, (seed,) = await store.create(
+        "default", "spaced", trigger="manual", idempotency_key=None, config=config, seeds=[site.url("/")]
+    )
+    before = utcnow()
+    await _handle_page(store, settings, PageTask(crawl_id=crawl.id, page_id=seed.page_id, url=seed.url, depth=0))
+    async with engine.connect() as conn:
+        held = (await conn.execute(select(crawl_hosts.c.next_fetch_at))).scalar_one()
+    # Reserved from the slot, the next request could go at before + 5 s, 4.5 s after this one reached the host.
+    assert as_utc(held) >= before + timedelta(seconds=5.5)
 
 
 async def test_a_crawl_page_whose_database_is_unreachable_is_retried_as_database_unavailable(

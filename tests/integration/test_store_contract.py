@@ -110,6 +110,28 @@ async def test_a_redelivered_message_whose_result_is_written_is_already_done(sto
     assert (await pages.begin_attempt(url, "r1")).already_done
 
 
+async def test_records_completed_together_are_each_stored_and_a_refused_value_fails_only_its_own(
+    stores: Stores,
+) -> None:
+    pages = stores.pages
+    urls = [f"http://a.test/{i}" for i in range(8)]
+    titles = [f"title {i}" for i in range(8)]
+    titles[3] = "a NUL \x00 byte"  # PostgreSQL refuses it in text; other databases may store it
+    for url in urls:
+        await pages.enqueue_if_missing(url, "r1")
+    results = await asyncio.gather(
+        *(pages.complete(url, "r1", _fetched(title)) for url, title in zip(urls, titles, strict=True)),
+        return_exceptions=True,
+    )
+    for index, (url, result) in enumerate(zip(urls, results, strict=True)):
+        if index == 3:
+            continue
+        assert result is None
+        record = await pages.get(url)
+        assert record is not None
+        assert (record.status, record.title) == (PageStatus.COMPLETED, titles[index])
+
+
 async def test_a_permanent_failure_is_a_readable_result(stores: Stores) -> None:
     pages, url = stores.pages, "http://a.test/"
     await pages.enqueue_if_missing(url, "r1")

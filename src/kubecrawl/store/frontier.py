@@ -29,8 +29,12 @@ from kubecrawl.store.outcomes import window_room
 from kubecrawl.store.schema import crawl_pages, crawls
 
 P = CrawlPageState
-# What a process remembers of a crawl (``CrawlMemo``) is kept for this many recent crawls.
+# What a process remembers of recent crawls (``CrawlMemo``): at least this many crawls, and more while their known
+# URLs number no more than _MEMO_URLS (~100 bytes each: ~20 MB). A fixed 8 crawls made a worker serving 200
+# small crawls at once (bench/many_hosts.py) read each crawl's spec and send every link to the database again
+# on every batch; a few crawls of 100,000 pages still stay within the URL bound.
 _KNOWN_CRAWLS = 8
+_MEMO_URLS = 200_000
 
 # Built once: building a Core statement per call cost more CPU than SQLite spent executing it.
 _CRAWL_CONFIG = select(crawls.c.config).where(crawls.c.id == bindparam("p_crawl_id"))
@@ -74,7 +78,10 @@ class Frontier:
         memo = self._memos.get(crawl_id)
         if memo is None:
             memo = self._memos[crawl_id] = CrawlMemo()
-            while len(self._memos) > _KNOWN_CRAWLS:
+            while len(self._memos) > _KNOWN_CRAWLS and (
+                len(self._memos) > _MEMO_URLS  # a bound on crawls too, however few URLs each knows
+                or sum(len(known.known) for known in self._memos.values()) > _MEMO_URLS
+            ):
                 self._memos.popitem(last=False)
         else:
             self._memos.move_to_end(crawl_id)

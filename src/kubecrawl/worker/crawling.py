@@ -53,8 +53,10 @@ log = get_logger(__name__)
 _ROBOTS_POLL_SECONDS = 0.25
 # Sitemap indexes can nest; follow at most this many sitemap documents per crawl seed.
 _MAX_SITEMAPS = 20
-# Parsed specs of this many recent crawls are kept per process.
-_SITES_CACHED = 64
+# Parsed specs of this many recent crawls are kept per process: a few KB each (the spec and its compiled scope),
+# and as many as the crawls a worker may serve at once (bench/many_hosts.py runs 200; 64 made each page of such a
+# load parse its crawl's spec again).
+_SITES_CACHED = 1024
 # Parsed robots.txt of this many (crawl, host) pairs are kept per process: a crawl spanning many hosts
 # (sameHost: false) must not grow a worker's memory without end.
 _ROBOTS_CACHED = 1024
@@ -211,7 +213,7 @@ class PagePipeline:
         robots = await self._robots_for(task.crawl_id, host, start.url, spec)
         if robots is not None and not robots.allowed(user_agent, start.url):
             return PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed"), None
-        await self._wait_turn(task.crawl_id, host, start, spec, robots, user_agent)
+        spacing = await self._wait_turn(task.crawl_id, host, start, spec, robots, user_agent)
         headers = {"User-Agent": user_agent}
         previous = start.previous or {}
         if previous.get("etag"):
@@ -228,6 +230,11 @@ class PagePipeline:
             )
         finally:  # failed fetches too, as the metadata pipeline observes them
             metrics.FETCH_DURATION.observe(time.perf_counter() - fetch_started)
+            if spacing > 0:
+                # The slot was reserved before this worker waited for it; a request sent late (a busy event loop,
+                # a slow database) would leave the next one, sent on time, closer than the spacing at the host.
+                # Holding the host for the spacing from the answer makes the gap the host sees ≥ the spacing.
+                await self._crawls.hosts.pause(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=spacing))
         metrics.FETCH_BYTES.inc(result.body_bytes)
         response_headers = {name.lower(): value for name, value in result.headers}
         follow = start.depth < spec.scope.max_depth
@@ -278,8 +285,9 @@ class PagePipeline:
 
     async def _wait_turn(
         self, crawl_id: str, host: str, start: PageStart, spec: CrawlSiteSpec, robots: Robots | None, user_agent: str
-    ) -> None:
-        """Wait for the host's next free slot: the spacing (delaySeconds, Crawl-delay) and any Retry-After pause."""
+    ) -> float:
+        """Wait for the host's next free slot: the spacing (delaySeconds, Crawl-delay) and any Retry-After pause;
+        return the spacing."""
         spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
         if spacing > 0:  # requests to the host are spaced: reserve this one's turn, cluster-wide
             wait = await self._crawls.hosts.reserve_slot(crawl_id, host, spacing)
@@ -289,6 +297,7 @@ class PagePipeline:
             wait = 0.0
         if wait > 0:
             await asyncio.sleep(wait)
+        return spacing
 
     async def _robots_for(self, crawl_id: str, host: str, url: str, spec: CrawlSiteSpec) -> Robots | None:
         """The host's robots.txt for this crawl: from this process's cache, else from the store once READY, else
