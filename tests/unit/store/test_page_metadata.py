@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from kubecrawl.core.models import FINAL_PAGE_STATUSES, PageStatus
-from kubecrawl.store.page_metadata import _RECORD_REQUESTS
+from kubecrawl.store.request_writing import _RECORD_REQUESTS
 
 
 def test_batch_upsert_keeps_exactly_the_final_statuses_and_queues_everything_else() -> None:
