@@ -108,7 +108,9 @@ def spy(self, data, path, *, _optimize=-1):
     return source_to_code(self, data, path, _optimize=_optimize)
 loaders.SourceLoader.source_to_code = spy
 import kubecrawl
-names = [m.name for m in pkgutil.walk_packages(kubecrawl.__path__, "kubecrawl.") if ".migrations" not in m.name]
+# __main__ runs its command when imported (python -m kubecrawl.cli): compiled by the image, not imported here.
+names = [m.name for m in pkgutil.walk_packages(kubecrawl.__path__, "kubecrawl.")
+         if ".migrations" not in m.name and not m.name.endswith(".__main__")]
 for name in names:
     importlib.import_module(name)
 print(json.dumps({"uid": os.getuid(), "modules": len(sys.modules), "kubecrawl": len(names), "compiled": compiled}))

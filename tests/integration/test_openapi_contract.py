@@ -65,6 +65,10 @@ async def serve(settings: Settings, tmp_path: Path) -> AsyncIterator[Callable[..
         env = env_for(settings) | {
             "KUBECRAWL_AUTH": "api_keys",
             "KUBECRAWL_ALLOW_PRIVATE_TARGETS": str(private_targets).lower(),
+            # The page ceiling depends on the caller, so the document cannot state it as a maximum: a schema-valid
+            # max_pages above it is refused (400 max_pages_over_limit, tests/security/test_crawl_quotas.py), which
+            # schemathesis's ST202 counts as "valid data rejected". No ceiling here.
+            "KUBECRAWL_AUTH_MAX_PAGES": "0",
         }
         process = ApiProcess(env, tmp_path / f"api-{len(processes)}.log")
         processes.append(process)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from kubecrawl.api.auth import Identity
 from kubecrawl.api.deps import CrawlsDep, PublisherDep, SitesDep
@@ -31,6 +31,14 @@ Name = Annotated[str, Path(pattern=_NAME, max_length=253)]
 _KEY = r"^[\x21-\x7e]{1,512}$"
 
 
+def _whole_number(value: object) -> object:
+    """JSON Schema counts 4567.0 as an integer; the strict model then takes it as 4567 (never "4567" or 4567.5)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PageCount = Annotated[int, Field(ge=1, le=100_000), BeforeValidator(_whole_number)]
+
+
 class TriggerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -41,10 +49,8 @@ class TriggerRequest(BaseModel):
         description="the same key again answers 200 with the same crawl; scheduled triggers use "
         "site:{namespace}/{name}:cron:{scheduled minute, ISO-8601 UTC}",
     )
-    max_pages: int | None = Field(
+    max_pages: PageCount | None = Field(
         default=None,
-        ge=1,
-        le=100_000,
         description="crawl at most this many pages this time (never more than the site's scope.maxPages); over "
         "the caller's ceiling (KUBECRAWL_AUTH_MAX_PAGES, or the API key's own) is 400 max_pages_over_limit",
     )
