@@ -49,11 +49,15 @@ def sqlite_url(path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def embedded_runtime(
-    settings: Settings, *, on_page: Callable[[PageReport], None] | None = None
+    settings: Settings,
+    *,
+    on_page: Callable[[PageReport], None] | None = None,
+    on_crawl_completed: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Embedded]:
     """Migrate the SQLite file if it is behind, start the in-process broker and the workers; stop them on exit.
 
-    ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``)."""
+    ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``), ``on_crawl_completed`` the id of each crawl
+    whose last page settled."""
     url = settings.database_url.get_secret_value()
     database = SqlDatabase(create_engine(url), lease=settings.lease())
     stores = database.stores
@@ -68,7 +72,10 @@ async def embedded_runtime(
         await upgrade_if_behind(database.engine, url)
         await broker.start()
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
-            await broker.start_consuming(queue_handlers(settings, stores, fetcher, broker, on_page=on_page))
+            handlers = queue_handlers(
+                settings, stores, fetcher, broker, on_page=on_page, on_crawl_completed=on_crawl_completed
+            )
+            await broker.start_consuming(handlers)
             yield Embedded(settings=settings, database=database, stores=stores, broker=broker)
     finally:
         await broker.close()
@@ -81,36 +88,6 @@ def cli_site_name(url: str) -> str:
     return name[:63].strip("-") or "site"
 
 
-class _SettledPages:
-    """Counts the settled pages of ``kubecrawl crawl`` so that the command ends with its last page: once as many
-    pages have settled since a progress read as that read found unsettled, the crawl is probably complete, and it is
-    read at once instead of at the next progress tick (up to ``_PROGRESS_SECONDS`` of idling at the end of every
-    crawl). A wake-up that finds more work (links found meanwhile) costs one read; a missed one, the tick."""
-
-    def __init__(self, on_page: Callable[[PageReport], None] | None) -> None:
-        self._on_page = on_page
-        self.count = 0  # pages settled so far (each page once: its ``on_page`` report)
-        self._mark = 0  # ``count`` when the last read began
-        self._unsettled = 1  # the start page, until the first read
-        self.all_settled = asyncio.Event()
-
-    def __call__(self, report: PageReport) -> None:
-        if self._on_page is not None:
-            self._on_page(report)
-        self.count += 1
-        if self.count - self._mark >= self._unsettled:
-            self.all_settled.set()
-
-    def read(self, crawl: Crawl, *, mark: int) -> None:
-        """``crawl`` as read from the store by a read begun when ``count`` was ``mark``."""
-        counters = crawl.counters
-        self._mark = mark
-        self._unsettled = counters.discovered - (counters.fetched + counters.failed + counters.skipped_robots)
-        self.all_settled.clear()
-        if self._unsettled > 0 and self.count - mark >= self._unsettled:
-            self.all_settled.set()
-
-
 async def crawl_once(
     settings: Settings,
     spec: CrawlSiteSpec,
@@ -120,8 +97,10 @@ async def crawl_once(
 ) -> Crawl:
     """Crawl one site in-process (``kubecrawl crawl URL``) and return the finished crawl."""
     normalise_url(spec.url)
-    settled = _SettledPages(on_page)
-    async with embedded_runtime(settings, on_page=settled) as runtime:
+    # Set by the page pipeline when the crawl's last page settles: the command returns then, not up to a progress
+    # tick later (the tick still shows progress, and ends a crawl that finished another way, e.g. cancelled).
+    completed = asyncio.Event()
+    async with embedded_runtime(settings, on_page=on_page, on_crawl_completed=lambda _: completed.set()) as runtime:
         sites, crawls = runtime.stores.sites, runtime.stores.crawls
         name = cli_site_name(spec.url)
         await sites.put(CLI_NAMESPACE, name, spec.model_dump(mode="json", by_alias=True))
@@ -132,13 +111,11 @@ async def crawl_once(
         ).crawl
         while crawl.state not in FINAL_CRAWL_STATES:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(settled.all_settled.wait(), _PROGRESS_SECONDS)
-            mark = settled.count
+                await asyncio.wait_for(completed.wait(), _PROGRESS_SECONDS)
             current = await crawls.get(crawl.id)
             if current is None:
                 raise KubecrawlError(f"crawl {crawl.id} vanished from the store", code="crawl_not_found")
             crawl = current
-            settled.read(crawl, mark=mark)
             if on_progress is not None:
                 on_progress(crawl)
         return crawl

@@ -120,10 +120,13 @@ class PagePipeline:
         retry: RetrySettings,
         fetch: FetchSettings,
         on_page: Callable[[PageReport], None] | None = None,
+        on_crawl_completed: Callable[[str], None] | None = None,
     ) -> None:
         self._crawls = crawls
-        # the embedded crawl's observer: every settled page, with what was fetched (kubecrawl crawl -o)
+        # the embedded crawl's observers: every settled page, with what was fetched (kubecrawl crawl -o), and the
+        # id of a crawl its last page completed (kubecrawl crawl returns then, not at its next progress tick)
         self._on_page = on_page
+        self._on_crawl_completed = on_crawl_completed
         self._fetcher = fetcher
         self._publisher = publisher
         self._retry = retry
@@ -407,3 +410,5 @@ class PagePipeline:
         await publish_pages(self._publisher, task.crawl_id, result.to_publish, release=self._crawls.release)
         if result.completed_now:
             log.info("crawl_completed", crawl_id=task.crawl_id)
+            if self._on_crawl_completed is not None:
+                self._on_crawl_completed(task.crawl_id)

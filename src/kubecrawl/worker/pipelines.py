@@ -25,8 +25,10 @@ def queue_handlers(
     publisher: Publisher,
     *,
     on_page: Callable[[PageReport], None] | None = None,
+    on_crawl_completed: Callable[[str], None] | None = None,
 ) -> dict[str, Handler]:
-    """The handler of each work queue; ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``)."""
+    """The handler of each work queue; ``on_page`` sees every settled crawl page (``kubecrawl crawl -o``),
+    ``on_crawl_completed`` the id of each crawl whose last page this process settled."""
     metadata = MetadataPipeline(pages=stores.pages, fetcher=fetcher, publisher=publisher, retry=settings.retry)
     pages = PagePipeline(
         crawls=stores.crawls,
@@ -35,5 +37,6 @@ def queue_handlers(
         retry=settings.retry,
         fetch=settings.fetch,
         on_page=on_page,
+        on_crawl_completed=on_crawl_completed,
     )
     return {METADATA_QUEUE: metadata.handle, PAGES_QUEUE: pages.handle}
