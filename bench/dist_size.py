@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import shutil
 import tempfile
 import time
@@ -32,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import crawl_vs_scrapy as crawl_bench
-from distributed import ROOT, Services, http_json, load_average, machine_busy_seconds, peak_rss_mb, tree_cpu
+from distributed import (
+    Services,
+    http_json,
+    load_average,
+    machine_busy_seconds,
+    peak_rss_mb,
+    save_result,
+    tree_cpu,
+)
 
 CONCURRENCY = 16
 TENTHS = 10
@@ -220,11 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_report(result)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = args.json or ROOT / "bench" / "results" / f"dist-size-{args.workers}w-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  written to {out}")
+    save_result(result, args.json, f"dist-size-{args.workers}w")
     return result
 
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from crawl_vs_scrapy import wait_http  # noqa: E402
 from tests.support.servers import PostgresServer, RabbitServer, free_port  # noqa: E402
 
 KUBECRAWL = Path(sys.executable).parent / "kubecrawl"
@@ -83,6 +84,14 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
+    """Write a run's figures to ``out``, by default bench/results/<name>-<UTC timestamp>.json."""
+    out = out or ROOT / "bench" / "results" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  written to {out}")
+
+
 # --- servers and kubecrawl processes -------------------------------------------------------------------------------
 
 
@@ -91,21 +100,6 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> A
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 @dataclass

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import random
 import shutil
 import subprocess
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import crawl_vs_scrapy as crawl_bench
-from distributed import ROOT, Services, http_json, load_average
+from distributed import Services, http_json, load_average, save_result
 
 PREFETCH = 16
 PER_HOST_CONCURRENCY = 2
@@ -356,10 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_report(result)
-    out = args.json or ROOT / "bench" / "results" / f"many-hosts-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  written to {out}")
+    save_result(result, args.json, "many-hosts")
     return result
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import crawl_vs_scrapy as crawl_bench
-from distributed import ROOT, Services, load_average, peak_rss_mb, tree_cpu
+from distributed import Services, load_average, peak_rss_mb, save_result, tree_cpu
 
 TARGET = 0.5
 PREFETCH = 16
@@ -226,10 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_report(result)
-    out = args.json or ROOT / "bench" / "results" / f"metadata-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  written to {out}")
+    save_result(result, args.json, "metadata")
     return result
 
 
