@@ -27,13 +27,7 @@ class ApiHandle:
 async def running_api(settings: Settings) -> AsyncIterator[ApiHandle]:
     """The API app with its real publisher and database, started and stopped like a process would."""
     database = open_database(settings.database_url.get_secret_value())
-    publisher = RabbitPublisher(
-        settings.rabbitmq_url.get_secret_value(),
-        settings.publisher,
-        metadata_max_length=settings.metadata_queue_max_length,
-        pages_max_length=settings.pages_queue_max_length,
-        queue_type=settings.queue_type,
-    )
+    publisher = RabbitPublisher.from_settings(settings, connection_name="kubecrawl-publisher")
     app = create_app(settings, publisher=publisher, database=database)
     async with (
         LifespanManager(app),

@@ -133,11 +133,6 @@ def create_app(
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI document the API serves with ``settings``, built without connecting to anything
     (``kubecrawl openapi``, which ``scripts/openapi`` writes to docs/openapi.json)."""
-    publisher = RabbitPublisher(
-        settings.rabbitmq_url.get_secret_value(),
-        settings.publisher,
-        metadata_max_length=settings.metadata_queue_max_length,
-        pages_max_length=settings.pages_queue_max_length,
-    )
+    publisher = RabbitPublisher.from_settings(settings, connection_name="kubecrawl-openapi")
     app = create_app(settings, publisher=publisher, database=open_database(settings.database_url.get_secret_value()))
     return app.openapi()

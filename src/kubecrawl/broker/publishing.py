@@ -37,7 +37,7 @@ from kubecrawl.core import metrics
 from kubecrawl.core.backoff import retry_with_backoff
 from kubecrawl.core.errors import ConnectionLost, PublisherNotReady, PublishRejected, PublishTimeout, TransientError
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.settings import PublisherSettings
+from kubecrawl.core.settings import PublisherSettings, Settings
 
 log = get_logger(__name__)
 S = PublisherState
@@ -113,6 +113,18 @@ class RabbitPublisher:
         self._idle.set()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._export_state()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, connection_name: str) -> RabbitPublisher:
+        """The publisher of a process: its broker, confirms and retries, and the queues' arguments it declares."""
+        return cls(
+            settings.rabbitmq_url.get_secret_value(),
+            settings.publisher,
+            metadata_max_length=settings.metadata_queue_max_length,
+            pages_max_length=settings.pages_queue_max_length,
+            queue_type=settings.queue_type,
+            connection_name=connection_name,
+        )
 
     @property
     def state(self) -> PublisherState:

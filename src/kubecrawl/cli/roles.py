@@ -38,13 +38,8 @@ def api(
 
     settings = starting.settings("api")
     database = open_database(settings.database_url.get_secret_value(), pool_size=settings.db_pool_size)
-    publisher = RabbitPublisher(
-        settings.rabbitmq_url.get_secret_value(),
-        settings.publisher,
-        metadata_max_length=settings.metadata_queue_max_length,
-        pages_max_length=settings.pages_queue_max_length,
-        queue_type=settings.queue_type,
-        connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher",
+    publisher = RabbitPublisher.from_settings(
+        settings, connection_name=f"{settings.pod_name or 'kubecrawl-api'}-publisher"
     )
     serve(
         create_app(settings, publisher=publisher, database=database),

@@ -51,14 +51,7 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     )
     stores = database.stores
     rabbit_url = settings.rabbitmq_url.get_secret_value()
-    publisher = RabbitPublisher(
-        rabbit_url,
-        settings.publisher,
-        connection_name=f"{name}-publisher",
-        metadata_max_length=settings.metadata_queue_max_length,
-        pages_max_length=settings.pages_queue_max_length,
-        queue_type=settings.queue_type,
-    )
+    publisher = RabbitPublisher.from_settings(settings, connection_name=f"{name}-publisher")
     consumer = RabbitConsumer(
         rabbit_url,
         settings.publisher,
