@@ -33,7 +33,7 @@ interpreter start-up). Everything shares the machine's cores with nginx (and Rab
 
 Targets (issue #4): embedded ≥ 4 × Scrapy and ≥ 0.4 × raw; dist-1 ≥ 1.5 × Scrapy; dist-2 ≥ 1.3 × dist-1.
 
-    .venv/bin/pip install -e '.[bench]'          # Scrapy
+    .venv/bin/uv sync --locked --inexact --extra test --extra bench   # Scrapy, py-spy: the versions uv.lock pins
     apt-get install -y nginx-light               # or nginx
     .venv/bin/python bench/crawl_vs_scrapy.py [--pages 2000] [--only raw,scrapy,embedded,dist-1,dist-2,mongo-1] [--rounds 3]
 

@@ -127,7 +127,7 @@ def run(pages: int, work: Path, *, profile: bool = False) -> dict[str, Any]:
         worker_cpu_before = tree_cpu(worker.pid)
         done_before = drain_figures(services, env["BENCH_DATABASE"])[0]
         spy = None
-        if profile:  # py-spy (pip install py-spy): sampled stacks of the worker while it drains
+        if profile:  # py-spy (the bench extra): sampled stacks of the worker while it drains
             spy = subprocess.Popen(
                 [
                     str(Path(sys.executable).parent / "py-spy"),
