@@ -6,7 +6,7 @@ PostgreSQL; no worker, so the crawl stays active and its stream open."""
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from kubecrawl.core.settings import Settings
-from tests.support.apiprocess import ApiProcess
+from tests.support.apiprocess import ApiProcess, logged_events
 from tests.support.environment import env_for
 from tests.support.polling import eventually
 
@@ -89,9 +89,34 @@ async def test_sigterm_fails_readiness_first_answers_what_is_in_flight_ends_stre
             assert answered.json()["url"] == "https://example.com/in-flight"
 
         assert await asyncio.to_thread(api.proc.wait, 60) == 0
-        logged = [json.loads(line)["event"] for line in api.log_path.read_text().splitlines() if line.startswith("{")]
+        logged = logged_events(api.log_path)
         order = [logged.index(name) for name in ("api_draining", "api_stopping", "publisher_shutdown", "api_stopped")]
         assert order == sorted(order)
     finally:
         if api.proc.poll() is None:
             api.close()
+
+
+async def test_standalone_drains_on_sigterm_exits_0_and_ctrl_c_skips_the_delay(tmp_path: Path) -> None:
+    """`kubecrawl standalone` serves the same way (it exited 143 once uvicorn re-raised the signal)."""
+    env = dict(os.environ) | {"KUBECRAWL_API_SHUTDOWN_DELAY_SECONDS": "300", "KUBECRAWL_LOG_LEVEL": "INFO"}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        api = ApiProcess(env, tmp_path / f"{sig.name}.log", role=("standalone", "--db", str(tmp_path / "k.db")))
+        try:
+            await api.wait_ready()
+            api.proc.send_signal(sig)
+            if sig == signal.SIGTERM:  # draining: not ready, still serving, until a second signal
+                async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+
+                    async def not_ready() -> bool:
+                        return (await client.get("/health/ready")).status_code == 503
+
+                    await eventually(not_ready, timeout=30, what="readiness 503 after SIGTERM")
+                    assert (await client.get("/health/live")).status_code == 200
+                api.proc.send_signal(sig)
+            # SIGINT: no second signal; a 300 s delay would outlast the wait below.
+            assert await asyncio.to_thread(api.proc.wait, 60) == 0
+            assert "api_stopped" in logged_events(api.log_path)
+        finally:
+            if api.proc.poll() is None:
+                api.close()

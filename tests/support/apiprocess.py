@@ -1,10 +1,13 @@
-"""`kubecrawl api` as a real process on a free port (uvicorn, as deployed), for tests that talk to it over TCP:
-memory ceilings (tests/security), schemathesis and the generated client (tests/integration/test_openapi_*)."""
+"""`kubecrawl api` (or another serving role, e.g. ``standalone``) as a real process on a free port (uvicorn, as
+deployed), for tests that talk to it over TCP: memory ceilings (tests/security), schemathesis and the generated
+client (tests/integration/test_openapi_*), SIGTERM (tests/integration/test_api_shutdown.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -14,12 +17,12 @@ from tests.support.servers import free_port
 
 
 class ApiProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, role: Sequence[str] = ("api",)) -> None:
         self.port = free_port()
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubecrawl.cli", "api", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "kubecrawl.cli", *role, "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -52,3 +55,8 @@ class ApiProcess:
         self.proc.kill()
         self.proc.wait(10)
         self._log.close()
+
+
+def logged_events(log: Path) -> list[str]:
+    """The ``event`` of each JSON log line a process wrote, in order."""
+    return [json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")]

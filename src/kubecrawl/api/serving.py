@@ -1,7 +1,7 @@
 """Serving the API with uvicorn, and its SIGTERM (docs/api.md, "Shutdown").
 
 Kubernetes sends SIGTERM while the Service's endpoints, kube-proxy and load balancers still route to the pod for a
-few seconds. So the first SIGTERM (or SIGINT) does not stop the server:
+few seconds. So the first SIGTERM does not stop the server:
 
 1. ``draining``: ``/health/ready`` answers 503 ``shutting_down`` at once, and everything is still served for
    ``api_shutdown_delay_seconds``, so the pod leaves the endpoints before it stops listening;
@@ -10,8 +10,10 @@ few seconds. So the first SIGTERM (or SIGINT) does not stop the server:
    ``api_shutdown_timeout_seconds`` are cancelled;
 3. the lifespan closes the publisher (waiting for its confirms) and the database; the process exits 0.
 
-A second signal skips the rest of the delay. uvicorn would raise the signal again once it has stopped, so the
-process died "by SIGTERM" (exit code 143) after a clean shutdown; this server does not.
+A second signal skips the rest of the delay, and so does SIGINT (Ctrl-C: a person at a terminal, not a load
+balancer, is waiting). ``kubecrawl api`` and ``kubecrawl standalone`` both serve this way. uvicorn would raise the
+signal again once it has stopped, so the process died "by SIGTERM" (exit code 143) after a clean shutdown; this
+server does not.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = self.force_exit or (self.should_exit and sig == signal.SIGINT)
             return
         self._lifecycle.draining = True
-        self._stop_at = time.monotonic() + self._delay
+        self._stop_at = time.monotonic() + (0.0 if sig == signal.SIGINT else self._delay)
 
     async def on_tick(self, counter: int) -> bool:
         if self._stop_at is not None:
@@ -87,8 +89,8 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(app: FastAPI, *, host: str, port: int, delay: float, timeout: float) -> None:
-    """Run ``app`` until SIGTERM has drained it (module docstring); exit 3 if it never started."""
+def draining_server(app: FastAPI, *, host: str, port: int, delay: float, timeout: float) -> DrainingServer:
+    """A uvicorn server for ``app`` that drains on SIGTERM (module docstring); ``app.state.lifecycle`` is its state."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -98,7 +100,12 @@ def serve(app: FastAPI, *, host: str, port: int, delay: float, timeout: float) -
         lifespan="on",
         timeout_graceful_shutdown=math.ceil(timeout),
     )
-    server = DrainingServer(config, app.state.lifecycle, delay=delay)
+    return DrainingServer(config, app.state.lifecycle, delay=delay)
+
+
+def serve(app: FastAPI, *, host: str, port: int, delay: float, timeout: float) -> None:
+    """Run ``app`` until SIGTERM has drained it (module docstring); exit 3 if it never started."""
+    server = draining_server(app, host=host, port=port, delay=delay, timeout=timeout)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

@@ -102,9 +102,8 @@ def standalone(
     API, worker and scheduler in one process with SQLite and an in-process broker: no servers needed."""
     import asyncio
 
-    import uvicorn
-
     from kubecrawl.api.app import create_app
+    from kubecrawl.api.serving import draining_server
     from kubecrawl.core.logging import get_logger
     from kubecrawl.embedded import embedded_runtime, sqlite_url
     from kubecrawl.scheduling import Scheduler, load_sites
@@ -127,13 +126,19 @@ def standalone(
             fastapi_app = create_app(
                 settings, publisher=runtime.broker, database=runtime.database, manage_lifecycle=False
             )
-            config = uvicorn.Config(fastapi_app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+            server = draining_server(
+                fastapi_app,
+                host=host,
+                port=port,
+                delay=settings.api_shutdown_delay_seconds,
+                timeout=settings.api_shutdown_timeout_seconds,
+            )
             scheduler = Scheduler(runtime.stores.sites, runtime.stores.crawls, runtime.broker)
             await scheduler.register(site_files)
             schedules = asyncio.create_task(scheduler.run(site_files))
             log.info("standalone_listening", url=f"http://{host}:{port}", database=str(db), sites=len(site_files))
             try:
-                await uvicorn.Server(config).serve()
+                await server.serve()
             finally:
                 schedules.cancel()
 
