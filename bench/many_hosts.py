@@ -223,7 +223,26 @@ def crawl_all(api: str, services: Services, specs: dict[str, dict[str, Any]]) ->
     return done
 
 
-def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> dict[str, Any]:
+def enable_statement_stats(services: Services) -> None:
+    """Restart the bench's PostgreSQL with pg_stat_statements loaded (``--pg-statements``)."""
+    services.postgres.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    services.postgres.halt()
+    services.postgres.resume()
+
+
+def top_statements(services: Services, database: str, limit: int = 25) -> str:
+    """The statements that took the most server time since the last reset, one per line."""
+    return services.postgres.psql(
+        "SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric, 3), rows, "
+        "left(regexp_replace(query, '\\s+', ' ', 'g'), 160) FROM pg_stat_statements "
+        f"ORDER BY total_exec_time DESC LIMIT {limit}",
+        database=database,
+    )
+
+
+def run(
+    hosts: int, pages: int, delay_hosts: int, delay: float, work: Path, pg_statements: bool = False
+) -> dict[str, Any]:
     from tests.support.servers import free_port
 
     total = hosts * pages
@@ -238,6 +257,8 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
     try:
         print("  starting RabbitMQ and PostgreSQL …", flush=True)
         services.start()
+        if pg_statements:
+            enable_statement_stats(services)
         env = services.deployment(
             "hosts",
             KUBECRAWL_PREFETCH_COUNT=str(PREFETCH),
@@ -265,6 +286,9 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
         print(f"  single: one host, {total} pages, maxConcurrency {PREFETCH} …", flush=True)
         results["single"], _ = politeness_of(("single", spec(f"http://127.0.0.1:{port}/", total, PREFETCH)))
         results["single"].pop("gaps")
+        if pg_statements:
+            services.postgres.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database=env["BENCH_DATABASE"])
+            services.postgres.psql("SELECT pg_stat_statements_reset()", database=env["BENCH_DATABASE"])
         print(f"  hosts: {hosts} crawls × {pages} pages, maxConcurrency {PER_HOST_CONCURRENCY} …", flush=True)
         results["hosts"], crawls = politeness_of(
             *(
@@ -273,6 +297,9 @@ def run(hosts: int, pages: int, delay_hosts: int, delay: float, work: Path) -> d
             )
         )
         results["hosts"].pop("gaps")
+        if pg_statements:
+            print("  PostgreSQL during the hosts run (calls, total ms, mean ms, rows, statement):", flush=True)
+            print(top_statements(services, env["BENCH_DATABASE"]), flush=True)
         results["hosts"]["crawls_completed"] = sum(1 for crawl in crawls if crawl["state"] == "COMPLETED")
         print(f"  delay: {delay_hosts} crawls, maxConcurrency 1, delaySeconds {delay} …", flush=True)
         results["delay"], _ = politeness_of(
@@ -345,12 +372,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--delay-hosts", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="load pg_stat_statements; print the top statements of the hosts run",
+    )
     args = parser.parse_args(argv)
     pages = 20 if args.quick else args.pages
     work = Path(tempfile.mkdtemp(prefix="kubecrawl-hostsbench-"))
     work.chmod(0o755)
     try:
-        result = run(args.hosts, pages, args.delay_hosts, args.delay, work)
+        result = run(args.hosts, pages, args.delay_hosts, args.delay, work, args.pg_statements)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
