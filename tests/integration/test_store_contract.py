@@ -24,6 +24,7 @@ from tests.support.stores import BACKENDS, Backend, Place
 
 DONE, FAILED = CrawlPageState.DONE, CrawlPageState.FAILED
 _ROBOTS_LEASE = timedelta(seconds=30)
+_TURN_HOLD = timedelta(seconds=30)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -568,18 +569,52 @@ async def test_a_robots_result_that_expires_is_claimed_again_after_it(stores: St
     assert (claimed, state.robots_state) == (True, "PENDING")
 
 
-async def test_request_slots_are_reserved_spacing_apart_and_a_pause_holds_the_host(stores: Stores) -> None:
+async def test_a_spaced_host_takes_one_turn_at_a_time_and_the_next_is_spaced_from_its_release(stores: Stores) -> None:
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    for host in ("site.test", "other.test"):
+        await hosts.claim_robots(crawl_id, host, lease=_ROBOTS_LEASE)
+    turns = await asyncio.gather(*(hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD) for _ in range(4)))
+    (turn,) = [turn for turn in turns if turn is not None]  # exactly one of concurrent callers holds the host
+    assert turn.wait == 0.0
+    assert await hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD) is None  # held until its release
+    other = await hosts.reserve_slot(crawl_id, "other.test", hold=_TURN_HOLD)  # another host: its own turns
+    assert other is not None
+    await hosts.release_slot(crawl_id, "site.test", turn, 10.0)
+    after = await hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD)
+    # Spaced from the release (the answer), measured from this call's own "now" (MongoDB rounds up to a millisecond).
+    assert after is not None
+    assert 9.0 < after.wait <= 10.001
+
+
+async def test_a_turn_whose_hold_ran_out_passes_on_and_its_late_release_leaves_the_next_turn(stores: Stores) -> None:
+    """A holder that died or hung holds the host until its hold ends; if it answers after that, its release spaces
+    the host but does not end the turn another caller holds by then."""
+    crawl_id, _ = await _crawl(stores.crawls)
+    hosts = stores.crawls.hosts
+    await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
+    hung = await hosts.reserve_slot(crawl_id, "site.test", hold=timedelta(milliseconds=1))
+    assert hung is not None
+    await asyncio.sleep(0.01)  # past its hold
+    taken = await hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD)
+    assert taken is not None
+    await hosts.release_slot(crawl_id, "site.test", hung, 0.0)
+    assert await hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD) is None
+
+
+async def test_a_pause_holds_the_host_and_neither_a_pause_nor_a_release_shortens_it(stores: Stores) -> None:
     crawl_id, (seed,) = await _crawl(stores.crawls)
     hosts = stores.crawls.hosts
     await hosts.claim_robots(crawl_id, "site.test", lease=_ROBOTS_LEASE)
-    waits = [await hosts.reserve_slot(crawl_id, "site.test", 10.0) for _ in range(3)]
-    # Each reservation is 10 s after the previous one; the waits are measured from each call's own "now".
-    assert waits[0] == 0.0
-    assert 9.0 < waits[1] <= 10.0
-    assert 19.0 < waits[2] <= 20.0
+    turn = await hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD)
+    assert turn is not None
     until = utcnow() + timedelta(seconds=100)
     await hosts.pause(crawl_id, "site.test", until)
     await hosts.pause(crawl_id, "site.test", until - timedelta(seconds=50))  # never shortens a pause
+    await hosts.release_slot(crawl_id, "site.test", turn, 1.0)  # nor does the answer's spacing
+    after = await hosts.reserve_slot(crawl_id, "site.test", hold=_TURN_HOLD)
+    assert after is not None
+    assert 99.0 < after.wait <= 100.0
     start = await stores.crawls.begin_page(crawl_id, seed.page_id)
     assert start is not None
     # Within a millisecond: MongoDB stores times to the millisecond, SQL to the microsecond.

@@ -15,12 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubecrawl.broker.base import Outgoing, PublisherState
+from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import TransientError
 from kubecrawl.core.models import CrawlState
 from kubecrawl.fetch.fetching import FetchResult
 from kubecrawl.operator.pool.deciding import Observation
 from kubecrawl.operator.pool.workloads import Pod, Scale, ScaleConflict
-from kubecrawl.store.contract import AttemptStart, FinishResult, HostState, PageOutcome, PageRef, PageStart
+from kubecrawl.store.contract import AttemptStart, FinishResult, HostState, HostTurn, PageOutcome, PageRef, PageStart
 
 Request = tuple[str, str]  # (url, request id), as the enqueuer records them
 
@@ -146,17 +147,28 @@ class FakePages:
 
 class FakeHosts:
     """A crawl store's hosts: robots.txt already known (``robots_txt``, None: none), no spacing to wait for,
-    pauses recorded."""
+    pauses recorded; a turn is refused ``busy`` times (another worker holds the host), then given; every ask,
+    turn and release is recorded in ``turns`` as ("busy"|"take"|"release", host)."""
 
-    def __init__(self, robots_txt: str | None = None) -> None:
+    def __init__(self, robots_txt: str | None = None, *, busy: int = 0) -> None:
         self.robots_txt = robots_txt
         self.paused: list[tuple[str, str]] = []
+        self.busy = busy
+        self.turns: list[tuple[str, str]] = []
 
     async def claim_robots(self, crawl_id: str, host: str, *, lease: timedelta) -> tuple[bool, HostState]:
         return False, HostState("READY", self.robots_txt)
 
-    async def reserve_slot(self, crawl_id: str, host: str, spacing: float) -> float:
-        return 0.0
+    async def reserve_slot(self, crawl_id: str, host: str, *, hold: timedelta) -> HostTurn | None:
+        if self.busy:
+            self.busy -= 1
+            self.turns.append(("busy", host))
+            return None
+        self.turns.append(("take", host))
+        return HostTurn(0.0, utcnow() + hold)
+
+    async def release_slot(self, crawl_id: str, host: str, turn: HostTurn, spacing: float) -> None:
+        self.turns.append(("release", host))
 
     async def pause(self, crawl_id: str, host: str, until: datetime) -> None:
         self.paused.append((crawl_id, host))

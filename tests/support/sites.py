@@ -37,6 +37,9 @@ class Site:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.delay = 0.0
+        # path → seconds its requests reach the site after they were sent (held on the way in, as by a slow
+        # connect): their arrival is recorded after it
+        self.late: dict[str, float] = {}
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -56,6 +59,8 @@ class Site:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path_qs if request.path_qs in self.pages or request.path_qs in self.handlers else request.path
+        if path in self.late:
+            await asyncio.sleep(self.late[path])
         self.hits[path] += 1
         self.requests.append((time.monotonic(), path))
         self.in_flight += 1

@@ -20,8 +20,9 @@ from kubecrawl.core.urls import TargetPolicy
 
 # The longest a crawl's host is paused by a 429/503 Retry-After (a page waits for it while holding its lease).
 MAX_HOST_PAUSE_SECONDS = 600.0
-# A host's robots.txt claim covers one fetch (the fetch timeout) and this margin for the database writes around it;
-# a page waits for at most ROBOTS_CLAIMS_WAITED successive claims (claimers that die or hang) before its retry.
+# A host's robots.txt claim, and a spaced host's turn (worker/turns.py), cover one fetch (the fetch timeout) and
+# this margin for the database writes around it; a page waits for at most ROBOTS_CLAIMS_WAITED successive claims
+# (claimers that die or hang) before its retry.
 ROBOTS_CLAIM_MARGIN_SECONDS = 15.0
 ROBOTS_CLAIMS_WAITED = 3
 # A claim's margin beyond its fetches and waits: the database writes and the publishes around them.

@@ -15,8 +15,9 @@ The rules every implementation keeps:
   ``politeness.maxConcurrency``; a page's outcome is written once, only while it is FETCHING; exactly one
   ``finish_page`` reports the completion; counters and the SSE sequence (``version``/``seq``) move with outcomes.
 - Hosts: one claimer at a time fetches a host's robots.txt per crawl, and its claim is a lease: once it ran out
-  (the claimer died or hung) or the robots.txt it stored expired, the next caller claims it; request times are
-  reserved ``spacing`` apart across every worker.
+  (the claimer died or hung) or the robots.txt it stored expired, the next caller claims it; a spaced host
+  takes one request at a time across every worker (a turn, held until its release or its hold ran out), the next
+  one ``spacing`` after the last one's answer.
 - Leases: a claim (``begin_attempt``, ``begin_page``) holds until its lease ends, the store's ``lease`` after the
   claim (its opener is given it); ``expire_leases(now)`` hands every claim whose lease ended before ``now`` to
   exactly one caller, back in the queue (QUEUED, its attempt already counted), with ``lease_expired`` as its
@@ -114,6 +115,15 @@ class HostState:
     robots_state: Literal["PENDING", "READY"]
     robots_txt: str | None
     expires_at: datetime | None = None  # READY until then (``set_robots``); None: for the whole crawl
+
+
+@dataclass(frozen=True, slots=True)
+class HostTurn:
+    """A host's turn for one request (``reserve_slot``): send it ``wait`` seconds from now; the host is held for it
+    until ``release_slot`` or ``held_until`` (a holder that died or hung), whichever comes first."""
+
+    wait: float
+    held_until: datetime
 
 
 # -- page metadata (GET/POST /metadata, the metadata worker) ----------------------------------------------
@@ -226,10 +236,16 @@ class HostStore(Protocol):
         given: then the next ``claim_robots`` fetches it again)."""
         ...
 
-    async def reserve_slot(
-        self, crawl_id: str, host: str, spacing: float, *, pause_until: datetime | None = None
-    ) -> float:
-        """Reserve the host's next request time (``spacing`` seconds apart); return seconds to wait for it."""
+    async def reserve_slot(self, crawl_id: str, host: str, *, hold: timedelta) -> HostTurn | None:
+        """Take the host's turn for one request, across every worker: None while another request holds it (not
+        released, its hold not over); else the wait for the host's next free time (the spacing after the last
+        answer, a Retry-After pause), and the host is held until ``release_slot`` or ``hold`` after that time."""
+        ...
+
+    async def release_slot(self, crawl_id: str, host: str, turn: HostTurn, spacing: float) -> None:
+        """The turn's request was answered (or failed): the host's next request no sooner than ``spacing`` seconds
+        from now (never shortening a pause), and the turn ends unless its hold already ran out (then another
+        caller may hold the host, and keeps it)."""
         ...
 
     async def pause(self, crawl_id: str, host: str, until: datetime) -> None:

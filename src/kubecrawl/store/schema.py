@@ -209,6 +209,8 @@ crawl_hosts = Table(
     Column("robots_expires_at", DateTime(timezone=True)),
     Column("crawl_delay", Float),
     Column("next_fetch_at", DateTime(timezone=True)),
+    # A spaced host's request in flight holds its turn until then, or until its answer (migration 0008).
+    Column("turn_until", DateTime(timezone=True)),
 )
 
 # API keys (docs/security.md): only a SHA-256 of each key is stored. Keys are 256 random bits, so a fast hash is

@@ -1,11 +1,11 @@
 """The crawl page pipeline: one ``PageTask`` → politeness → fetch → links → one frontier transaction → settle.
 
 Per page: robots.txt (fetched once per crawl and host, by whichever worker claims it first), the host's
-request spacing (max of ``delaySeconds`` and robots ``Crawl-delay``, reserved cluster-wide in the DB, paused by
-429/503 ``Retry-After``), a conditional fetch with the previous crawl's validators (304 = unchanged, no body),
-change detection by content hash, and in-scope links added to the frontier. The depth-0 seed also reads the
-site's sitemaps when ``scope.sitemap`` is on. ``finish_page`` returns the pages that now fit in the window;
-they are published before the message is acked.
+request spacing (max of ``delaySeconds`` and robots ``Crawl-delay``: one request at a time, the next one that
+long after the answer, cluster-wide: ``worker/turns.py``; paused by 429/503 ``Retry-After``), a conditional
+fetch with the previous crawl's validators (304 = unchanged, no body), change detection by content hash, and
+in-scope links added to the frontier. The depth-0 seed also reads the site's sitemaps when ``scope.sitemap`` is
+on. ``finish_page`` returns the pages that now fit in the window; they are published before the message is acked.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
 from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
 from kubecrawl.worker.memo import Memo
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, settle_failure
+from kubecrawl.worker.turns import HostTurns
 
 log = get_logger(__name__)
 # A page whose host's robots.txt another worker is fetching reads the host row this often until it is READY (or
@@ -134,6 +135,7 @@ class PagePipeline:
         # (crawl, host) → the parsed robots.txt (None: not respected) and until when (loop time; None: the crawl)
         self._robots = Memo[tuple[str, str], tuple[Robots | None, float | None]](_ROBOTS_CACHED)
         self._sites = Memo[str, tuple[CrawlSiteSpec, Scope]](_SITES_CACHED)
+        self._turns = HostTurns(crawls.hosts)
 
     async def handle(self, delivery: Delivery) -> None:
         await handle_guarded(delivery, self._handle)
@@ -216,28 +218,26 @@ class PagePipeline:
         robots = await self._robots_for(task.crawl_id, host, start.url, spec)
         if robots is not None and not robots.allowed(user_agent, start.url):
             return PageOutcome(CrawlPageState.SKIPPED, skipped_robots=True, error_code="robots_disallowed"), None
-        spacing = await self._wait_turn(task.crawl_id, host, start, spec, robots, user_agent)
+        # Request spacing: max of delaySeconds and Crawl-delay, one request of the host at a time (worker/turns.py).
+        spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
         headers = {"User-Agent": user_agent}
         previous = start.previous or {}
         if previous.get("etag"):
             headers["If-None-Match"] = previous["etag"]
         if previous.get("last_modified"):
             headers["If-Modified-Since"] = previous["last_modified"]
-        fetch_started = time.perf_counter()
-        try:
-            result = await self._fetcher.fetch(
-                start.url,
-                headers=headers,
-                timeout_seconds=spec.fetch.timeout_seconds,
-                max_body_bytes=spec.fetch.max_body_bytes,
-            )
-        finally:  # failed fetches too, as the metadata pipeline observes them
-            metrics.FETCH_DURATION.observe(time.perf_counter() - fetch_started)
-            if spacing > 0:
-                # The slot was reserved before this worker waited for it; a request sent late (a busy event loop,
-                # a slow database) would leave the next one, sent on time, closer than the spacing at the host.
-                # Holding the host for the spacing from the answer makes the gap the host sees ≥ the spacing.
-                await self._crawls.hosts.pause(task.crawl_id, host, datetime.now(UTC) + timedelta(seconds=spacing))
+        hold = timedelta(seconds=spec.fetch.timeout_seconds + ROBOTS_CLAIM_MARGIN_SECONDS)
+        async with self._turns.turn(task.crawl_id, host, spacing, hold=hold, paused_until=start.held_until.get(host)):
+            fetch_started = time.perf_counter()
+            try:
+                result = await self._fetcher.fetch(
+                    start.url,
+                    headers=headers,
+                    timeout_seconds=spec.fetch.timeout_seconds,
+                    max_body_bytes=spec.fetch.max_body_bytes,
+                )
+            finally:  # failed fetches too, as the metadata pipeline observes them
+                metrics.FETCH_DURATION.observe(time.perf_counter() - fetch_started)
         metrics.FETCH_BYTES.inc(result.body_bytes)
         response_headers = {name.lower(): value for name, value in result.headers}
         follow = start.depth < spec.scope.max_depth
@@ -285,22 +285,6 @@ class PagePipeline:
             new_links=links,
         )
         return outcome, Fetched(result, meta)
-
-    async def _wait_turn(
-        self, crawl_id: str, host: str, start: PageStart, spec: CrawlSiteSpec, robots: Robots | None, user_agent: str
-    ) -> float:
-        """Wait for the host's next free slot: the spacing (delaySeconds, Crawl-delay) and any Retry-After pause;
-        return the spacing."""
-        spacing = max(spec.politeness.delay_seconds, (robots.crawl_delay(user_agent) if robots else None) or 0.0)
-        if spacing > 0:  # requests to the host are spaced: reserve this one's turn, cluster-wide
-            wait = await self._crawls.hosts.reserve_slot(crawl_id, host, spacing)
-        elif (held := start.held_until.get(host)) is not None:  # no spacing, but a Retry-After pause
-            wait = (held - datetime.now(UTC)).total_seconds()
-        else:
-            wait = 0.0
-        if wait > 0:
-            await asyncio.sleep(wait)
-        return spacing
 
     async def _robots_for(self, crawl_id: str, host: str, url: str, spec: CrawlSiteSpec) -> Robots | None:
         """The host's robots.txt for this crawl: from this process's cache, else from the store once READY, else

@@ -1,13 +1,16 @@
 """Host politeness on MongoDB (``crawl_hosts``, one document per crawl and host, unique): robots.txt fetched
-once per crawl, request times reserved ``spacing`` apart across every worker, pushed back by Retry-After.
+once per crawl, a spaced host taking one request at a time across every worker (the next one ``spacing`` after the
+last one's answer), pushed back by Retry-After.
 
 - One claimer at a time: an upsert with ``$setOnInsert`` only; the caller whose upsert inserted the document claims
   it. The claim is a lease (``robots_claimed_until``): under the host's lease, a claim that ran out (its worker
   was killed or hangs), or a READY result past ``robots_expires_at``, is handed to exactly one next caller.
-- Every other write holds the host's lease (``store/mongo/locking.py``; the SQL store locks the row): spacing
-  reads ``next_fetch_at``, takes the later of now, it and any pause, and moves it on by ``spacing``; a pause
-  never shortens an earlier, longer one; robots.txt is marked READY. On FerretDB an update is a read and a
-  write-back, so two unleased writers of one document could each undo the other's change.
+- Every other write holds the host's lease (``store/mongo/locking.py``; the SQL store locks the row): a turn
+  is taken unless one holds the host (``turn_until`` not passed), from the later of now and ``next_fetch_at``;
+  its release sets ``next_fetch_at`` to the spacing after the answer and ends the turn if it is still the
+  caller's; a pause never shortens an earlier, longer one; robots.txt is marked READY. On FerretDB an update is
+  a read and a write-back, so two unleased writers of one document could each undo the other's change. BSON
+  times hold milliseconds: the times a turn writes are rounded up to one, so spacing is never cut short.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from datetime import datetime, timedelta
 from pymongo.errors import DuplicateKeyError
 
 from kubecrawl.core.clock import utcnow
-from kubecrawl.store.contract import HostState
+from kubecrawl.store.contract import HostState, HostTurn
 from kubecrawl.store.mongo.database import Database, Document, wrapped
 from kubecrawl.store.mongo.locking import Leases
 
@@ -30,6 +33,11 @@ def _claim_ended(doc: Document, now: datetime) -> bool:
         return claimed_until is None or claimed_until < now
     expires_at = _expires_at(doc)
     return expires_at is not None and expires_at < now
+
+
+def _up_to_ms(at: datetime) -> datetime:
+    """``at`` as BSON stores it without moving it earlier: rounded up to the millisecond."""
+    return at + timedelta(microseconds=-at.microsecond % 1000)
 
 
 def _expires_at(doc: Document) -> datetime | None:
@@ -102,18 +110,36 @@ class MongoHostStore:
                 },
             )
 
-    async def reserve_slot(
-        self, crawl_id: str, host: str, spacing: float, *, pause_until: datetime | None = None
-    ) -> float:
+    async def reserve_slot(self, crawl_id: str, host: str, *, hold: timedelta) -> HostTurn | None:
         where = {"crawl_id": crawl_id, "host": host}
-        async with wrapped("reserving a request slot"), self._lease(crawl_id, host):
+        async with wrapped("taking a host's turn"), self._lease(crawl_id, host):
             now = utcnow()
-            doc = await self._hosts.find_one(where, {"next_fetch_at": 1})
-            current = None if doc is None else doc.get("next_fetch_at")
-            start: datetime = max(filter(None, (now, current, pause_until)))
-            if doc is not None:  # no host state (never claimed): nothing to space against
-                await self._hosts.update_one(where, {"$set": {"next_fetch_at": start + timedelta(seconds=spacing)}})
-        return max(0.0, (start - now).total_seconds())
+            doc = await self._hosts.find_one(where, {"next_fetch_at": 1, "turn_until": 1})
+            if doc is None:  # no host state (never claimed): nothing to space against
+                return HostTurn(0.0, _up_to_ms(now + hold))
+            held = doc.get("turn_until")
+            if held is not None and held > now:
+                return None
+            start: datetime = max(now, doc.get("next_fetch_at") or now)
+            turn = HostTurn((start - now).total_seconds(), _up_to_ms(start + hold))
+            await self._hosts.update_one(where, {"$set": {"turn_until": turn.held_until}})
+        return turn
+
+    async def release_slot(self, crawl_id: str, host: str, turn: HostTurn, spacing: float) -> None:
+        where = {"crawl_id": crawl_id, "host": host}
+        async with wrapped("ending a host's turn"), self._lease(crawl_id, host):
+            until = _up_to_ms(utcnow() + timedelta(seconds=spacing))
+            doc = await self._hosts.find_one(where, {"next_fetch_at": 1, "turn_until": 1})
+            if doc is None:
+                return
+            changes: dict[str, datetime | None] = {}
+            current = doc.get("next_fetch_at")
+            if current is None or current < until:
+                changes["next_fetch_at"] = until
+            if doc.get("turn_until") == turn.held_until:
+                changes["turn_until"] = None
+            if changes:
+                await self._hosts.update_one(where, {"$set": changes})
 
     async def pause(self, crawl_id: str, host: str, until: datetime) -> None:
         async with wrapped("pausing a host"), self._lease(crawl_id, host):
