@@ -133,6 +133,28 @@ async def test_records_completed_together_are_each_stored_and_a_refused_value_fa
         assert (record.status, record.title) == (PageStatus.COMPLETED, titles[index])
 
 
+async def test_claims_made_together_each_count_their_own_attempt_and_a_written_result_is_already_done(
+    stores: Stores,
+) -> None:
+    pages = stores.pages
+    urls = [f"http://a.test/{i}" for i in range(5)]
+    for url in urls:
+        await pages.enqueue_if_missing(url, "r1")
+    await pages.begin_attempt(urls[0], "r1")
+    await pages.complete(urls[0], "r1", _fetched("done"))
+    # urls[1] twice: a duplicate delivery claimed at the same moment counts a second attempt.
+    claims = [*urls, urls[1]]
+    starts = await asyncio.gather(*(pages.begin_attempt(url, "r1") for url in claims))
+    assert starts[0].already_done
+    assert not any(start.already_done for start in starts[1:])
+    assert sorted([starts[1].attempts, starts[5].attempts]) == [1, 2]
+    assert [start.attempts for start in starts[2:5]] == [1, 1, 1]
+    for url in urls[1:]:
+        record = await pages.get(url)
+        assert record is not None
+        assert record.status is PageStatus.IN_PROGRESS
+
+
 async def test_a_permanent_failure_is_a_readable_result(stores: Stores) -> None:
     pages, url = stores.pages, "http://a.test/"
     await pages.enqueue_if_missing(url, "r1")

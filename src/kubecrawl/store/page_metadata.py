@@ -21,16 +21,21 @@ first (ON CONFLICT cannot update one row twice in one statement): the last reque
 ``last_request_id``, as if the batch's requests had been written one after the other. ``release_requests``
 undoes a batch's failed publishes the same way (two set-based statements in one transaction). On SQLite (the
 embedded default) both run the single-row statements for each row in one transaction.
+
+The metadata worker's claim (``begin_attempt``) and result (``complete``) are group-committed on PostgreSQL: one
+raw asyncpg statement per batch of messages (``store/metadata_batches.py``). On SQLite a claim is two statements
+and results are group-committed as an ``executemany`` in one transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Delete, Insert, Update
@@ -40,9 +45,10 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import StoreUnavailable
 from kubecrawl.core.models import FetchedPage, PageMetadataRecord, PageStatus
 from kubecrawl.core.settings import DEFAULT_LEASE
+from kubecrawl.store import metadata_batches
 from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_RECORD, AttemptStart, Request
-from kubecrawl.store.database import DATABASE_ERRORS
+from kubecrawl.store.database import DATABASE_ERRORS, refused_value
 from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.request_writing import SqlRequestWriter
 from kubecrawl.store.schema import page_metadata as pm
@@ -156,37 +162,6 @@ class _Statements:
 _STATEMENTS = {"postgresql": _Statements.build(postgresql.insert), "sqlite": _Statements.build(sqlite.insert)}
 
 
-@dataclass(frozen=True, slots=True)
-class _BatchStatements:
-    """PostgreSQL's batch form of ``release_request``: the rows come as two parallel arrays."""
-
-    release_unfetched: Delete
-    release_fetched: Update
-
-    @classmethod
-    def build(cls) -> _BatchStatements:
-        rows = (
-            func.unnest(
-                bindparam("urls", type_=postgresql.ARRAY(Text)),
-                bindparam("request_ids", type_=postgresql.ARRAY(Text)),
-            )
-            .table_valued("url", "request_id")
-            .render_derived(name="batch")
-        )
-        mine = (pm.c.url == rows.c.url, pm.c.last_request_id == rows.c.request_id)
-        return cls(
-            release_unfetched=delete(pm).where(
-                *mine, pm.c.fetched_at.is_(None), pm.c.status == PageStatus.QUEUED.value
-            ),
-            release_fetched=update(pm)
-            .where(*mine, pm.c.fetched_at.is_not(None))
-            .values(queued_at=pm.c.fetched_at, updated_at=_NOW),
-        )
-
-
-_BATCH = _BatchStatements.build()
-
-
 def _record(row: Any) -> PageMetadataRecord:
     data = dict(row._mapping)  # noqa: SLF001 - Row._mapping is public API despite its name
     for key in ("created_at", "updated_at", "queued_at", "fetched_at"):
@@ -209,6 +184,10 @@ class SqlPageMetadataStore:
         # the previous one was being written (store/batching.py).
         self._upserts: GroupCommit[None, dict[str, Any], Exception | None] = GroupCommit(self._write_upserts)
         self._upsert_statements: dict[tuple[str, ...], Any] = {}
+        # On PostgreSQL the worker's claims and results are group-committed too, one raw statement per batch
+        # (store/metadata_batches.py).
+        self._claims: GroupCommit[None, Request, AttemptStart] = GroupCommit(self._write_claims)
+        self._results: GroupCommit[None, metadata_batches.Result, Exception | None] = GroupCommit(self._write_results)
 
     async def get(self, url: str) -> PageMetadataRecord | None:
         async with self._autocommit.connect() as conn:
@@ -270,8 +249,8 @@ class SqlPageMetadataStore:
         async with self._engine.begin() as conn:
             if self._postgres:
                 params = {"urls": [url for url, _ in batch], "request_ids": [rid for _, rid in batch], "now": now}
-                await conn.execute(_BATCH.release_unfetched, params)
-                await conn.execute(_BATCH.release_fetched, params)
+                await conn.execute(metadata_batches.RELEASE.release_unfetched, params)
+                await conn.execute(metadata_batches.RELEASE.release_fetched, params)
             else:
                 rows = [{"page_url": url, "request_id": rid, "now": now} for url, rid in batch]
                 await conn.execute(self._sql.release_unfetched, rows)
@@ -282,6 +261,8 @@ class SqlPageMetadataStore:
 
         ``already_done`` tells a redelivered message whose result was already written (ack it, do nothing).
         """
+        if self._postgres:
+            return await self._claims.submit(None, (url, request_id))
         now = utcnow()
         params = {"page_url": url, "request_id": request_id, "now": now, "lease_until": now + self._lease}
         # Two autocommitted statements, not a transaction: the read takes no lock, so BEGIN and COMMIT (two more
@@ -297,6 +278,11 @@ class SqlPageMetadataStore:
 
     async def complete(self, url: str, request_id: str, page: FetchedPage) -> None:
         now = utcnow()
+        if self._postgres:
+            error = await self._results.submit(None, (url, request_id, now, page))
+            if error is not None:
+                raise error
+            return
         values = page.model_dump()
         values.update(
             status=PageStatus.COMPLETED.value,
@@ -364,6 +350,40 @@ class SqlPageMetadataStore:
         async with self._autocommit.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [(row.url, row.last_request_id) for row in rows]
+
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        """The asyncpg connection under a pooled autocommit connection; discarded if it failed (it may be the
+        broken part), kept when only a value was refused."""
+        async with self._autocommit.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:
+                yield driver
+            except DATABASE_ERRORS as exc:
+                if not refused_value(exc):
+                    await conn.invalidate()
+                raise
+
+    async def _write_claims(self, _key: None, claims: Sequence[Request]) -> list[AttemptStart]:
+        """The claims that arrived while the previous batch was written: one statement (PostgreSQL)."""
+        now = utcnow()
+        async with self._driver() as driver:
+            return await metadata_batches.claim(driver, claims, now, now + self._lease)
+
+    async def _write_results(self, _key: None, results: Sequence[metadata_batches.Result]) -> list[Exception | None]:
+        """The results that arrived while the previous batch was written: one statement (PostgreSQL). A batch
+        with a value the database refuses is written again row by row, so that only the guilty row fails."""
+        try:
+            async with self._driver() as driver:
+                await metadata_batches.store(driver, results)
+        except Exception as exc:
+            if len(results) == 1 or not refused_value(exc):
+                return [exc] * len(results)
+            errors: list[Exception | None] = []
+            for result in results:
+                errors.extend(await self._write_results(None, [result]))
+            return errors
+        return [None] * len(results)
 
     async def _upsert(self, url: str, values: dict[str, Any], now: datetime) -> None:
         """Insert or update the record: one row of the next group-committed batch (see ``_write_upserts``)."""
