@@ -25,13 +25,13 @@ embedded default) both run the single-row statements for each row in one transac
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Text, and_, bindparam, case, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select
@@ -153,7 +153,11 @@ class _Statements:
         )
 
 
-_STATEMENTS = {"postgresql": _Statements.build(postgresql.insert), "sqlite": _Statements.build(sqlite.insert)}
+@functools.cache
+def _statements(insert: Any) -> _Statements:
+    """One dialect's statements, built when its first store is: a SQLite process never imports PostgreSQL's
+    dialect (docs/crawls.md, "Start-up")."""
+    return _Statements.build(insert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,8 @@ class _BatchStatements:
 
     @classmethod
     def build(cls) -> _BatchStatements:
+        from sqlalchemy.dialects import postgresql
+
         rows = (
             func.unnest(
                 bindparam("urls", type_=postgresql.ARRAY(Text)),
@@ -184,7 +190,7 @@ class _BatchStatements:
         )
 
 
-_BATCH = _BatchStatements.build()
+_batch = functools.cache(_BatchStatements.build)  # PostgreSQL only, built at its first use
 
 
 def _record(row: Any) -> PageMetadataRecord:
@@ -203,7 +209,7 @@ class SqlPageMetadataStore:
         # Shares the engine's pool; each checkout runs without a transaction (see the module docstring).
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = dialect_insert(engine)
-        self._sql = _STATEMENTS[engine.dialect.name]
+        self._sql = _statements(self._insert)
         self._postgres = engine.dialect.name == "postgresql"
         # Completed records are group-committed: under load one transaction writes every record finished while
         # the previous one was being written (store/batching.py).
@@ -270,8 +276,8 @@ class SqlPageMetadataStore:
         async with self._engine.begin() as conn:
             if self._postgres:
                 params = {"urls": [url for url, _ in batch], "request_ids": [rid for _, rid in batch], "now": now}
-                await conn.execute(_BATCH.release_unfetched, params)
-                await conn.execute(_BATCH.release_fetched, params)
+                await conn.execute(_batch().release_unfetched, params)
+                await conn.execute(_batch().release_fetched, params)
             else:
                 rows = [{"page_url": url, "request_id": rid, "now": now} for url, rid in batch]
                 await conn.execute(self._sql.release_unfetched, rows)
