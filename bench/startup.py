@@ -29,6 +29,14 @@ work folder, put first on ``PYTHONPATH`` with the same interpreter and dependenc
 before and after in one run, on the same machine state.
 
     .venv/bin/python bench/startup.py [--runs 10] [--only peer,crawl,trigger,worker] [--baseline main] [--quick]
+                                      [--current-venv]
+
+The commands run in a virtualenv with what the image installs (``uv sync --locked --no-dev``: no test or bench
+extra), made once in ``.cache/startup-venv`` from the same lock, with this checkout installed editable so it
+runs the working tree: the bench venv's extras change what the product imports. Twisted (Scrapy's) is the
+case in point: structlog imports ``structlog.twisted`` whenever Twisted is installed (about 25 ms per start
+here), which no image pays; and pydantic scans every installed distribution's entry points for its plugins.
+``--current-venv`` measures in this interpreter's virtualenv instead.
 
 ``--quick``: 3 runs, no worker (no RabbitMQ or PostgreSQL to start). Figures are printed and written to
 ``bench/results/startup-<timestamp>.json`` with the load average at the start and at the end; this shared
@@ -45,7 +53,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -59,7 +66,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support.servers: the same private servers the test suite uses
 RESULTS = ROOT / "bench" / "results"
-KUBECRAWL = Path(sys.executable).parent / "kubecrawl"
+PRODUCT_VENV = ROOT / ".cache" / "startup-venv"
 TARGET_SECONDS = 0.5
 ALL_RUNS = ("peer", "crawl", "trigger", "worker")
 PAGE = b"<!doctype html><html><head><title>start-up bench</title></head><body><p>one page</p></body></html>"
@@ -129,6 +136,20 @@ def timed(probe: Probe, args: list[str], env: dict[str, str]) -> dict[str, float
     return {"first_request": probe.first - started, "exit": ended - started}
 
 
+def product_python() -> Path:
+    """The interpreter of a virtualenv holding what the image installs (made or brought up to the lock once)."""
+    uv = Path(sys.executable).parent / "uv"
+    env = dict(os.environ, UV_PROJECT_ENVIRONMENT=str(PRODUCT_VENV), UV_SYSTEM_CERTS="1")
+    command = [str(uv), "sync", "-q", "--locked", "--no-dev", "--python", sys.executable]
+    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=600)
+    return PRODUCT_VENV / "bin" / "python"
+
+
+def site_packages(python: Path) -> Path:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return Path(subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout.strip())
+
+
 def compile_bytecode(*folders: Path) -> None:
     """Bytecode for every module that lacks it (a no-op once compiled)."""
     for folder in folders:
@@ -162,7 +183,7 @@ def add_baseline(
         commands[f"crawl@{ref}"][-1] = str(work / "crawl-baseline.db")
 
 
-def timed_worker(env: dict[str, str]) -> dict[str, float]:
+def timed_worker(kubecrawl: Path, env: dict[str, str]) -> dict[str, float]:
     """Exec → /health/ready 200, then SIGTERM → exit."""
     from tests.support.servers import free_port
 
@@ -170,7 +191,7 @@ def timed_worker(env: dict[str, str]) -> dict[str, float]:
     ready_url = f"http://127.0.0.1:{port}/health/ready"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(KUBECRAWL), "worker", "--metrics-port", str(port)],
+        [str(kubecrawl), "worker", "--metrics-port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -202,7 +223,7 @@ def timed_worker(env: dict[str, str]) -> dict[str, float]:
     return {"first_request": ready - started, "exit": stopped - stopping}
 
 
-def worker_env(work: Path, services: dict[str, Any]) -> dict[str, str]:
+def worker_env(kubecrawl: Path, work: Path, services: dict[str, Any]) -> dict[str, str]:
     """RabbitMQ and PostgreSQL started once; a migrated database and a vhost for the workers."""
     from tests.support.servers import PostgresServer, RabbitServer
 
@@ -219,7 +240,7 @@ def worker_env(work: Path, services: dict[str, Any]) -> dict[str, str]:
         KUBECRAWL_LOG_FORMAT="json",
         KUBECRAWL_LOG_LEVEL="WARNING",
     )
-    subprocess.run([str(KUBECRAWL), "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run([str(kubecrawl), "migrate"], env=env, check=True, capture_output=True, timeout=120)
     return env
 
 
@@ -227,7 +248,7 @@ def measure(
     probe: Probe, name: str, commands: dict[str, list[str]], envs: dict[str, dict[str, str]]
 ) -> dict[str, float]:
     if name.startswith("worker"):
-        return timed_worker(envs[name])
+        return timed_worker(Path(commands["peer"][0]).parent / "kubecrawl", envs[name])
     return timed(probe, commands[name], envs[name])
 
 
@@ -242,6 +263,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 runs, no worker (no RabbitMQ or PostgreSQL)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (databases, server data)")
     parser.add_argument("--baseline", metavar="REF", help="also run the commands from this git commit's sources")
+    parser.add_argument("--current-venv", action="store_true", help="run in this virtualenv, extras and all")
     args = parser.parse_args()
     runs = [name.strip() for name in args.only.split(",") if name.strip()]
     if args.quick:
@@ -254,22 +276,24 @@ def main() -> None:
         runs.insert(0, "peer")
 
     work = Path(tempfile.mkdtemp(prefix="kubecrawl-startupbench-"))
-    print("compiling bytecode where it is missing …", flush=True)
-    compile_bytecode(Path(sysconfig.get_paths()["purelib"]), ROOT / "src")
+    python = Path(sys.executable) if args.current_venv else product_python()
+    kubecrawl = python.parent / "kubecrawl"
+    print(f"in {python.parent.parent}; compiling bytecode where it is missing …", flush=True)
+    compile_bytecode(site_packages(python), ROOT / "src")
     probe = Probe()
     threading.Thread(target=probe.serve_forever, daemon=True).start()
     env = dict(os.environ, KUBECRAWL_ALLOW_PRIVATE_TARGETS="true")
     commands = {
-        "peer": [sys.executable, "-c", f"import httpx; httpx.get({probe.url + '/'!r})"],
-        "crawl": [str(KUBECRAWL), "crawl", probe.url + "/", "--max-pages", "1", "--db", str(work / "crawl.db")],
-        "trigger": [str(KUBECRAWL), "trigger", "--site", "bench/site"],
+        "peer": [str(python), "-c", f"import httpx; httpx.get({probe.url + '/'!r})"],
+        "crawl": [str(kubecrawl), "crawl", probe.url + "/", "--max-pages", "1", "--db", str(work / "crawl.db")],
+        "trigger": [str(kubecrawl), "trigger", "--site", "bench/site"],
     }
     envs = dict.fromkeys(commands, env) | {"trigger": env | {"KUBECRAWL_API_URL": probe.url}}
     services: dict[str, Any] = {}
     load_before = load()
     try:
         if "worker" in runs:
-            envs["worker"] = worker_env(work, services)
+            envs["worker"] = worker_env(kubecrawl, work, services)
         if args.baseline:
             add_baseline(args.baseline, work, runs, commands, envs)
         times: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
@@ -286,10 +310,10 @@ def main() -> None:
             server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    report(times, load_before=load_before, load_after=load())
+    report(times, venv=str(python.parent.parent), load_before=load_before, load_after=load())
 
 
-def report(times: dict[str, list[dict[str, float]]], *, load_before: str, load_after: str) -> None:
+def report(times: dict[str, list[dict[str, float]]], *, venv: str, load_before: str, load_after: str) -> None:
     medians = {
         name: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for name, runs in times.items()
     }
@@ -326,6 +350,7 @@ def report(times: dict[str, list[dict[str, float]]], *, load_before: str, load_a
                 "benchmark": "startup",
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
+                "virtualenv": venv,
                 "load_average": {"start": load_before, "end": load_after},
                 "results": summary,
             },

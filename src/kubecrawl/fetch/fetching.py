@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -149,7 +150,12 @@ class Fetcher:
         # handled here per fetch, so httpx.AsyncClient's layers (its cookie jar, which must stay empty anyway so
         # no fetch's cookies reach another, header merging, redirect and auth hooks) only cost time: a fifth
         # of a crawled page's CPU (bench/crawl_vs_scrapy.py).
-        self._transport = AiohttpTransport(client=self._session, proxy=self._proxy)
+        # The transport loads a CA bundle into an SSL context of its own (25-50 ms before the first request,
+        # docs/crawls.md "Start-up") for a client it would build itself. Ours comes from ``_session``, whose
+        # connector verifies with aiohttp's default context, so the transport's is never used: an empty one
+        # (it would still verify, against no CA) costs nothing.
+        unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._transport = AiohttpTransport(client=self._session, proxy=self._proxy, verify=unused)
         return self
 
     async def __aexit__(

@@ -1,6 +1,8 @@
 """What differs between the SQL databases the stores run on, decided once per engine.
 
-- ``dialect_insert``: PostgreSQL's and SQLite's ``INSERT … ON CONFLICT`` constructs (SQLAlchemy has no common one).
+- ``dialect_insert``: PostgreSQL's and SQLite's ``INSERT … ON CONFLICT`` constructs (SQLAlchemy has no common one),
+  imported for the engine's own dialect only: PostgreSQL's dialect package took some 50 ms to import, which a
+  SQLite process (the embedded crawl) need not pay (docs/crawls.md, "Start-up").
 - ``as_utc``: SQLite hands back naive datetimes; everything stored is UTC.
 - ``Transactions``: how a store opens a transaction, or a connection for single statements. PostgreSQL serialises
   the frontier's transactions with row locks (``SELECT … FOR UPDATE``) and runs single statements in autocommit
@@ -17,7 +19,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -29,7 +30,13 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def dialect_insert(engine: AsyncEngine) -> Any:
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

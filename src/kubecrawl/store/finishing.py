@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.models import CrawlPageState, CrawlState
@@ -28,7 +27,7 @@ from kubecrawl.store.contract import PageOutcome, PageRef
 from kubecrawl.store.dialects import Transactions, is_sqlite
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values, pages_left
-from kubecrawl.store.schema import crawl_pages, crawls
+from kubecrawl.store.schema import Json, crawl_pages, crawls
 
 P = CrawlPageState
 Items = Sequence[tuple[int, PageOutcome]]
@@ -36,9 +35,9 @@ Items = Sequence[tuple[int, PageOutcome]]
 _FINISH_PAGES = select(
     func.kubecrawl_finish_pages(
         bindparam("p_crawl_id", type_=crawls.c.id.type),
-        bindparam("p_outcomes", type_=JSONB),
+        bindparam("p_outcomes", type_=Json),
         bindparam("p_now", type_=crawl_pages.c.updated_at.type),
-        type_=JSONB,
+        type_=Json,
     )
 )
 # The columns a page outcome moves (the spec comes from the frontier's memo: not its JSON decoded per batch).

@@ -14,11 +14,12 @@ claim and an ``executemany`` in a transaction for the result (bench/metadata_pip
   statement, after the first (``rounds``), as if they had been written one after the other. Each statement
   takes the rows in URL order, so two workers' batches lock the rows they share in the same order.
 
-Also here: ``RELEASE``, the batch form of ``release_request`` (SQLAlchemy Core over two parallel arrays).
+Also here: ``release_statements()``, the batch form of ``release_request`` (SQLAlchemy Core over two parallel arrays).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,6 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Text, bindparam, delete, func, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Delete, Update
 
 from kubecrawl.core.models import FetchedPage, PageStatus
@@ -174,6 +174,8 @@ class _ReleaseStatements:
 
     @classmethod
     def build(cls) -> _ReleaseStatements:
+        from sqlalchemy.dialects import postgresql
+
         rows = (
             func.unnest(
                 bindparam("urls", type_=postgresql.ARRAY(Text)),
@@ -193,4 +195,5 @@ class _ReleaseStatements:
         )
 
 
-RELEASE = _ReleaseStatements.build()
+# Built at its first use: a SQLite process never imports PostgreSQL's dialect (docs/crawls.md, "Start-up").
+release_statements = functools.cache(_ReleaseStatements.build)

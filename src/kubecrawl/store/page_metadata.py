@@ -29,6 +29,7 @@ and results are group-committed as an ``executemany`` in one transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,7 +37,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select
@@ -159,7 +159,11 @@ class _Statements:
         )
 
 
-_STATEMENTS = {"postgresql": _Statements.build(postgresql.insert), "sqlite": _Statements.build(sqlite.insert)}
+@functools.cache
+def _statements(insert: Any) -> _Statements:
+    """One dialect's statements, built when its first store is: a SQLite process never imports PostgreSQL's
+    dialect (docs/crawls.md, "Start-up")."""
+    return _Statements.build(insert)
 
 
 def _record(row: Any) -> PageMetadataRecord:
@@ -178,7 +182,7 @@ class SqlPageMetadataStore:
         # Shares the engine's pool; each checkout runs without a transaction (see the module docstring).
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = dialect_insert(engine)
-        self._sql = _STATEMENTS[engine.dialect.name]
+        self._sql = _statements(self._insert)
         self._postgres = engine.dialect.name == "postgresql"
         # Completed records are group-committed: under load one transaction writes every record finished while
         # the previous one was being written (store/batching.py).
@@ -249,8 +253,9 @@ class SqlPageMetadataStore:
         async with self._engine.begin() as conn:
             if self._postgres:
                 params = {"urls": [url for url, _ in batch], "request_ids": [rid for _, rid in batch], "now": now}
-                await conn.execute(metadata_batches.RELEASE.release_unfetched, params)
-                await conn.execute(metadata_batches.RELEASE.release_fetched, params)
+                release = metadata_batches.release_statements()
+                await conn.execute(release.release_unfetched, params)
+                await conn.execute(release.release_fetched, params)
             else:
                 rows = [{"page_url": url, "request_id": rid, "now": now} for url, rid in batch]
                 await conn.execute(self._sql.release_unfetched, rows)

@@ -3,6 +3,9 @@ in production. The same tables serve PostgreSQL (production, tests) and SQLite (
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -17,10 +20,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData(
     naming_convention={
@@ -30,8 +35,26 @@ metadata = MetaData(
     }
 )
 
-# JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
-Json = JSON().with_variant(JSONB(), "postgresql")
+
+class JsonDocument(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere: ``JSON().with_variant(JSONB(), …)`` as
+    the migrations write it, but PostgreSQL's type is looked up when a PostgreSQL engine first uses a column, so a
+    SQLite process (the embedded crawl) never imports PostgreSQL's dialect (docs/crawls.md, "Start-up")."""
+
+    impl = JSON
+    cache_ok = True
+    # As JSON's default (none_as_null=False): a Python None is stored as the JSON null, not as SQL NULL.
+    should_evaluate_none = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+Json = JsonDocument()
 # SQLite only auto-increments INTEGER PRIMARY KEY, not BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -75,19 +98,6 @@ page_metadata = Table(
     Column("last_failure_code", String(64)),
     Column("last_failure", Text),
     Index("ix_page_metadata_created_at", "created_at"),
-    Index(
-        "ix_page_metadata_leases",
-        "lease_until",
-        postgresql_where=text("lease_until IS NOT NULL"),
-        sqlite_where=text("lease_until IS NOT NULL"),
-    ),
-    # The lost-record sweep's look-up: records waiting for a fetch only.
-    Index(
-        "ix_page_metadata_waiting",
-        "updated_at",
-        postgresql_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
-        sqlite_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
-    ),
 )
 
 sites = Table(
@@ -170,30 +180,6 @@ crawl_pages = Table(
     Column("last_failure", Text),
     UniqueConstraint("crawl_id", "url", name="uq_crawl_pages_crawl_id_url"),
     Index("ix_crawl_pages_crawl_state", "crawl_id", "state", "depth", "id"),
-    # Partial (migration 0004): settled pages only, what the SSE resume reads.
-    Index(
-        "ix_crawl_pages_crawl_seq",
-        "crawl_id",
-        "seq",
-        postgresql_where=text("seq IS NOT NULL"),
-        sqlite_where=text("seq IS NOT NULL"),
-    ),
-    # The refill's order (shallowest PENDING first), without a sort however large the crawl.
-    Index(
-        "ix_crawl_pages_pending",
-        "crawl_id",
-        "depth",
-        "id",
-        postgresql_where=text("state = 'PENDING'"),
-        sqlite_where=text("state = 'PENDING'"),
-    ),
-    # The lease sweep's look-up: FETCHING pages only.
-    Index(
-        "ix_crawl_pages_leases",
-        "lease_until",
-        postgresql_where=text("state = 'FETCHING'"),
-        sqlite_where=text("state = 'FETCHING'"),
-    ),
 )
 
 crawl_hosts = Table(
@@ -228,3 +214,47 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
 )
+
+
+@functools.cache
+def add_partial_indexes() -> None:
+    """The partial indexes, added to the tables where the schema's DDL matters (Alembic's env). Their WHERE
+    clause is a dialect option, and SQLAlchemy imports a dialect to check its options: PostgreSQL's took some
+    25 ms of a SQLite process's start-up (docs/crawls.md, "Start-up"). The stores never read indexes."""
+    Index(
+        "ix_page_metadata_leases",
+        page_metadata.c["lease_until"],
+        postgresql_where=text("lease_until IS NOT NULL"),
+        sqlite_where=text("lease_until IS NOT NULL"),
+    )
+    # The lost-record sweep's look-up: records waiting for a fetch only.
+    Index(
+        "ix_page_metadata_waiting",
+        page_metadata.c["updated_at"],
+        postgresql_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
+        sqlite_where=text("status IN ('QUEUED', 'FAILED_RETRYABLE')"),
+    )
+    # Partial (migration 0004): settled pages only, what the SSE resume reads.
+    Index(
+        "ix_crawl_pages_crawl_seq",
+        crawl_pages.c["crawl_id"],
+        crawl_pages.c["seq"],
+        postgresql_where=text("seq IS NOT NULL"),
+        sqlite_where=text("seq IS NOT NULL"),
+    )
+    # The refill's order (shallowest PENDING first), without a sort however large the crawl.
+    Index(
+        "ix_crawl_pages_pending",
+        crawl_pages.c["crawl_id"],
+        crawl_pages.c["depth"],
+        crawl_pages.c["id"],
+        postgresql_where=text("state = 'PENDING'"),
+        sqlite_where=text("state = 'PENDING'"),
+    )
+    # The lease sweep's look-up: FETCHING pages only.
+    Index(
+        "ix_crawl_pages_leases",
+        crawl_pages.c["lease_until"],
+        postgresql_where=text("state = 'FETCHING'"),
+        sqlite_where=text("state = 'FETCHING'"),
+    )

@@ -8,9 +8,10 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from kubecrawl.store.database import create_engine
-from kubecrawl.store.schema import metadata
+from kubecrawl.store.schema import add_partial_indexes, metadata
 
 config = context.config
+add_partial_indexes()  # the whole schema, as autogenerate compares it with a database
 
 
 def _run(connection: Connection) -> None:
