@@ -1,10 +1,11 @@
 """Group commit: calls for one key that arrive while that key's previous batch is being written go, together,
 into the next batch (one transaction for all of them).
 
-There is no timer and no batch size to tune: with one call at a time every batch holds one call and waits for
-nothing; under load a batch holds whatever arrived during the previous transaction, so the number of
-transactions per call falls as load rises. The crawl frontier uses it per crawl (``store/crawls.py``), which
-turns the per-page transactions that serialise on the crawl's row lock into one per batch.
+There is no timer and no batch size to tune: with one call at a time every batch holds one call and waits one
+turn of the event loop; under load a batch holds whatever arrived during that turn or the previous transaction,
+so the number of transactions per call falls as load rises. The crawl frontier uses it per crawl
+(``store/crawls.py``), which turns the per-page transactions that serialise on the crawl's row lock into one per
+batch.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class GroupCommit(Generic[K, T, R]):
 
     async def _drain(self, key: K) -> None:
         try:
+            # One more loop turn before the first batch, so the calls made by the next poll's callbacks (the
+            # responses that arrived meanwhile) join it. Without it a write that never suspends (the embedded
+            # default's inline SQLite) took only the calls of the turn that started the writer: on the bench's
+            # 2,000-page crawl 5 pages per transaction instead of 12, and 0.25 ms more CPU per page (docs/crawls.md).
+            await asyncio.sleep(0)
             while batch := self._waiting.pop(key, None):
                 try:
                     results = await self._write(key, [item for item, _ in batch])

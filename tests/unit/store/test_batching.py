@@ -29,7 +29,8 @@ async def test_calls_arriving_during_a_write_share_the_next_write() -> None:
     recorder = Recorder()
     group = GroupCommit[str, int, int](recorder.write)
     first = asyncio.create_task(group.submit("crawl", 1))
-    await asyncio.sleep(0)  # the first write starts with one item and blocks
+    while not recorder.batches:  # the first write starts with one item and blocks
+        await asyncio.sleep(0)
     later = [asyncio.create_task(group.submit("crawl", n)) for n in (2, 3, 4)]
     await asyncio.sleep(0)
     recorder.release.set()
@@ -72,3 +73,18 @@ async def test_a_cancelled_caller_does_not_cancel_the_write_of_its_batch() -> No
     assert recorder.batches == [("crawl", [1, 2])]
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+
+
+async def test_calls_made_in_the_loop_turn_after_the_first_join_its_batch_when_the_write_never_suspends() -> None:
+    batches: list[list[int]] = []
+
+    async def write(_key: str, items: Sequence[int]) -> list[int]:  # inline SQLite: returns without suspending
+        batches.append(list(items))
+        return [item * 10 for item in items]
+
+    group = GroupCommit[str, int, int](write)
+    first = asyncio.create_task(group.submit("crawl", 1))
+    await asyncio.sleep(0)  # the first call starts the writer
+    second = asyncio.create_task(group.submit("crawl", 2))  # a call of the next turn (a response read meanwhile)
+    assert [await first, await second] == [10, 20]
+    assert batches == [[1, 2]]
