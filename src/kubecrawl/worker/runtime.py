@@ -17,15 +17,15 @@ from datetime import timedelta
 from kubecrawl.broker.consuming import RabbitConsumer
 from kubecrawl.broker.publishing import RabbitPublisher
 from kubecrawl.core.logging import get_logger
-from kubecrawl.core.preloading import preload
 from kubecrawl.core.settings import Settings
+from kubecrawl.fetch.fetching import Fetcher
 from kubecrawl.store.connection import DatabaseConnection
 from kubecrawl.store.opening import open_database
+from kubecrawl.worker.pipelines import queue_handlers
 from kubecrawl.worker.probes import WorkerProbes
 from kubecrawl.worker.sweeping import sweep_forever
 
 log = get_logger(__name__)
-_HANDLERS = "kubecrawl.worker.pipelines"
 
 
 async def _reach_all(connection: DatabaseConnection, publisher: RabbitPublisher, consumer: RabbitConsumer) -> None:
@@ -69,11 +69,6 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     database = open_database(
         settings.database_url.get_secret_value(), pool_size=settings.db_pool_size, lease=settings.lease()
     )
-    # The queue handlers and the fetcher (httpx and its aiohttp transport, the HTML, robots.txt and sitemap
-    # parsers) are needed once the servers answered: imported on a thread meanwhile, mostly while this one waits
-    # for their answers (core/preloading.py). Started once the engine exists: SQLAlchemy, its PostgreSQL dialect
-    # and asyncpg are loaded by then, so the two threads never import one package with import cycles at once.
-    preload(_HANDLERS)
     stores = database.stores
     rabbit_url = settings.rabbitmq_url.get_secret_value()
     publisher = RabbitPublisher.from_settings(settings, connection_name=f"{name}-publisher")
@@ -107,10 +102,6 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    # Preloaded (above); the imports wait for the thread if it is still at them.
-    from kubecrawl.fetch.fetching import Fetcher
-    from kubecrawl.worker.pipelines import queue_handlers
-
     try:
         async with Fetcher(settings.fetch, settings.target_policy()) as fetcher:
             await consumer.start(queue_handlers(settings, stores, fetcher, publisher))
