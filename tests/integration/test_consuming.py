@@ -112,3 +112,25 @@ async def test_the_consumer_takes_at_most_prefetch_count_unacked_messages(rabbit
         await consumer.close()
         await publisher.close()
     assert _queued(rabbit, vhost, 100) == []
+
+
+async def test_a_connected_consumer_takes_nothing_until_it_starts_consuming(rabbit: RabbitServer, vhost: str) -> None:
+    publisher, consumer = await publisher_and_consumer(rabbit.url(vhost), prefetch_count=5, name="test-connect")
+    received: list[bytes] = []
+
+    async def handle(delivery: Delivery) -> None:
+        received.append(delivery.body)
+        await delivery.ack()
+
+    try:
+        await consumer.connect()  # the worker does this while it reaches the database (worker/runtime.py)
+        await publisher.publish(METADATA_QUEUE, b'{"n": 1}', message_id="c1")
+        assert not consumer.consuming  # not ready: no handler consumes yet
+        assert _queued(rabbit, vhost, 10) == [b'{"n": 1}']
+        await consumer.start({METADATA_QUEUE: handle})
+        assert consumer.consuming
+        await eventually(lambda: received == [b'{"n": 1}'], interval=0.05, what="the message handled")
+        await consumer.drain(timeout_seconds=30)
+    finally:
+        await consumer.close()
+        await publisher.close()

@@ -32,11 +32,13 @@ from tests.support.servers import PostgresServer
 from tests.support.sites import Site
 
 OPEN = {"KUBECRAWL_ALLOW_PRIVATE_TARGETS": "true"}  # the test sites live on loopback
-# The console script's main(), with the loaded modules written to a file by an exit handler (main() runs them).
+# The console script's main(), with the loaded modules written to a file by an exit handler (main() runs them),
+# and the garbage collector's state beside it (LISTING.gc: enabled, objects frozen).
 LISTING = (
-    "import atexit, sys\n"
+    "import atexit, gc, sys\n"
     "listing = sys.argv.pop(1)\n"
     "atexit.register(lambda: open(listing, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+    "atexit.register(lambda: open(listing + '.gc', 'w').write(f'{gc.isenabled()} {gc.get_freeze_count()}'))\n"
     "sys.argv[0] = 'kubecrawl'\n"
     "from kubecrawl.cli import main\n"
     "main()\n"
@@ -56,6 +58,7 @@ NEVER = {
     "bson",
     "croniter",
     "yaml",
+    "asyncpg",  # PostgreSQL's driver: loaded by a PostgreSQL engine, never by SQLite's (store/database.py)
     "kubecrawl.api",
     "kubecrawl.operator.main",
     "kubecrawl.scheduling",
@@ -64,7 +67,6 @@ NEVER = {
 NEVER_IN_TRIGGER = NEVER | {
     "alembic",
     "sqlalchemy",
-    "asyncpg",
     "aiosqlite",
     "aiohttp",
     "selectolax",
@@ -114,6 +116,17 @@ async def test_a_crawl_loads_no_broker_client_api_server_mongodb_driver_or_sched
     # the listing sees what the crawl uses
     assert {"kubecrawl.embedded", "sqlalchemy.dialects.sqlite", "aiohttp"} <= loaded
     assert loaded & NEVER == set()
+
+
+async def test_a_crawl_collects_garbage_again_once_started_having_frozen_what_start_up_built(
+    site: Site, tmp_path: Path
+) -> None:
+    site.html("/", title="home")
+    run, _ = await kubecrawl_listing(tmp_path, "crawl", site.url("/"), "--db", str(tmp_path / "k.db"), env=OPEN)
+    assert run.code == 0, run.err
+    enabled, frozen = (tmp_path / "modules-0.txt.gc").read_text().split()
+    assert enabled == "True"  # cli.main turned it off for the imports, starting.settings back on
+    assert int(frozen) > 0
 
 
 async def test_a_crawl_on_an_up_to_date_database_loads_neither_alembic_nor_postgresql_dialect(

@@ -112,6 +112,7 @@ class RabbitConsumer:
         self._connection_name = connection_name
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._queues: dict[str, aio_pika.abc.AbstractQueue] = {}  # declared by connect(), by name
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
@@ -165,13 +166,28 @@ class RabbitConsumer:
             )
         return connected[0]
 
+    async def connect(self) -> None:
+        """Connect with backoff, open the channel with its QoS and declare the queues, without consuming yet: the
+        worker does it while it reaches the database and the publisher connects (``worker/runtime.py``), and starts
+        consuming once its handlers exist. After ``max_connection_attempts`` failures raise ``ConnectionLost``; on
+        any failure (or cancellation) what was opened is closed."""
+        if self._queues:
+            return
+        connection = await self._connect()
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self._prefetch)
+            queues = await declare_topology(channel, **self._queue_args)
+        except BaseException:
+            await close_quietly(None, connection)
+            raise
+        self._connection, self._channel, self._queues = connection, channel, queues
+
     async def start(self, handlers: Mapping[str, Handler]) -> None:
-        self._connection = await self._connect()
-        self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=self._prefetch)
-        queues = await declare_topology(self._channel, **self._queue_args)
+        """Consume each queue in ``handlers``, connecting first unless ``connect()`` did."""
+        await self.connect()
         for name, handler in handlers.items():
-            queue = queues[name]
+            queue = self._queues[name]
             tag = await queue.consume(self._callback(name, handler), no_ack=False)
             self._consumers.append((queue, tag))
 
@@ -216,6 +232,7 @@ class RabbitConsumer:
     async def close(self) -> None:
         await close_quietly(self._channel, self._connection)
         self._channel = self._connection = None
+        self._queues = {}
 
 
 if TYPE_CHECKING:  # mypy proves the RabbitMQ consumer implements broker/base.py's interfaces

@@ -19,6 +19,7 @@ Each command builds ``Settings`` from the environment, configures logging once, 
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 import threading
@@ -85,7 +86,15 @@ def main() -> NoReturn:
     last log line, and as long after a crawl's table or a trigger's POST (bench/startup.py). Nothing in it is ours:
     each command closes what it opened before it returns, the exit handlers still run (logging's flush, a
     library's clean-up), and the standard streams are flushed; then the process ends with the command's status.
-    While another thread that Python would wait for still runs, the exit is Python's own."""
+    While another thread that Python would wait for still runs, the exit is Python's own.
+
+    The garbage collector is off until the command has built its settings (``starting.settings``, by which time
+    it has imported its role): importing allocates hundreds of thousands of objects that live as long as the
+    process, and the collections they set off (a full one scans all of them) took tens of milliseconds of a
+    start-up (docs/crawls.md, "Start-up"). ``starting.settings`` then freezes what exists and turns it back on.
+    The commands that never build them are short and bounded: ``--help``, ``--version``, a usage error, ``keys``
+    (one database call); they end with the collector off, as a process would after ``gc.disable()``."""
+    gc.disable()
     try:
         app()
     except SystemExit as exc:

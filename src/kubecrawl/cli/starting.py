@@ -4,6 +4,7 @@ checks that fail before anything starts."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,7 +33,18 @@ def settings(service: str, **overrides: object) -> Settings:
         fail(ExitCode.USAGE, f"invalid setting {name}: {error['msg']}", f"fix {name} in the environment")
     built = built.model_copy(update={"service_name": f"kubecrawl-{service}"})
     configure_logging(built.service_name, log_format=built.log_format, level=built.log_level)
+    _collect_from_here()
     return built
+
+
+def _collect_from_here() -> None:
+    """Turn the garbage collector back on after the console script turned it off for the imports (``cli.main``),
+    first freezing what start-up built: modules, classes, settings live as long as the process, and out of the
+    collector's sight no full collection scans them again (as the API does once it is up, ``api/app.py``). A
+    caller that left the collector on (a test calling a command in-process) keeps its heap as it is."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs; only its two error bases are used here
 from sqlalchemy import event, make_url, text
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
@@ -20,17 +20,31 @@ from kubecrawl.store.inline_sqlite import inline_connector
 log = get_logger(__name__)
 # Readiness must answer quickly: a DB that takes 2 s for SELECT 1 is not ready for traffic.
 PING_TIMEOUT_SECONDS = 2.0
-# What "the database did not answer" looks like, through SQLAlchemy or straight from asyncpg: a broken or refused
-# connection, a statement the server or the driver refused, every pooled connection busy for pool_timeout.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+# What "the database did not answer" looks like through SQLAlchemy: a broken or refused connection, a statement the
+# server or the driver refused, every pooled connection busy for pool_timeout.
+_SQLALCHEMY_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
     DBAPIError,
     OperationalError,
     PoolTimeout,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
 )
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What "the database did not answer" looks like, through SQLAlchemy or straight from asyncpg (the raw
+    statements of ``store/request_writing.py`` and ``store/page_metadata.py``): for ``except database_errors() as
+    exc``, which calls it only once an exception is raised.
+
+    asyncpg's two error bases are added once asyncpg is loaded, and only then: no asyncpg error can exist before it
+    is, and a PostgreSQL engine loads it when it is created (SQLAlchemy's dialect imports its driver). Importing it
+    here would cost every SQLite process (``kubecrawl crawl``, ``standalone``) some 30 ms at start-up for classes it
+    can never meet (docs/crawls.md, "Start-up")."""
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return _SQLALCHEMY_ERRORS
+    return (*_SQLALCHEMY_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 # SQLSTATE classes that blame the statement's values, not the server: 22 data exception (a NUL byte, a number out
 # of range), 23 integrity constraint violation, 54 program limit exceeded (an index entry too large).
@@ -101,5 +115,5 @@ async def ping(engine: AsyncEngine) -> None:
     try:
         async with asyncio.timeout(PING_TIMEOUT_SECONDS), engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except DATABASE_ERRORS as exc:
+    except database_errors() as exc:
         raise StoreUnavailable(f"database ping failed: {type(exc).__name__}: {exc}") from exc

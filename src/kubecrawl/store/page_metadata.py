@@ -48,7 +48,7 @@ from kubecrawl.core.settings import DEFAULT_LEASE
 from kubecrawl.store import metadata_batches
 from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_RECORD, AttemptStart, Request
-from kubecrawl.store.database import DATABASE_ERRORS, refused_value
+from kubecrawl.store.database import database_errors, refused_value
 from kubecrawl.store.dialects import as_utc, dialect_insert
 from kubecrawl.store.request_writing import SqlRequestWriter
 from kubecrawl.store.schema import page_metadata as pm
@@ -234,7 +234,7 @@ class SqlPageMetadataStore:
                 return SqlRequestWriter(conn, driver, self._sql.record_request)
             conn = await self._engine.connect()
             return SqlRequestWriter(conn, None, self._sql.record_request)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             if conn is not None:
                 await conn.close()
             raise StoreUnavailable(f"no database connection: {type(exc).__name__}: {exc}") from exc
@@ -364,7 +364,7 @@ class SqlPageMetadataStore:
             driver = (await conn.get_raw_connection()).driver_connection
             try:
                 yield driver
-            except DATABASE_ERRORS as exc:
+            except database_errors() as exc:
                 if not refused_value(exc):
                     await conn.invalidate()
                 raise

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.store.contract import Request
-from kubecrawl.store.database import DATABASE_ERRORS, store_error
+from kubecrawl.store.database import database_errors, store_error
 
 # ``_Statements.record_request`` for a whole batch, as SQL for asyncpg itself ($1 urls, $2 request ids, $3 now):
 # the same upsert (a stored result keeps its status and stays readable), one row per URL.
@@ -52,7 +52,7 @@ class SqlRequestWriter:
                 rows = [{"page_url": url, "request_id": rid, "now": now} for url, rid in latest.items()]
                 async with self._conn.begin():
                     await self._conn.execute(self._record_request, rows)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             await self._discard()
             raise store_error(exc, f"recording {len(latest)} requests") from exc
         except BaseException:

@@ -43,7 +43,7 @@ from kubecrawl.fetch.robots import DISALLOW_ALL, Robots, robots_text_for, robots
 from kubecrawl.fetch.scope import Scope
 from kubecrawl.fetch.sitemaps import MAX_SITEMAP_BYTES, parse_sitemap
 from kubecrawl.store.contract import CrawlStore, PageOutcome, PageStart
-from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
+from kubecrawl.store.database import database_errors, refused_value, store_error
 from kubecrawl.worker.memo import Memo
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, settle_failure
 from kubecrawl.worker.turns import HostTurns
@@ -148,7 +148,7 @@ class PagePipeline:
             return "invalid"
         try:
             start = await self._crawls.begin_page(task.crawl_id, task.page_id)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             return await retry_database_unavailable(
                 self._publisher, delivery, exc, crawl_id=task.crawl_id, url=task.url
             )
@@ -161,7 +161,7 @@ class PagePipeline:
             return await self._failed(delivery, task, start, spec, exc)
         try:
             await self._finish(task, outcome)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             if not refused_value(exc):
                 raise  # an outage: handle_guarded puts the message back
             # A value of this page (a link, a title) the database refuses: the page fails, not the worker.

@@ -29,7 +29,7 @@ from kubecrawl.fetch.extracting import extract_metadata
 from kubecrawl.fetch.fetching import Fetcher, FetchResult
 from kubecrawl.fetch.retrying import response_error
 from kubecrawl.store.contract import PageMetadataStore
-from kubecrawl.store.database import DATABASE_ERRORS, refused_value, store_error
+from kubecrawl.store.database import database_errors, refused_value, store_error
 from kubecrawl.worker.settling import dead_letter, handle_guarded, retry_database_unavailable, settle_failure
 
 log = get_logger(__name__)
@@ -83,7 +83,7 @@ class MetadataPipeline:
         log_ = log.bind(request_id=task.request_id, url=task.url)
         try:
             start = await self._pages.begin_attempt(task.url, task.request_id)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             return await retry_database_unavailable(
                 self._publisher, delivery, exc, request_id=task.request_id, url=task.url
             )
@@ -118,7 +118,7 @@ class MetadataPipeline:
             metrics.FETCH_DURATION.observe(time.perf_counter() - started)
         try:
             await self._pages.complete(task.url, task.request_id, page)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             if not refused_value(exc):
                 raise  # an outage: handle_guarded puts the message back
             # A value of this page the database refuses: retrying would fail the same way.

@@ -28,19 +28,39 @@ from kubecrawl.worker.sweeping import sweep_forever
 log = get_logger(__name__)
 
 
-async def _reach_both(connection: DatabaseConnection, publisher: RabbitPublisher) -> None:
-    """Reach the database and RabbitMQ at once, each with its own backoff: the worker is ready a connection set-up
-    sooner (tens of milliseconds, bench/startup.py). When both fail, the database's failure is the one raised (exit
-    3), as when they were reached one after the other; a database failure stops the broker's attempts."""
-    broker = asyncio.create_task(publisher.start(), name="publisher-start")
+async def _reach_all(connection: DatabaseConnection, publisher: RabbitPublisher, consumer: RabbitConsumer) -> None:
+    """Reach the database and RabbitMQ's two connections (the publisher's, the consumer's with its channel and
+    queues) at once, each with its own backoff: the worker is ready when the slowest answers instead of after all
+    three set-ups in turn (bench/startup.py). When the database and RabbitMQ both fail, the database's failure is
+    the one raised (exit 3), as when they were reached one after the other; a database failure stops the broker's
+    attempts, and a failure of one RabbitMQ connection the other's."""
+    broker = asyncio.create_task(_reach_broker(publisher, consumer), name="broker-connect")
     try:
         await connection.connect()
     except BaseException:
-        broker.cancel()
-        with contextlib.suppress(BaseException):
-            await broker
+        await _cancelled(broker)
         raise
     await broker
+
+
+async def _reach_broker(publisher: RabbitPublisher, consumer: RabbitConsumer) -> None:
+    consuming = asyncio.create_task(consumer.connect(), name="consumer-connect")
+    publishing = asyncio.create_task(publisher.start(), name="publisher-start")
+    try:
+        done, _ = await asyncio.wait((consuming, publishing), return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # the first failure, raised
+    except BaseException:
+        await _cancelled(consuming)
+        await _cancelled(publishing)
+        raise
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, whatever it raises (it cleans up what it opened)."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 async def run_worker(settings: Settings, *, metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
@@ -69,8 +89,9 @@ async def run_worker(settings: Settings, *, metrics_port: int | None = None, sto
     if metrics_port:
         await probes.start(metrics_port)
     try:
-        await _reach_both(connection, publisher)
+        await _reach_all(connection, publisher, consumer)
     except BaseException:
+        await consumer.close()
         await publisher.close()
         await connection.close()
         await probes.close()
