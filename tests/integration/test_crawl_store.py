@@ -1,5 +1,5 @@
 """Frontier invariants of ``CrawlStore``, under concurrency: on the real PostgreSQL (many connections), where a
-batch of outcomes is settled by one call of ``kubecrawl_finish_pages``, and on SQLite (the embedded default),
+batch of outcomes is settled by one call of ``kubecrawl_finish_crawls``, and on SQLite (the embedded default),
 where the same steps run statement by statement: each case that takes ``engine`` runs on both."""
 
 from __future__ import annotations
