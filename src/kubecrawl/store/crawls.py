@@ -21,7 +21,7 @@ stores and counts is ``store/outcomes.py``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageStat
 from kubecrawl.core.settings import DEFAULT_LEASE
 from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
-from kubecrawl.store.database import refused_value
+from kubecrawl.store.database import broke_a_deadlock, refused_value
 from kubecrawl.store.dialects import as_utc, dialect_insert, transactions
 from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
@@ -46,7 +46,6 @@ ACTIVE_STATES = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
 _ALL_CRAWLS = ""  # the one group of the per-page batches: every crawl
 
 P = CrawlPageState
-_DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE for a transaction it aborted to break a deadlock
 _ACTIVE = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
 
 
@@ -59,15 +58,7 @@ def blames_one_crawl(exc: BaseException) -> bool:
     (a NUL byte in a title, a constraint), or a deadlock (two workers, or a worker and the lease sweeper, that
     locked rows in different orders despite the crawl-id order; PostgreSQL aborts one of them). Written again
     one crawl at a time, the others' pages go through, and the guilty crawl's fail alone."""
-    return refused_value(exc) or _sqlstate(exc) == _DEADLOCK_DETECTED
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
-        sqlstate = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(sqlstate, str):
-            return sqlstate
-    return None
+    return refused_value(exc) or broke_a_deadlock(exc)
 
 
 def crawl_model(row: Any) -> Crawl:
@@ -432,14 +423,14 @@ class SqlCrawlStore:
         for crawl_id, page_id, outcome in items:
             by_crawl.setdefault(crawl_id, []).append((page_id, outcome))
         batches = await self._finisher.settle(by_crawl, utcnow())
-        shares: dict[str, list[FinishResult | None]] = {}
+        shares: dict[str, Iterator[FinishResult | None]] = {}
         for crawl_id, crawl_items in by_crawl.items():
             batch = batches[crawl_id]
             if batch is not None and batch.state is CrawlState.COMPLETED:
                 self._frontier.forget(crawl_id)
-            shares[crawl_id] = shared_out(batch, crawl_items)
+            shares[crawl_id] = iter(shared_out(batch, crawl_items))
         # Back in submission order: each crawl's results are in the order of its items.
-        return [shares[crawl_id].pop(0) for crawl_id, _, _ in items]
+        return [next(shares[crawl_id]) for crawl_id, _, _ in items]
 
     async def count_pages(self, crawl_id: str) -> int:
         async with self._engine.connect() as conn:
