@@ -89,7 +89,7 @@ def batch_finisher(engine: AsyncEngine, transactions: Transactions, frontier: Fr
 
 
 class FinishInDatabase:
-    """PostgreSQL: one call of ``kubecrawl_finish_pages`` per batch, in autocommit (its own transaction)."""
+    """PostgreSQL: one call of ``kubecrawl_finish_crawls`` per batch, in autocommit (its own transaction)."""
 
     def __init__(self, transactions: Transactions, frontier: Frontier) -> None:
         self._transactions = transactions
