@@ -1,16 +1,18 @@
 """Frontier invariants of ``CrawlStore``, under concurrency: on the real PostgreSQL (many connections), where a
-batch of outcomes is settled by one call of ``kubecrawl_finish_pages``, and on SQLite (the embedded default),
+batch of outcomes is settled by one call of ``kubecrawl_finish_crawls``, and on SQLite (the embedded default),
 where the same steps run statement by statement: each case that takes ``engine`` runs on both."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,11 +30,11 @@ from kubecrawl.store.contract import CrawlStore, PageOutcome
 from kubecrawl.store.crawls import SqlCrawlStore
 from kubecrawl.store.database import create_engine
 from kubecrawl.store.dialects import as_utc
-from kubecrawl.store.migrating import upgrade_async
+from kubecrawl.store.migrating import alembic_config, upgrade, upgrade_async
 from kubecrawl.store.schema import crawl_hosts, crawl_pages
 from kubecrawl.worker.crawling import PagePipeline
 from kubecrawl.worker.sweeping import sweep_once
-from tests.support.servers import free_port
+from tests.support.servers import PostgresServer, free_port
 from tests.support.sites import Site
 
 
@@ -427,3 +429,30 @@ async def test_the_refill_reads_the_pending_index_under_a_first_crawls_stale_sta
         await engine.dispose()
     assert "ix_crawl_pages_pending" in refill_plan, refill_plan
     assert "Sort" not in refill_plan, refill_plan
+
+
+def _functions(url: str) -> set[str]:
+    """The kubecrawl_* functions of the database at ``url``."""
+
+    async def read() -> set[str]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(text("SELECT proname FROM pg_proc WHERE proname LIKE 'kubecrawl_%'"))
+                return {row.proname for row in rows}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_migration_0009_adds_the_many_crawls_finish_function_and_its_downgrade_drops_only_that(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("m_" + uuid.uuid4().hex[:12])
+    upgrade(url)
+    assert _functions(url) == {"kubecrawl_finish_pages", "kubecrawl_finish_crawls"}
+    command.downgrade(alembic_config(url), "0008")
+    assert _functions(url) == {"kubecrawl_finish_pages"}
+    upgrade(url)
+    assert _functions(url) == {"kubecrawl_finish_pages", "kubecrawl_finish_crawls"}

@@ -505,6 +505,107 @@ async def test_cancel_ends_an_active_crawl_and_leaves_a_finished_one(stores: Sto
     assert await crawls.get(str(uuid.uuid4())) is None
 
 
+async def test_pages_of_many_crawls_started_and_finished_at_once_settle_each_crawl_on_its_own(stores: Stores) -> None:
+    """A worker's calls for many crawls at once (one crawl per host): each crawl's window, counters, event
+    sequence and completion are its own, however the store batches them."""
+    crawls = stores.crawls
+    started = [
+        await _crawl(crawls, [f"http://site.test/{n}/a", f"http://site.test/{n}/b"], name=f"site-{n}") for n in range(6)
+    ]
+    pages = [(crawl_id, ref) for crawl_id, refs in started for ref in refs]
+    starts = await asyncio.gather(*(crawls.begin_page(crawl_id, ref.page_id) for crawl_id, ref in pages))
+    assert [start is not None and start.url == ref.url for start, (_, ref) in zip(starts, pages, strict=True)] == [
+        True
+    ] * len(pages)
+    # Each crawl's first page finds a link, its second fails: the link is the crawl's third and last page.
+    outcomes = [
+        PageOutcome(DONE, new_links=[ref.url + "/c"]) if index % 2 == 0 else PageOutcome(FAILED, error_code="http_500")
+        for index, (_, ref) in enumerate(pages)
+    ]
+    finished = await asyncio.gather(
+        *(
+            crawls.finish_page(crawl_id, ref.page_id, outcome)
+            for (crawl_id, ref), outcome in zip(pages, outcomes, strict=True)
+        )
+    )
+    assert all(result is not None and not result.completed_now for result in finished)
+    links = {
+        crawl_id: [ref for result in finished[2 * n : 2 * n + 2] if result for ref in result.to_publish]
+        for n, (crawl_id, _) in enumerate(started)
+    }
+    assert [len(refs) for refs in links.values()] == [1] * len(started)
+    last = [(crawl_id, ref) for crawl_id, refs in links.items() for ref in refs]
+    assert all(await asyncio.gather(*(crawls.begin_page(crawl_id, ref.page_id) for crawl_id, ref in last)))
+    completed = await asyncio.gather(
+        *(crawls.finish_page(crawl_id, ref.page_id, PageOutcome(DONE)) for crawl_id, ref in last)
+    )
+    assert all(result is not None and result.completed_now for result in completed)
+    for crawl_id, _ in started:
+        crawl = await crawls.get(crawl_id)
+        assert crawl is not None
+        assert crawl.state is CrawlState.COMPLETED
+        assert (crawl.counters.discovered, crawl.counters.fetched, crawl.counters.failed) == (3, 2, 1)
+        assert (crawl.in_flight, crawl.version) == (0, 3)
+        assert [page.seq for page in await crawls.outcomes_since(crawl_id, 0)] == [1, 2, 3]
+
+
+async def test_a_cancelled_crawls_outcomes_finished_with_another_crawls_do_not_fail_them(stores: Stores) -> None:
+    crawls = stores.crawls
+    cancelled_id, (cancelled_ref,) = await _crawl(crawls, name="cancelled")
+    other_id, (other_ref,) = await _crawl(crawls, name="other")
+    assert await crawls.begin_page(cancelled_id, cancelled_ref.page_id) is not None
+    assert await crawls.begin_page(other_id, other_ref.page_id) is not None
+    await crawls.cancel(cancelled_id)
+    late, other = await asyncio.gather(
+        crawls.finish_page(cancelled_id, cancelled_ref.page_id, PageOutcome(DONE, new_links=["http://site.test/x"])),
+        crawls.finish_page(other_id, other_ref.page_id, PageOutcome(DONE)),
+    )
+    assert late is not None
+    assert (late.crawl_state, late.completed_now, late.to_publish) == (CrawlState.CANCELLED, False, [])
+    assert other is not None
+    assert other.completed_now
+    cancelled, completed = await crawls.get(cancelled_id), await crawls.get(other_id)
+    assert cancelled is not None
+    assert completed is not None
+    assert (cancelled.state, cancelled.counters.discovered) == (CrawlState.CANCELLED, 1)
+    assert (completed.state, completed.counters.fetched) == (CrawlState.COMPLETED, 1)
+
+
+async def test_a_value_refused_in_one_crawls_outcome_fails_no_other_crawls_outcome_finished_with_it(
+    stores: Stores,
+) -> None:
+    crawls = stores.crawls
+    refused_id, (refused_ref,) = await _crawl(crawls, name="refused")
+    other_id, (other_ref,) = await _crawl(crawls, name="other")
+    assert await crawls.begin_page(refused_id, refused_ref.page_id) is not None
+    assert await crawls.begin_page(other_id, other_ref.page_id) is not None
+    _, other = await asyncio.gather(
+        # PostgreSQL refuses a NUL byte in text; other databases may store it.
+        crawls.finish_page(refused_id, refused_ref.page_id, PageOutcome(DONE, title="a NUL \x00 byte")),
+        crawls.finish_page(other_id, other_ref.page_id, PageOutcome(DONE, title="fine")),
+        return_exceptions=True,
+    )
+    assert not isinstance(other, BaseException)
+    assert other is not None
+    assert other.completed_now
+    completed = await crawls.get(other_id)
+    assert completed is not None
+    assert (completed.state, completed.counters.fetched) == (CrawlState.COMPLETED, 1)
+
+
+async def test_a_page_is_started_only_under_its_own_crawls_id(stores: Stores) -> None:
+    crawls = stores.crawls
+    first_id, (first_ref,) = await _crawl(crawls, name="first")
+    second_id, (second_ref,) = await _crawl(crawls, name="second")
+    wrong, right = await asyncio.gather(
+        crawls.begin_page(second_id, first_ref.page_id), crawls.begin_page(second_id, second_ref.page_id)
+    )
+    assert wrong is None
+    assert right is not None
+    assert right.url == second_ref.url
+    assert await crawls.begin_page(first_id, first_ref.page_id) is not None
+
+
 async def test_an_identitys_active_crawls_are_the_unfinished_ones_it_started_and_carry_their_max_pages(
     stores: Stores,
 ) -> None:

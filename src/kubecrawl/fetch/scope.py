@@ -17,7 +17,7 @@ from typing import Any
 from kubecrawl.core import metrics
 from kubecrawl.core.errors import InvalidUrl
 from kubecrawl.core.sites import ScopeSpec, compile_pattern
-from kubecrawl.core.urls import normalise_url, url_host
+from kubecrawl.core.urls import normalise_url_and_host, url_host
 
 # admit() verdicts are memoised per Scope: a site's navigation puts the same links on every page, so a crawl
 # meets each URL about 25 times. The memo is emptied when full (the links every page repeats come straight back)
@@ -64,8 +64,7 @@ class Scope:
 
     def _judge(self, url: str) -> str | None:
         try:
-            normal = normalise_url(url)
-            host = url_host(normal)
+            normal, host = normalise_url_and_host(url)
         except InvalidUrl as exc:
             if exc.code == "url_too_long":  # skipped, never failing the page; counted so it is seen
                 metrics.CRAWL_LINKS_SKIPPED.labels(reason=exc.code).inc()

@@ -11,15 +11,17 @@ lock: ``store/dialects.py``):
   holds cluster-wide.
 - Completion exactly once, exactly-once results: ``finish_page`` settles outcomes under the same lock, only for
   pages still FETCHING (``store/finishing.py``: PostgreSQL's function or the in-process steps).
-Both per-page steps are group-committed per crawl (``store/batching.py``); a batch of starts is
-``store/starting.py``. Host politeness is ``store/hosts.py``; what an outcome stores and counts is
-``store/outcomes.py``.
+Both per-page steps are group-committed across crawls (``store/batching.py``): a batch holds the pages of every
+crawl that arrived during the previous one, and is written again one crawl at a time if the database refuses one
+crawl's part of it (``split_on``), so one crawl's failure never fails another's pages. A batch of starts is
+``store/starting.py``, of outcomes ``store/finishing.py``. Host politeness is ``store/hosts.py``; what an outcome
+stores and counts is ``store/outcomes.py``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +33,7 @@ from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageStat
 from kubecrawl.core.settings import DEFAULT_LEASE
 from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
+from kubecrawl.store.database import broke_a_deadlock, refused_value
 from kubecrawl.store.dialects import as_utc, dialect_insert, transactions
 from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
@@ -40,9 +43,22 @@ from kubecrawl.store.schema import crawl_pages, crawls
 from kubecrawl.store.starting import PageStarts
 
 ACTIVE_STATES = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
+_ALL_CRAWLS = ""  # the one group of the per-page batches: every crawl
 
 P = CrawlPageState
 _ACTIVE = (CrawlState.QUEUED.value, CrawlState.RUNNING.value)
+
+
+def _all_crawls(_crawl_id: str) -> str:
+    return _ALL_CRAWLS
+
+
+def blames_one_crawl(exc: BaseException) -> bool:
+    """An error of a batch of several crawls that one crawl's part may have caused: a value the database refused
+    (a NUL byte in a title, a constraint), or a deadlock (two workers, or a worker and the lease sweeper, that
+    locked rows in different orders despite the crawl-id order; PostgreSQL aborts one of them). Written again
+    one crawl at a time, the others' pages go through, and the guilty crawl's fail alone."""
+    return refused_value(exc) or broke_a_deadlock(exc)
 
 
 def crawl_model(row: Any) -> Crawl:
@@ -72,6 +88,19 @@ def page_model(row: Any) -> CrawlPage:
 # The per-page statements, built once: building a Core statement per call (operators, clause objects, cache
 # key) cost more CPU than SQLite spent executing it. Values arrive as bind parameters.
 _LOCK_CRAWL = select(crawls).where(crawls.c.id == bindparam("p_crawl_id")).with_for_update()
+# The crawls with a FETCHING page past its lease, locked in crawl-id order (``expire_leases``).
+_LOCK_CRAWLS_OF_EXPIRED = (
+    select(crawls.c.id)
+    .where(
+        crawls.c.id.in_(
+            select(crawl_pages.c.crawl_id).where(
+                crawl_pages.c.state == P.FETCHING.value, crawl_pages.c.lease_until < bindparam("p_now")
+            )
+        )
+    )
+    .order_by(crawls.c.id)
+    .with_for_update()
+)
 
 
 class SqlCrawlStore:
@@ -86,9 +115,14 @@ class SqlCrawlStore:
         self._finisher = batch_finisher(engine, self._tx, self._frontier)
         self._hosts = SqlHostStore(engine, self._tx)
         self._starts = PageStarts(self._tx, self._frontier, lease=lease)
-        # Group commit per crawl for the two per-page transactions (store/batching.py).
-        self._beginning = GroupCommit[str, int, PageStart | None](self._starts.start)
-        self._finishing = GroupCommit[str, tuple[int, PageOutcome], FinishResult | None](self._finish_batch)
+        # Group commit across crawls for the two per-page transactions (store/batching.py): with many small
+        # crawls (one per host) a batch per crawl held one page (docs/scaling.md, "Many hosts").
+        self._beginning = GroupCommit[str, tuple[str, int], PageStart | None](
+            self._starts.start, part_of=_all_crawls, split_on=blames_one_crawl
+        )
+        self._finishing = GroupCommit[str, tuple[str, int, PageOutcome], FinishResult | None](
+            self._finish_batch, part_of=_all_crawls, split_on=blames_one_crawl
+        )
 
     @property
     def hosts(self) -> SqlHostStore:
@@ -313,14 +347,24 @@ class SqlCrawlStore:
 
         One ``UPDATE … RETURNING`` (row locks decide between concurrent sweepers, and between a sweeper and a
         late ``finish_page``: whichever comes second finds the page no longer FETCHING). The page stays in the
-        window (``in_flight`` counts QUEUED and FETCHING alike), its attempt was counted when it started.
+        window (``in_flight`` counts QUEUED and FETCHING alike), its attempt was counted when it started. The
+        crawls of those pages are locked first, in crawl-id order, as a batch of outcomes locks them
+        (``store/finishing.py``): a batch holding one crawl and waiting for the next never waits for a sweeper
+        that holds a page of the first.
         """
         detail = LEASE_EXPIRED_PAGE
-        async with self._tx.single() as conn:
+        async with self._tx.begin() as conn:
+            crawl_ids = (await conn.execute(_LOCK_CRAWLS_OF_EXPIRED, {"p_now": now})).scalars().all()
+            if not crawl_ids:
+                return []
             rows = (
                 await conn.execute(
                     update(crawl_pages)
-                    .where(crawl_pages.c.state == P.FETCHING.value, crawl_pages.c.lease_until < now)
+                    .where(
+                        crawl_pages.c.state == P.FETCHING.value,
+                        crawl_pages.c.lease_until < now,
+                        crawl_pages.c.crawl_id.in_(crawl_ids),
+                    )
                     .values(
                         state=P.QUEUED.value,
                         lease_until=None,
@@ -343,7 +387,7 @@ class SqlCrawlStore:
         Group commit per crawl, like ``finish_page``; a batch is started by ``store/starting.py``. Two deliveries
         of one page in the same batch: the second gets ``None`` (the first is fetching it).
         """
-        return await self._beginning.submit(crawl_id, page_id)
+        return await self._beginning.submit(crawl_id, (crawl_id, page_id))
 
     async def retry_page(self, page_id: int, *, code: str, error: str) -> None:
         """A transient failure: the page waits for its retry inside the window (QUEUED)."""
@@ -364,18 +408,29 @@ class SqlCrawlStore:
     async def finish_page(self, crawl_id: str, page_id: int, outcome: PageOutcome) -> FinishResult | None:
         """Record a page's outcome, grow the frontier, refill the window, detect completion: one transaction.
 
-        Group commit: the outcomes of one crawl that arrive while its previous batch is being written are
-        written together in the next one (one crawl-row lock, one frontier insert, one refill for the lot).
-        Under load a batch holds about as many pages as finished during one transaction; with one page in
-        flight it is a batch of one. ``None`` means the page was already settled (a duplicate delivery).
+        Group commit: the outcomes that arrive while the previous batch is being written are written together in
+        the next one, whatever their crawls (one transaction; per crawl one row lock, one frontier insert, one
+        refill for the lot). Under load a batch holds about as many pages as finished during one transaction;
+        with one page in flight it is a batch of one. ``None`` means the page was already settled (a duplicate
+        delivery).
         """
-        return await self._finishing.submit(crawl_id, (page_id, outcome))
+        return await self._finishing.submit(crawl_id, (crawl_id, page_id, outcome))
 
-    async def _finish_batch(self, crawl_id: str, items: Sequence[tuple[int, PageOutcome]]) -> list[FinishResult | None]:
-        batch = await self._finisher.settle(crawl_id, items, utcnow())
-        if batch is not None and batch.state is CrawlState.COMPLETED:
-            self._frontier.forget(crawl_id)
-        return shared_out(batch, items)
+    async def _finish_batch(
+        self, _group: str, items: Sequence[tuple[str, int, PageOutcome]]
+    ) -> list[FinishResult | None]:
+        by_crawl: dict[str, list[tuple[int, PageOutcome]]] = {}
+        for crawl_id, page_id, outcome in items:
+            by_crawl.setdefault(crawl_id, []).append((page_id, outcome))
+        batches = await self._finisher.settle(by_crawl, utcnow())
+        shares: dict[str, Iterator[FinishResult | None]] = {}
+        for crawl_id, crawl_items in by_crawl.items():
+            batch = batches[crawl_id]
+            if batch is not None and batch.state is CrawlState.COMPLETED:
+                self._frontier.forget(crawl_id)
+            shares[crawl_id] = iter(shared_out(batch, crawl_items))
+        # Back in submission order: each crawl's results are in the order of its items.
+        return [next(shares[crawl_id]) for crawl_id, _, _ in items]
 
     async def count_pages(self, crawl_id: str) -> int:
         async with self._engine.connect() as conn:

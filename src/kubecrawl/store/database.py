@@ -49,17 +49,26 @@ def database_errors() -> tuple[type[BaseException], ...]:
 # SQLSTATE classes that blame the statement's values, not the server: 22 data exception (a NUL byte, a number out
 # of range), 23 integrity constraint violation, 54 program limit exceeded (an index entry too large).
 _VALUE_SQLSTATE_CLASSES = ("22", "23", "54")
+_DEADLOCK_DETECTED = "40P01"  # SQLSTATE of a transaction PostgreSQL aborted to break a deadlock
 
 
 def refused_value(exc: BaseException) -> bool:
     """True when the database refused a value of the statement rather than failing: retrying cannot help."""
     if isinstance(exc, DataError | IntegrityError):
         return True
-    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
-        sqlstate = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_VALUE_SQLSTATE_CLASSES):
-            return True
-    return False
+    return any(sqlstate.startswith(_VALUE_SQLSTATE_CLASSES) for sqlstate in _sqlstates(exc))
+
+
+def broke_a_deadlock(exc: BaseException) -> bool:
+    """True when PostgreSQL aborted the transaction to break a deadlock: the same writes may succeed again."""
+    return _DEADLOCK_DETECTED in _sqlstates(exc)
+
+
+def _sqlstates(exc: BaseException) -> list[str]:
+    """The SQLSTATEs an error carries, through SQLAlchemy's wrapper or straight from asyncpg."""
+    candidates = (exc, getattr(exc, "orig", None), exc.__cause__)
+    codes = (getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None) for candidate in candidates)
+    return [code for code in codes if isinstance(code, str)]
 
 
 def store_error(exc: BaseException, doing: str) -> InvalidValue | StoreUnavailable:

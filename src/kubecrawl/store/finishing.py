@@ -1,13 +1,17 @@
 """Settling a batch of page outcomes in SQL: two strategies behind one interface, picked per engine.
 
-Both do the same steps under the crawl's lock: write the outcome of each page still FETCHING (the first outcome
-per page, numbered in arrival order for the SSE sequence), move the counters, add the new links to the frontier
-(up to ``scope.maxPages``), refill the window, and mark the crawl COMPLETED when nothing is in flight and
-nothing is PENDING. tests/integration/test_crawl_store.py runs the same cases through both.
+A batch holds the outcomes of one or more crawls (group-committed across crawls, ``store/crawls.py``), settled in
+one transaction, crawl after crawl in crawl-id order: a fixed order of the crawl row locks, so two workers'
+batches (and the lease sweeper, ``SqlCrawlStore.expire_leases``) never wait for each other in a circle. For each
+crawl both strategies do the same steps under the crawl's lock: write the outcome of each page still FETCHING (the
+first outcome per page, numbered in arrival order for the SSE sequence), move the counters, add the new links to
+the frontier (up to ``scope.maxPages``), refill the window, and mark the crawl COMPLETED when nothing is in flight
+and nothing is PENDING. tests/integration/test_crawl_store.py runs the same cases through both.
 
-- ``FinishInDatabase`` (PostgreSQL): the whole batch is one call of ``kubecrawl_finish_pages`` (migration 0003),
-  in a transaction of its own, so the crawl row stays locked for the server's work only, not for the worker's
-  round trips (run as eight statements the lock was held for eight round trips: about 8 ms per batch).
+- ``FinishInDatabase`` (PostgreSQL): the whole batch is one call of ``kubecrawl_finish_crawls`` (migration 0009),
+  which calls ``kubecrawl_finish_pages`` (migration 0003) per crawl, in a transaction of its own, so the crawl
+  rows stay locked for the server's work only, not for the worker's round trips (run as eight statements per
+  crawl the lock was held for eight round trips: about 8 ms per batch).
 - ``FinishInProcess`` (SQLite, in process, no round trips to save): the same steps statement by statement in one
   serialised transaction.
 """
@@ -15,7 +19,7 @@ nothing is PENDING. tests/integration/test_crawl_store.py runs the same cases th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,10 +36,9 @@ from kubecrawl.store.schema import Json, crawl_pages, crawls
 P = CrawlPageState
 Items = Sequence[tuple[int, PageOutcome]]
 
-_FINISH_PAGES = select(
-    func.kubecrawl_finish_pages(
-        bindparam("p_crawl_id", type_=crawls.c.id.type),
-        bindparam("p_outcomes", type_=Json),
+_FINISH_CRAWLS = select(
+    func.kubecrawl_finish_crawls(
+        bindparam("p_batches", type_=Json),
         bindparam("p_now", type_=crawl_pages.c.updated_at.type),
         type_=Json,
     )
@@ -72,8 +75,9 @@ _ADVANCE_CRAWL = (
 
 
 class BatchFinisher(Protocol):
-    async def settle(self, crawl_id: str, items: Items, now: datetime) -> SettledBatch | None:
-        """Settle the batch (one step, under the crawl's lock); None if the crawl is gone or nothing settled."""
+    async def settle(self, batches: Mapping[str, Items], now: datetime) -> dict[str, SettledBatch | None]:
+        """Settle each crawl's batch (one transaction, each crawl under its lock, in crawl-id order); per crawl
+        None if the crawl is gone or nothing settled."""
         ...
 
 
@@ -85,16 +89,34 @@ def batch_finisher(engine: AsyncEngine, transactions: Transactions, frontier: Fr
 
 
 class FinishInDatabase:
-    """PostgreSQL: one call of ``kubecrawl_finish_pages`` per batch, in autocommit (its own transaction)."""
+    """PostgreSQL: one call of ``kubecrawl_finish_crawls`` per batch, in autocommit (its own transaction)."""
 
     def __init__(self, transactions: Transactions, frontier: Frontier) -> None:
         self._transactions = transactions
         self._frontier = frontier
 
-    async def settle(self, crawl_id: str, items: Items, now: datetime) -> SettledBatch | None:
+    async def settle(self, batches: Mapping[str, Items], now: datetime) -> dict[str, SettledBatch | None]:
+        # The function's input: per crawl, one object per outcome (see the comment on FINISH_PAGES in migration
+        # 0003), less the links the worker already knows to be in the crawl's frontier.
+        outcomes = {crawl_id: self._outcomes(crawl_id, items) for crawl_id, items in batches.items()}
+        async with self._transactions.single() as conn:
+            results = (
+                await conn.execute(
+                    _FINISH_CRAWLS,
+                    {
+                        "p_batches": [
+                            {"crawl_id": crawl_id, "outcomes": crawl_outcomes}
+                            for crawl_id, crawl_outcomes in sorted(outcomes.items())
+                        ],
+                        "p_now": now,
+                    },
+                )
+            ).scalar_one()
+        return {crawl_id: self._settled(crawl_id, outcomes[crawl_id], results.get(crawl_id)) for crawl_id in batches}
+
+    def _outcomes(self, crawl_id: str, items: Items) -> list[dict[str, Any]]:
         known = self._frontier.memo(crawl_id).known
-        # The function's input, one object per outcome (see the comment on FINISH_PAGES in migration 0003).
-        outcomes = [
+        return [
             {
                 "id": page_id,
                 **outcome_values(outcome),
@@ -103,14 +125,13 @@ class FinishInDatabase:
             }
             for page_id, outcome in items
         ]
-        async with self._transactions.single() as conn:
-            result = (
-                await conn.execute(_FINISH_PAGES, {"p_crawl_id": crawl_id, "p_outcomes": outcomes, "p_now": now})
-            ).scalar_one()
+
+    def _settled(self, crawl_id: str, outcomes: list[dict[str, Any]], result: Any) -> SettledBatch | None:
         if result is None or not result["settled"]:
             return None
         # The links of the settled outcomes (the first one per page) are now in the frontier, or were cut by
         # maxPages, which then admits no page ever again: either way they need no probe in a later batch.
+        known = self._frontier.memo(crawl_id).known
         settled = set(result["settled"])
         for outcome in outcomes:
             if outcome["id"] in settled:
@@ -125,25 +146,36 @@ class FinishInDatabase:
 
 
 class FinishInProcess:
-    """SQLite: the same steps as ``kubecrawl_finish_pages``, statement by statement, in one serialised
-    transaction."""
+    """SQLite: the same steps as ``kubecrawl_finish_pages``, statement by statement, every crawl of the batch in
+    one serialised transaction."""
 
     def __init__(self, transactions: Transactions, frontier: Frontier) -> None:
         self._transactions = transactions
         self._frontier = frontier
 
-    async def settle(self, crawl_id: str, items: Items, now: datetime) -> SettledBatch | None:
+    async def settle(self, batches: Mapping[str, Items], now: datetime) -> dict[str, SettledBatch | None]:
+        results: dict[str, SettledBatch | None] = {}
+        added: dict[str, list[str]] = {}
         async with self._transactions.begin() as conn:
-            crawl = (await conn.execute(_LOCK_CRAWL_COUNTERS, {"p_crawl_id": crawl_id})).first()
-            if crawl is None:
-                return None
-            settled = await self._settle_pages(conn, crawl, items, now)
-            if not settled:
-                return None
-            state, to_publish, added = await self._advance_crawl(conn, crawl, list(settled.values()), now)
-        if added and state is not CrawlState.COMPLETED:
-            self._frontier.memo(crawl_id).known.update(added)
-        return SettledBatch(list(settled), state, CrawlState(crawl.state), to_publish)
+            for crawl_id in sorted(batches):
+                results[crawl_id], added[crawl_id] = await self._settle_crawl(conn, crawl_id, batches[crawl_id], now)
+        for crawl_id, urls in added.items():  # committed: the memo may learn them now
+            batch = results[crawl_id]
+            if urls and batch is not None and batch.state is not CrawlState.COMPLETED:
+                self._frontier.memo(crawl_id).known.update(urls)
+        return results
+
+    async def _settle_crawl(
+        self, conn: AsyncConnection, crawl_id: str, items: Items, now: datetime
+    ) -> tuple[SettledBatch | None, list[str]]:
+        crawl = (await conn.execute(_LOCK_CRAWL_COUNTERS, {"p_crawl_id": crawl_id})).first()
+        if crawl is None:
+            return None, []
+        settled = await self._settle_pages(conn, crawl, items, now)
+        if not settled:
+            return None, []
+        state, to_publish, added = await self._advance_crawl(conn, crawl, list(settled.values()), now)
+        return SettledBatch(list(settled), state, CrawlState(crawl.state), to_publish), added
 
     async def _settle_pages(
         self, conn: AsyncConnection, crawl: Any, items: Items, now: datetime

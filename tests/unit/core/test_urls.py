@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from kubecrawl.core.errors import BlockedTarget, InvalidUrl
-from kubecrawl.core.urls import TargetPolicy, is_blocked_address, normalise_url
+from kubecrawl.core.urls import TargetPolicy, is_blocked_address, normalise_url, normalise_url_and_host, url_host
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,23 @@ from kubecrawl.core.urls import TargetPolicy, is_blocked_address, normalise_url
 )
 def test_normalise_url_gives_the_canonical_form(raw: str, expected: str) -> None:
     assert normalise_url(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "HTTP://Example.COM",
+        "http://example.com:8080/a/./b/../c#x",
+        "http://bücher.example/",
+        "http://[::1]:8080/",
+        "http://0x7f.1/",
+        "http://EXAMPLE.com./a?q=1",
+        "https://xn--bcher-kva.example:443/",
+    ],
+)
+def test_normalise_url_and_host_give_the_normal_url_and_the_host_parsed_from_it(raw: str) -> None:
+    normal, host = normalise_url_and_host(raw)
+    assert (normal, host) == (normalise_url(raw), url_host(normalise_url(raw)))
 
 
 @pytest.mark.parametrize(

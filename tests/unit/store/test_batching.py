@@ -88,3 +88,61 @@ async def test_calls_made_in_the_loop_turn_after_the_first_join_its_batch_when_t
     second = asyncio.create_task(group.submit("crawl", 2))  # a call of the next turn (a response read meanwhile)
     assert [await first, await second] == [10, 20]
     assert batches == [[1, 2]]
+
+
+def _one_group(_key: str) -> str:
+    return "all"
+
+
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, ValueError)
+
+
+async def test_keys_of_one_group_share_a_batch() -> None:
+    batches: list[tuple[str, list[tuple[str, int]]]] = []
+
+    async def write(group: str, items: Sequence[tuple[str, int]]) -> list[int]:
+        batches.append((group, list(items)))
+        return [n * 10 for _, n in items]
+
+    group = GroupCommit[str, tuple[str, int], int](write, part_of=_one_group)
+    results = await asyncio.gather(
+        group.submit("a", ("a", 1)), group.submit("b", ("b", 2)), group.submit("a", ("a", 3))
+    )
+    assert results == [10, 20, 30]
+    assert batches == [("all", [("a", 1), ("b", 2), ("a", 3)])]
+
+
+async def test_a_batch_failing_with_an_error_it_splits_on_is_written_again_per_key_and_only_the_guilty_key_fails() -> (
+    None
+):
+    batches: list[tuple[str, list[tuple[str, int]]]] = []
+
+    async def write(group: str, items: Sequence[tuple[str, int]]) -> list[int]:
+        batches.append((group, list(items)))
+        if any(key == "bad" for key, _ in items):
+            raise ValueError("a value refused")
+        return [n * 10 for _, n in items]
+
+    group = GroupCommit[str, tuple[str, int], int](write, part_of=_one_group, split_on=_refused)
+    calls = [("good", 1), ("bad", 2), ("other", 3), ("good", 4)]
+    results = await asyncio.gather(*(group.submit(key, (key, n)) for key, n in calls), return_exceptions=True)
+    assert results[0] == 10
+    assert isinstance(results[1], ValueError)
+    assert results[2:] == [30, 40]
+    # The whole batch once, then each key's calls on their own, keys in the order of their first call.
+    assert batches == [
+        ("all", calls),
+        ("good", [("good", 1), ("good", 4)]),
+        ("bad", [("bad", 2)]),
+        ("other", [("other", 3)]),
+    ]
+
+
+async def test_a_batch_failing_with_an_error_it_does_not_split_on_fails_every_key() -> None:
+    async def write(_group: str, _items: Sequence[tuple[str, int]]) -> list[int]:
+        raise RuntimeError("the database is down")
+
+    group = GroupCommit[str, tuple[str, int], int](write, part_of=_one_group, split_on=_refused)
+    results = await asyncio.gather(group.submit("a", ("a", 1)), group.submit("b", ("b", 2)), return_exceptions=True)
+    assert all(isinstance(result, RuntimeError) for result in results)
