@@ -117,12 +117,11 @@ class PageStarts:
             for (crawl_id, _), row in started.items():
                 urls.setdefault(crawl_id, []).append(row.url)
             needs = {
-                crawl_id: await self._needs(conn, crawl, urls.get(crawl_id, []), now)
-                for crawl_id, crawl in crawls_read.items()
+                crawl_id: await self._needs(conn, crawl, urls[crawl_id], now) for crawl_id, crawl in crawls_read.items()
             }
         results: list[PageStart | None] = []
         for key in pages:
-            page = started.pop(key) if key in started else None
+            page = started.pop(key, None)
             owner = None if page is None else crawls_read.get(page.crawl_id)
             if page is None or owner is None:
                 results.append(None)
