@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import Crawl, CrawlCounters, CrawlPage, CrawlPageState, CrawlState
@@ -35,6 +34,7 @@ from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_PAGE, FinishResult, PageOutcome, PageRef, PageStart
 from kubecrawl.store.database import broke_a_deadlock, refused_value
 from kubecrawl.store.dialects import as_utc, dialect_insert, transactions
+from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.finishing import batch_finisher
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.hosts import SqlHostStore
@@ -106,7 +106,7 @@ _LOCK_CRAWLS_OF_EXPIRED = (
 class SqlCrawlStore:
     """``CrawlStore`` (store/contract.py) on PostgreSQL or SQLite."""
 
-    def __init__(self, engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
+    def __init__(self, engine: SqlEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
         self._engine = engine
         self._insert = dialect_insert(engine)
         # One per store: on SQLite its lock serialises this store's transactions, hosts' included.
@@ -128,10 +128,10 @@ class SqlCrawlStore:
     def hosts(self) -> SqlHostStore:
         return self._hosts
 
-    async def _lock_crawl(self, conn: AsyncConnection, crawl_id: str) -> Any:
+    async def _lock_crawl(self, conn: SqlConnection, crawl_id: str) -> Any:
         return (await conn.execute(_LOCK_CRAWL, {"p_crawl_id": crawl_id})).first()
 
-    async def _open_window(self, conn: AsyncConnection, crawl: Any) -> list[PageRef]:
+    async def _open_window(self, conn: SqlConnection, crawl: Any) -> list[PageRef]:
         """Refill the window of the locked crawl row and count the pages in (``in_flight``, ``queued``)."""
         refs = await self._frontier.refill(conn, crawl.id, crawl.config, crawl.in_flight)
         if refs:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import event, make_url, text
-from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kubecrawl.core.errors import InvalidValue, StoreUnavailable
 from kubecrawl.core.logging import get_logger
-from kubecrawl.store.inline_sqlite import inline_connector
+from kubecrawl.store.sqlite_engine import create_sqlite_engine
+
+if TYPE_CHECKING:
+    from kubecrawl.store.engines import SqlEngine
 
 log = get_logger(__name__)
 # Readiness must answer quickly: a DB that takes 2 s for SELECT 1 is not ready for traffic.
@@ -77,27 +78,14 @@ def store_error(exc: BaseException, doing: str) -> InvalidValue | StoreUnavailab
     return InvalidValue(detail) if refused_value(exc) else StoreUnavailable(detail)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10) -> SqlEngine:
+    """The engine for ``url``: SQLAlchemy's ``AsyncEngine`` on PostgreSQL (asyncpg); on SQLite its synchronous
+    engine behind coroutines that never suspend (``store/sqlite_engine.py`` says why). ``sqlalchemy.ext.asyncio``
+    is imported here, for PostgreSQL only: a SQLite process never loads it, nor the ORM it imports."""
     if url.startswith("sqlite"):
-        # The dialect's own connect arguments (file name, URI flags), handed to the inline connection.
-        args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
-        engine = create_async_engine(url, async_creator=inline_connector(args, dict(kwargs)))
+        return create_sqlite_engine(url, pool_size=pool_size)
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            # WAL lets readers (API) and the writer (worker) of the embedded default proceed together;
-            # busy_timeout waits for the write lock instead of failing at once.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode NORMAL syncs at checkpoints, not at every commit: a power cut may lose the last
-            # commits but never corrupts the file. FULL cost an fsync per frontier transaction: a fifth of an
-            # embedded crawl's time before group commit (bench/crawl_vs_scrapy.py).
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -119,7 +107,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-async def ping(engine: AsyncEngine) -> None:
+async def ping(engine: SqlEngine) -> None:
     """Raise ``StoreUnavailable`` unless ``SELECT 1`` answers within the ping timeout."""
     try:
         async with asyncio.timeout(PING_TIMEOUT_SECONDS), engine.connect() as conn:

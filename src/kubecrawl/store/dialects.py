@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from kubecrawl.store.engines import SqlConnection, SqlEngine
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -29,7 +29,7 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def dialect_insert(engine: AsyncEngine) -> Any:
+def dialect_insert(engine: SqlEngine) -> Any:
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
@@ -39,24 +39,24 @@ def dialect_insert(engine: AsyncEngine) -> Any:
     return sqlite.insert
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
+def is_sqlite(engine: SqlEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
 class Transactions:
     """PostgreSQL: a pooled connection per transaction; row locks serialise what must be serialised."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: SqlEngine) -> None:
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    async def begin(self) -> AsyncIterator[SqlConnection]:
         async with self._engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def single(self) -> AsyncIterator[AsyncConnection]:
+    async def single(self) -> AsyncIterator[SqlConnection]:
         """For statements that need no transaction around them: on PostgreSQL each commits on its own, which
         spares the BEGIN and COMMIT round trips (a third of a worker's socket writes per page)."""
         async with self._autocommit.connect() as conn:
@@ -66,22 +66,22 @@ class Transactions:
 class SerialTransactions(Transactions):
     """SQLite: no row locks, so one in-process lock serialises the transactions ``FOR UPDATE`` would have."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: SqlEngine) -> None:
         super().__init__(engine)
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    async def begin(self) -> AsyncIterator[SqlConnection]:
         async with self._lock, self._engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def single(self) -> AsyncIterator[AsyncConnection]:
+    async def single(self) -> AsyncIterator[SqlConnection]:
         """In process there are no round trips to spare: keep the serialised transaction."""
         async with self.begin() as conn:
             yield conn
 
 
-def transactions(engine: AsyncEngine) -> Transactions:
+def transactions(engine: SqlEngine) -> Transactions:
     """The engine's way of serialising transactions; one per store (the SQLite lock is per store object)."""
     return SerialTransactions(engine) if is_sqlite(engine) else Transactions(engine)

@@ -24,11 +24,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.store.contract import PageOutcome, PageRef
 from kubecrawl.store.dialects import Transactions, is_sqlite
+from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values, pages_left
 from kubecrawl.store.schema import Json, crawl_pages, crawls
@@ -81,7 +81,7 @@ class BatchFinisher(Protocol):
         ...
 
 
-def batch_finisher(engine: AsyncEngine, transactions: Transactions, frontier: Frontier) -> BatchFinisher:
+def batch_finisher(engine: SqlEngine, transactions: Transactions, frontier: Frontier) -> BatchFinisher:
     """The engine's strategy: PostgreSQL settles a batch in its own function, SQLite in this process."""
     if is_sqlite(engine):
         return FinishInProcess(transactions, frontier)
@@ -166,7 +166,7 @@ class FinishInProcess:
         return results
 
     async def _settle_crawl(
-        self, conn: AsyncConnection, crawl_id: str, items: Items, now: datetime
+        self, conn: SqlConnection, crawl_id: str, items: Items, now: datetime
     ) -> tuple[SettledBatch | None, list[str]]:
         crawl = (await conn.execute(_LOCK_CRAWL_COUNTERS, {"p_crawl_id": crawl_id})).first()
         if crawl is None:
@@ -178,7 +178,7 @@ class FinishInProcess:
         return SettledBatch(list(settled), state, CrawlState(crawl.state), to_publish), added
 
     async def _settle_pages(
-        self, conn: AsyncConnection, crawl: Any, items: Items, now: datetime
+        self, conn: SqlConnection, crawl: Any, items: Items, now: datetime
     ) -> dict[int, tuple[PageOutcome, int]]:
         """Write the outcomes of the pages still FETCHING (the first outcome per page); → {page: (outcome, depth)}."""
         rows = await conn.execute(_FETCHING_PAGES, {"p_ids": sorted({page_id for page_id, _ in items})})
@@ -204,7 +204,7 @@ class FinishInProcess:
         return settled
 
     async def _advance_crawl(
-        self, conn: AsyncConnection, crawl: Any, settled: Sequence[tuple[PageOutcome, int]], now: datetime
+        self, conn: SqlConnection, crawl: Any, settled: Sequence[tuple[PageOutcome, int]], now: datetime
     ) -> tuple[CrawlState, list[PageRef], list[str]]:
         """Count the settled pages, grow the frontier, refill the window, detect completion (under the lock)."""
         counters = Counter[str]()

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import CrawlPageState
 from kubecrawl.store.contract import PageRef
 from kubecrawl.store.dialects import dialect_insert
+from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.outcomes import window_room
 from kubecrawl.store.schema import crawl_pages, crawls
 
@@ -68,7 +68,7 @@ class CrawlMemo:
 
 
 class Frontier:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: SqlEngine) -> None:
         self._insert_pages = dialect_insert(engine)(crawl_pages).on_conflict_do_nothing(
             index_elements=["crawl_id", "url"]
         )
@@ -91,7 +91,7 @@ class Frontier:
         """The crawl has finished: nothing more to remember of it."""
         self._memos.pop(crawl_id, None)
 
-    async def config(self, conn: AsyncConnection, crawl_id: str) -> dict[str, Any]:
+    async def config(self, conn: SqlConnection, crawl_id: str) -> dict[str, Any]:
         """The crawl's spec, read once per process (it cannot change while the crawl runs)."""
         memo = self.memo(crawl_id)
         if memo.config is None:
@@ -99,7 +99,7 @@ class Frontier:
         return memo.config
 
     async def add_pages(
-        self, conn: AsyncConnection, crawl_id: str, candidates: Sequence[tuple[str, int]], *, limit: int
+        self, conn: SqlConnection, crawl_id: str, candidates: Sequence[tuple[str, int]], *, limit: int
     ) -> list[str]:
         """Insert new frontier pages (deduplicated) up to ``limit``; the caller holds the crawl lock.
 
@@ -139,9 +139,7 @@ class Frontier:
         )
         return [url for url, _ in fresh]
 
-    async def refill(
-        self, conn: AsyncConnection, crawl_id: str, config: dict[str, Any], in_flight: int
-    ) -> list[PageRef]:
+    async def refill(self, conn: SqlConnection, crawl_id: str, config: dict[str, Any], in_flight: int) -> list[PageRef]:
         """Move PENDING pages (shallowest first) into the window, as many as it has room for; the caller holds the
         crawl lock and adds them to the crawl's ``in_flight`` and ``queued``."""
         room = window_room(config, in_flight)

@@ -20,11 +20,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, case, literal, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.store.contract import HostState, HostTurn
 from kubecrawl.store.dialects import Transactions, as_utc, dialect_insert
+from kubecrawl.store.engines import SqlEngine
 from kubecrawl.store.schema import crawl_hosts
 
 
@@ -33,7 +33,7 @@ def _this(crawl_id: str, host: str) -> tuple[ColumnElement[bool], ColumnElement[
 
 
 class SqlHostStore:
-    def __init__(self, engine: AsyncEngine, transactions: Transactions) -> None:
+    def __init__(self, engine: SqlEngine, transactions: Transactions) -> None:
         self._insert = dialect_insert(engine)
         self._transactions = transactions
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import Conflict, NotFound
 from kubecrawl.store.apikeys import KEY_PREFIX, NO_QUOTAS, SCOPES, ApiKey, KeyQuotas, key_hash, new_key
 from kubecrawl.store.dialects import as_utc
+from kubecrawl.store.engines import SqlEngine
 from kubecrawl.store.schema import api_keys
 
 __all__ = ["KEY_PREFIX", "SCOPES", "ApiKey", "KeyStore", "key_hash"]
@@ -31,7 +31,7 @@ def _key(row: Any) -> ApiKey:
 
 
 class KeyStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: SqlEngine) -> None:
         self._engine = engine
 
     async def create(

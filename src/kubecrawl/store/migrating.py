@@ -19,7 +19,8 @@ from sqlalchemy import inspect, text
 if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from kubecrawl.store.engines import SqlEngine
 
 # The revision of the newest script in migrations/versions: bump it with every new migration.
 HEAD_REVISION = "0009"
@@ -53,13 +54,13 @@ def _stored_revisions(conn: Connection) -> set[str]:
     return {str(row[0]) for row in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))}  # noqa: S608 - a constant
 
 
-async def behind_head(engine: AsyncEngine) -> bool:
+async def behind_head(engine: SqlEngine) -> bool:
     """True unless the database's stored revision is ``HEAD_REVISION`` (a database without tables is behind)."""
     async with engine.connect() as conn:
         return await conn.run_sync(_stored_revisions) != {HEAD_REVISION}
 
 
-async def upgrade_if_behind(engine: AsyncEngine, database_url: str) -> bool:
+async def upgrade_if_behind(engine: SqlEngine, database_url: str) -> bool:
     """Migrate ``database_url`` (which ``engine`` opens) to head unless it is there; True when migrations ran."""
     if not await behind_head(engine):
         return False

@@ -20,8 +20,8 @@ from kubecrawl.store.contract import Stores
 
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
-    from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from kubecrawl.store.engines import SqlEngine
     from kubecrawl.store.mongo import database as mongo
 
 DatabaseKind = Literal["sql", "mongodb"]
@@ -48,7 +48,7 @@ class Database(Protocol):
     async def close(self) -> None: ...
 
 
-def sql_stores(engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> Stores:
+def sql_stores(engine: SqlEngine, *, lease: timedelta = DEFAULT_LEASE) -> Stores:
     """The SQL stores (PostgreSQL, or SQLite for the embedded default) over one engine; ``lease``: how long a
     worker's claim holds (``Settings.lease()``)."""
     from kubecrawl.store.crawls import SqlCrawlStore
@@ -76,7 +76,7 @@ def mongo_stores(db: mongo.Database, *, lease: timedelta = DEFAULT_LEASE) -> Sto
 
 
 class SqlDatabase:
-    def __init__(self, engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
+    def __init__(self, engine: SqlEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
         self.engine = engine
         self.stores = sql_stores(engine, lease=lease)
 

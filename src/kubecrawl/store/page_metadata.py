@@ -37,7 +37,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, delete, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import Select
 
@@ -50,6 +49,7 @@ from kubecrawl.store.batching import GroupCommit
 from kubecrawl.store.contract import LEASE_EXPIRED, LEASE_EXPIRED_RECORD, AttemptStart, Request
 from kubecrawl.store.database import database_errors, refused_value
 from kubecrawl.store.dialects import as_utc, dialect_insert
+from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.request_writing import SqlRequestWriter
 from kubecrawl.store.schema import page_metadata as pm
 
@@ -176,7 +176,7 @@ def _record(row: Any) -> PageMetadataRecord:
 class SqlPageMetadataStore:
     """``PageMetadataStore`` (store/contract.py) on PostgreSQL or SQLite."""
 
-    def __init__(self, engine: AsyncEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
+    def __init__(self, engine: SqlEngine, *, lease: timedelta = DEFAULT_LEASE) -> None:
         self._engine = engine
         self._lease = lease
         # Shares the engine's pool; each checkout runs without a transaction (see the module docstring).
@@ -226,7 +226,7 @@ class SqlPageMetadataStore:
 
     async def request_writer(self) -> SqlRequestWriter:
         """A ``SqlRequestWriter`` holding a pooled connection; ``StoreUnavailable`` if none can be had."""
-        conn: AsyncConnection | None = None
+        conn: SqlConnection | None = None
         try:
             if self._postgres:
                 conn = await self._autocommit.connect()

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from kubecrawl.core.clock import utcnow
 from kubecrawl.store.contract import Request
 from kubecrawl.store.database import database_errors, store_error
+from kubecrawl.store.engines import SqlConnection
 
 # ``_Statements.record_request`` for a whole batch, as SQL for asyncpg itself ($1 urls, $2 request ids, $3 now):
 # the same upsert (a stored result keeps its status and stays readable), one row per URL.
@@ -36,7 +35,7 @@ class SqlRequestWriter:
     broken part): the writer is closed then, and the caller opens a new one.
     """
 
-    def __init__(self, conn: AsyncConnection, driver: Any | None, record_request: Any) -> None:
+    def __init__(self, conn: SqlConnection, driver: Any | None, record_request: Any) -> None:
         self._conn = conn
         self._driver = driver  # the asyncpg connection under ``conn`` (PostgreSQL); None on SQLite
         self._record_request = record_request  # the single-row upsert, run per row on SQLite

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.store.dialects import as_utc, dialect_insert
+from kubecrawl.store.engines import SqlEngine
 from kubecrawl.store.schema import sites
 
 
@@ -25,7 +25,7 @@ def site_json(row: Any) -> dict[str, Any]:
 class SqlSiteStore:
     """``SiteStore`` (store/contract.py) on PostgreSQL or SQLite."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: SqlEngine) -> None:
         self._engine = engine
         self._insert = dialect_insert(engine)
 

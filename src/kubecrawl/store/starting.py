@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.store.contract import PageStart
 from kubecrawl.store.dialects import Transactions, as_utc
+from kubecrawl.store.engines import SqlConnection
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.schema import crawl_hosts, crawl_pages, crawls
 
@@ -142,7 +142,7 @@ class PageStarts:
         return results
 
     async def _needs(
-        self, conn: AsyncConnection, crawl: Any, urls: Sequence[str], now: datetime
+        self, conn: SqlConnection, crawl: Any, urls: Sequence[str], now: datetime
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, datetime]]:
         """What a crawl's started pages need: its spec, the previous crawl's validators of these URLs (if there
         is a previous crawl), the hosts paused until when (if some are)."""

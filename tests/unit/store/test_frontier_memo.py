@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from kubecrawl.store import frontier
+from kubecrawl.store.database import create_engine
 from kubecrawl.store.frontier import Frontier
 
 
 def _frontier() -> Frontier:
-    return Frontier(create_async_engine("sqlite+aiosqlite:///:memory:"))  # never connected
+    return Frontier(create_engine("sqlite+aiosqlite:///:memory:"))  # never connected
 
 
 def test_many_small_crawls_in_flight_are_all_remembered() -> None:

@@ -1,4 +1,5 @@
-"""Alembic environment: runs migrations over the async engine for KUBECRAWL_DATABASE_URL."""
+"""Alembic environment: runs migrations over ``store/database.py``'s engine for the configured URL (PostgreSQL's
+``AsyncEngine``, or SQLite's synchronous engine behind its async interface), through ``run_sync``."""
 
 from __future__ import annotations
 
