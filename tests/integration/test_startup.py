@@ -63,9 +63,12 @@ NEVER = {
     "kubecrawl.operator.main",
     "kubecrawl.scheduling",
 }
-# ...and on SQLite, SQLAlchemy's asyncio package, the ORM it imports and greenlet: the SQLite engine is the
-# synchronous one behind coroutines (store/sqlite_engine.py), which spares their start-up.
-NEVER_ON_SQLITE = NEVER | {"sqlalchemy.ext.asyncio", "sqlalchemy.orm", "greenlet"}
+# ...and on SQLite, SQLAlchemy's asyncio package, the ORM it imports and aiosqlite: the SQLite engine is the
+# synchronous one behind coroutines (store/sqlite_engine.py), which spares their start-up. greenlet is not among
+# them: structlog imports it (structlog.threadlocal, 26.1) whenever it is installed, as it is for PostgreSQL's
+# engine; SQLAlchemy no longer runs anything through it on SQLite. Nor is sqlalchemy.connectors.asyncio: the
+# SQLite dialect's package imports it with its aiosqlite module, whichever driver is used.
+NEVER_ON_SQLITE = NEVER | {"sqlalchemy.ext.asyncio", "sqlalchemy.orm", "aiosqlite"}
 # ...and a trigger needs no store, broker, fetcher or database driver either: one POST over httpx.
 NEVER_IN_TRIGGER = NEVER | {
     "alembic",
