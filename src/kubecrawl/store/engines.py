@@ -4,7 +4,7 @@ Two engines implement them, chosen by ``store/database.py::create_engine``: on P
 ``AsyncEngine`` (asyncpg), which satisfies them as it is; on SQLite ``store/sqlite_engine.py``'s ``SqliteEngine``,
 SQLAlchemy's synchronous Core engine behind coroutines that never suspend. The stores are typed against these
 Protocols, so a SQLite process never imports ``sqlalchemy.ext.asyncio`` (whose package imports the ORM: some
-45 ms of start-up, docs/crawls.md "Start-up") nor greenlet. Only the calls the stores, ``store/migrating.py``,
+45 ms of start-up, docs/crawls.md "Start-up"). Only the calls the stores, ``store/migrating.py``,
 the migrations' ``env.py`` and the tests make are here; add one when a store needs it.
 """
 
