@@ -8,7 +8,7 @@ insert, two primary-key reads, an update), five times; the figure is the best of
 process, per statement, BEGIN and COMMIT included):
 
     peer      ``sqlite3`` itself, the same statements and transactions, no SQLAlchemy.
-    engine    ``store/database.py::create_engine`` on ``sqlite+aiosqlite:///FILE`` (what ``kubecrawl crawl`` opens),
+    engine    ``store/database.py::create_engine`` on ``sqlite:///FILE`` (what ``kubecrawl crawl`` opens),
               SQLAlchemy Core statements, ``async with engine.begin()`` per transaction.
 
 ``--baseline REF`` runs the engine also from a git commit's sources (``git archive`` into a temporary folder, put
@@ -63,7 +63,7 @@ async def engine(path: Path, transactions: int) -> float:
 
     from kubecrawl.store.database import create_engine
 
-    db = create_engine(f"sqlite+aiosqlite:///{path}")
+    db = create_engine(f"sqlite:///{path}")
     async with db.begin() as conn:
         await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
     insert = text("INSERT INTO t (v) VALUES (:v)")

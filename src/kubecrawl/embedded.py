@@ -44,7 +44,7 @@ class Embedded:
 
 
 def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path.expanduser().resolve()}"
+    return f"sqlite:///{path.expanduser().resolve()}"
 
 
 @contextlib.asynccontextmanager

@@ -228,7 +228,7 @@ async def test_worker_without_a_broker_keeps_its_logs_json_to_the_last_line_and_
     with refused_port() as port:
         env = {
             "KUBECRAWL_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:{port}/",
-            "KUBECRAWL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
+            "KUBECRAWL_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
             "KUBECRAWL_LOG_FORMAT": "json",
             # the production backoff, shortened: two attempts 0.1 s apart
             "KUBECRAWL_PUBLISHER__MAX_CONNECTION_ATTEMPTS": "2",

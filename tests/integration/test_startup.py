@@ -153,7 +153,7 @@ async def test_a_crawl_on_an_up_to_date_database_loads_neither_alembic_nor_postg
 async def test_a_crawl_migrates_a_database_an_older_kubecrawl_made(site: Site, tmp_path: Path) -> None:
     site.html("/", title="home")
     db = tmp_path / "old.db"
-    await asyncio.to_thread(migrate, f"sqlite+aiosqlite:///{db}", "0005")  # the schema before leases (0006)
+    await asyncio.to_thread(migrate, f"sqlite:///{db}", "0005")  # the schema before leases (0006)
     run, loaded = await kubecrawl_listing(tmp_path, "crawl", site.url("/"), "--db", str(db), env=OPEN)
     assert run.code == 0, run.err
     assert "alembic" in loaded

@@ -112,9 +112,16 @@ class RetrySettings(BaseModel):
 _LIBPQ_SCHEMES = ("postgresql://", "postgres://")
 
 
-def postgres_driver_url(url: str) -> str:
-    """A libpq ``postgresql://`` or ``postgres://`` URL as the ``postgresql+asyncpg://`` URL the store opens;
-    any other URL unchanged."""
+# SQLite runs on the standard library's sqlite3 whatever driver the URL names (store/sqlite_engine.py); the
+# ``sqlite+aiosqlite://`` of earlier releases is still accepted, as the same file.
+_SQLITE_DRIVER_SCHEMES = ("sqlite+aiosqlite://", "sqlite+pysqlite://")
+
+
+def driver_url(url: str) -> str:
+    """The URL the store opens for a configured one: libpq's ``postgresql://`` or ``postgres://`` as
+    ``postgresql+asyncpg://``, a SQLite URL naming a driver as plain ``sqlite://``; any other URL unchanged."""
+    if url.startswith(_SQLITE_DRIVER_SCHEMES):
+        return "sqlite://" + url.split("://", 1)[1]
     if not url.startswith(_LIBPQ_SCHEMES):
         return url
     parts = urlsplit(url)
@@ -129,7 +136,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBECRAWL_", env_nested_delimiter="__", extra="ignore")
 
     service_name: str = "kubecrawl"
-    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./kubecrawl.db")
+    database_url: SecretStr = SecretStr("sqlite:///./kubecrawl.db")
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     allow_private_targets: bool = False
     # Private ranges a fetch may reach with the guard still on, e.g. '["10.20.0.0/16"]' for an intranet.
@@ -240,10 +247,10 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: SecretStr) -> SecretStr:
-        url = postgres_driver_url(value.get_secret_value())
-        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://", "mongodb://", "mongodb+srv://")):
+        url = driver_url(value.get_secret_value())
+        if not url.startswith(("postgresql+asyncpg://", "sqlite://", "mongodb://", "mongodb+srv://")):
             raise ValueError(
-                "database_url must be postgresql://… (postgres://…, postgresql+asyncpg://…), sqlite+aiosqlite:///…,"
+                "database_url must be postgresql://… (postgres://…, postgresql+asyncpg://…), sqlite:///FILE,"
                 " mongodb://…/DB or mongodb+srv://…/DB"
             )
         return SecretStr(url)

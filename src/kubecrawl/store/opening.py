@@ -2,7 +2,7 @@
 
 Callers (API, worker, embedded runtime, CLI) hold a ``Database`` and the Protocols of ``store/contract.py`` only:
 ``open_database`` picks the implementation from the URL's scheme, once, at construction (``database_kind``), and
-nothing else anywhere branches on the database. ``postgresql+asyncpg://`` and ``sqlite+aiosqlite://`` open the
+nothing else anywhere branches on the database. ``postgresql+asyncpg://`` and ``sqlite://`` open the
 SQL stores (``store/crawls.py`` and its neighbours); ``mongodb://`` and ``mongodb+srv://`` the MongoDB stores
 (``store/mongo/``).
 """

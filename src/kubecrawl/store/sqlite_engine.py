@@ -201,8 +201,8 @@ def _pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
 
 
 def create_sqlite_engine(url: str, *, pool_size: int) -> SqliteEngine:
-    """The engine for a ``sqlite…://`` URL, whatever driver it names (``sqlite+aiosqlite://`` is the one
-    ``core/settings.py`` accepts, kept for existing configurations): the standard library's ``sqlite3`` runs it."""
+    """The engine for a ``sqlite://`` URL, whatever driver it names (``core/settings.py`` still accepts the
+    ``sqlite+aiosqlite://`` of earlier releases): the standard library's ``sqlite3`` runs it."""
     sync_url = make_url(url).set(drivername="sqlite+pysqlite")
     if sync_url.database in (None, "", ":memory:"):
         # Each connection to :memory: is a database of its own: one connection, shared, as aiosqlite's dialect had.

@@ -12,7 +12,7 @@ from kubecrawl.core.settings import Settings
     "url",
     [
         "postgresql+asyncpg://u:p@db/kubecrawl",
-        "sqlite+aiosqlite:///./kubecrawl.db",
+        "sqlite:///./kubecrawl.db",
         "mongodb://u:p@db:27017/kubecrawl",
         "mongodb+srv://u:p@cluster.example/kubecrawl",
     ],

@@ -23,7 +23,10 @@ def database_url(url: str) -> str:
             "postgresql+asyncpg://app@pg/app?ssl=verify-full&application_name=kc",
         ),
         ("postgresql+asyncpg://app@pg/app", "postgresql+asyncpg://app@pg/app"),
-        ("sqlite+aiosqlite:///./kubecrawl.db", "sqlite+aiosqlite:///./kubecrawl.db"),
+        ("sqlite:///./kubecrawl.db", "sqlite:///./kubecrawl.db"),
+        # the name earlier releases used: the same file, run by sqlite3 as every SQLite URL is
+        ("sqlite+aiosqlite:///./kubecrawl.db", "sqlite:///./kubecrawl.db"),
+        ("sqlite+aiosqlite:///:memory:", "sqlite:///:memory:"),
     ],
 )
 def test_libpq_urls_are_mapped_to_the_asyncpg_driver(given: str, opened: str) -> None:

@@ -9,7 +9,7 @@ from kubecrawl.store.frontier import Frontier
 
 
 def test_sqlite_serialises_in_process_and_settles_batches_statement_by_statement() -> None:
-    engine = create_engine("sqlite+aiosqlite:///:memory:")  # never connected
+    engine = create_engine("sqlite:///:memory:")  # never connected
     tx = transactions(engine)
     assert isinstance(tx, SerialTransactions)
     assert isinstance(batch_finisher(engine, tx, Frontier(engine)), FinishInProcess)

@@ -10,7 +10,7 @@ from kubecrawl.store.frontier import Frontier
 
 
 def _frontier() -> Frontier:
-    return Frontier(create_engine("sqlite+aiosqlite:///:memory:"))  # never connected
+    return Frontier(create_engine("sqlite:///:memory:"))  # never connected
 
 
 def test_many_small_crawls_in_flight_are_all_remembered() -> None:

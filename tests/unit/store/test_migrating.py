@@ -8,5 +8,5 @@ from kubecrawl.store.migrating import HEAD_REVISION, alembic_config
 
 
 def test_head_revision_is_the_newest_migration_script() -> None:
-    scripts = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://"))
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert scripts.get_heads() == [HEAD_REVISION]

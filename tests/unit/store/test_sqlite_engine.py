@@ -22,7 +22,7 @@ things = Table("things", metadata, Column("id", Integer, primary_key=True), Colu
 
 @pytest.fixture
 async def engine() -> AsyncIterator[SqliteEngine]:
-    engine = create_engine("sqlite+aiosqlite:///:memory:")
+    engine = create_engine("sqlite:///:memory:")
     assert isinstance(engine, SqliteEngine)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
