@@ -8,9 +8,14 @@ crawl's lease (``store/mongo/locking.py``) around them all the same, because Fer
   counter document with one ``$inc`` (under a lease of its own); ids grow in insertion order.
 - ``scope.maxPages``: ``discovered`` is reserved with a compare-and-set on the crawl before the pages go in; a
   page a concurrent finisher inserted first (unique (crawl_id, url)) gives its reservation back.
-- The window: a slot is taken by ``$inc in_flight`` conditional on ``in_flight < maxConcurrency``, then the
-  shallowest PENDING page is claimed (PENDING → QUEUED, one ``find_one_and_update``); without one, the slot is
-  given back. So ``in_flight`` never exceeds the limit.
+- The window: under the crawl's lease, the caller knows ``in_flight``; the shallowest PENDING pages that fit
+  (``maxConcurrency - in_flight``) are read in one query, moved PENDING → QUEUED in one ``update_many``, and
+  counted in with one ``$inc``. (Until 2026-12-06 a slot and a page were claimed one at a time, two
+  conditional updates per page, each a scan and an in-Go sort of the crawl's PENDING pages on FerretDB 1.24,
+  which pushes only equalities down to PostgreSQL.) So ``in_flight`` never exceeds the limit.
+- Links this process has seen inserted into (or refused by) a crawl's frontier are remembered (``known``, for
+  the most recent crawls, as the SQL frontier's ``CrawlMemo``): a page's 25 links, mostly known, cost a set
+  lookup instead of an id block, a reservation and an insert FerretDB refuses one document at a time.
 - Completion: a page's new links go in BEFORE its slot is given back, and a released page is PENDING before its
   slot is, so when ``in_flight`` is 0 nobody can add a PENDING page any more; whoever then finds none completes
   the crawl with an update conditional on ``in_flight == 0`` and an active state: exactly one caller does.
@@ -21,6 +26,7 @@ its lapsed lease over and recounts (``CrawlLocks.repair``, store/mongo/crawl_loc
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +43,8 @@ from kubecrawl.store.outcomes import pages_left, window_room
 P = CrawlPageState
 ACTIVE = [CrawlState.QUEUED.value, CrawlState.RUNNING.value]
 _SHALLOWEST = [("depth", ASCENDING), ("_id", ASCENDING)]
+# The known links of this many recent crawls, while they number at most _KNOWN_URLS (the SQL frontier's bounds).
+_KNOWN_CRAWLS, _KNOWN_URLS = 8, 200_000
 
 
 class MongoFrontier:
@@ -45,6 +53,22 @@ class MongoFrontier:
         self._leases = leases
         self._crawls = db.crawls
         self._pages = db.crawl_pages
+        self._known: OrderedDict[str, set[str]] = OrderedDict()
+
+    def known(self, crawl_id: str) -> set[str]:
+        """URLs known to be in the crawl's frontier (pages are never deleted from it): safe to skip."""
+        known = self._known.get(crawl_id)
+        if known is None:
+            known = self._known[crawl_id] = set()
+            while len(self._known) > _KNOWN_CRAWLS and sum(map(len, self._known.values())) > _KNOWN_URLS:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(crawl_id)
+        return known
+
+    def forget(self, crawl_id: str) -> None:
+        """The crawl has finished: nothing more to remember of it."""
+        self._known.pop(crawl_id, None)
 
     async def page_ids(self, count: int) -> range:
         """``count`` new page ids, increasing (under a lease: FerretDB's ``$inc`` is not atomic)."""
@@ -85,9 +109,11 @@ class MongoFrontier:
         self, crawl_id: str, config: dict[str, Any], candidates: Sequence[tuple[str, int]]
     ) -> list[str]:
         """New frontier pages (deduplicated), as many as ``scope.maxPages`` still admits; → the URLs added."""
+        known = self.known(crawl_id)
         fresh: dict[str, int] = {}
         for url, depth in candidates:
-            fresh.setdefault(url, depth)
+            if url not in known:
+                fresh.setdefault(url, depth)
         # No lookup of the known URLs first (a ``$in`` FerretDB answers by scanning the collection): the unique
         # (crawl_id, url) index refuses them, and their reservation goes back.
         pending = list(fresh.items())
@@ -100,6 +126,7 @@ class MongoFrontier:
             inserted = await self.insert_pages(crawl_id, batch)
             if len(inserted) < reserved:
                 await self._crawls.update_one({"_id": crawl_id}, {"$inc": {"discovered": len(inserted) - reserved}})
+            known.update(url for url, _ in batch)  # inserted now, or by someone before: in the frontier either way
             added.extend(inserted)
         return added
 
@@ -119,30 +146,26 @@ class MongoFrontier:
             if moved.modified_count:
                 return take
 
-    async def refill(self, crawl_id: str, config: dict[str, Any]) -> list[PageRef]:
-        """Move PENDING pages (shallowest first) into the window while it has room; count them in."""
-        limit = window_room(config, 0)
-        refs: list[PageRef] = []
-        while True:
-            slot = await self._crawls.find_one_and_update(
-                {"_id": crawl_id, "state": {"$in": ACTIVE}, "in_flight": {"$lt": limit}},
-                {"$inc": {"in_flight": 1}},
-            )
-            if slot is None:
-                break
-            page = await self._pages.find_one_and_update(
-                {"crawl_id": crawl_id, "state": P.PENDING.value},
-                {"$set": {"state": P.QUEUED.value, "updated_at": utcnow()}},
-                sort=_SHALLOWEST,
-                return_document=ReturnDocument.AFTER,
-            )
-            if page is None:
-                await self._crawls.update_one({"_id": crawl_id}, {"$inc": {"in_flight": -1}})
-                break
-            refs.append(PageRef(int(page["_id"]), page["url"], int(page["depth"])))
-        if refs:
-            await self._crawls.update_one({"_id": crawl_id}, {"$inc": {"queued": len(refs)}})
-        return refs
+    async def refill(self, crawl_id: str, config: dict[str, Any], in_flight: int) -> list[PageRef]:
+        """Move the shallowest PENDING pages into the window while it has room (the caller holds the crawl's lease
+        and read ``in_flight`` under it, with the crawl active); count them in."""
+        room = window_room(config, in_flight)
+        if room <= 0:
+            return []
+        docs = (
+            await self._pages.find({"crawl_id": crawl_id, "state": P.PENDING.value}, {"url": 1, "depth": 1})
+            .sort(_SHALLOWEST)
+            .limit(room)
+            .to_list(None)
+        )
+        if not docs:
+            return []
+        await self._pages.update_many(
+            {"crawl_id": crawl_id, "state": P.PENDING.value, "_id": {"$in": [doc["_id"] for doc in docs]}},
+            {"$set": {"state": P.QUEUED.value, "updated_at": utcnow()}},
+        )
+        await self._crawls.update_one({"_id": crawl_id}, {"$inc": {"in_flight": len(docs), "queued": len(docs)}})
+        return [PageRef(int(doc["_id"]), doc["url"], int(doc["depth"])) for doc in docs]
 
     async def complete_if_done(self, crawl_id: str) -> bool:
         """Complete the crawl if nothing is in flight and nothing PENDING; True for the one caller that did."""
