@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 from kubecrawl.core.clock import utcnow
+from kubecrawl.core.errors import InvalidValue
 from kubecrawl.core.models import CrawlPageState
 from kubecrawl.core.settings import Settings
 from kubecrawl.store.contract import PageOutcome
@@ -20,6 +21,8 @@ from kubecrawl.store.opening import MongoDatabase
 from tests.support.api import running_api
 from tests.support.cli import kubecrawl
 from tests.support.ferretdb import FerretServer
+
+DONE = CrawlPageState.DONE
 
 
 @pytest.fixture
@@ -59,12 +62,13 @@ async def test_a_lease_is_held_by_one_caller_at_a_time_and_a_lapsed_one_is_taken
 ) -> None:
     _, db = mongo
     leases = Leases(db)
+    processes = [leases, Leases(db)]  # one process's callers queue in memory, the two processes on the lock document
     inside: list[int] = []
     most = 0
 
     async def step(number: int) -> None:
         nonlocal most
-        async with leases.hold("crawl:x"):
+        async with processes[number % 2].hold("crawl:x"):
             inside.append(number)
             most = max(most, len(inside))
             await asyncio.sleep(0)  # let the others try while this one holds it
@@ -115,6 +119,38 @@ async def test_a_crawl_whose_lease_holder_died_mid_step_is_repaired_by_the_next_
     assert done is not None
     assert (done.in_flight, done.counters.fetched, done.version) == (0, 2, 2)
     assert sorted(page.seq for page in await stores.crawls.outcomes_since(crawl.id, 0)) == [1, 2]
+
+
+async def test_an_outcome_the_database_refuses_fails_only_its_page_and_the_others_of_its_batch_settle_in_order(
+    mongo: tuple[str, Database],
+) -> None:
+    """A crawl's outcomes are written together (store/mongo/finishing.py); one that cannot be stored (here a lone
+    surrogate, which BSON's UTF-8 cannot encode) fails its own page, which stays FETCHING for its message's retry."""
+    url, db = mongo
+    await ensure_indexes(db)
+    crawls = MongoDatabase(connect(url)).stores.crawls
+    seeds = [f"http://site.test/{n}" for n in range(3)]
+    crawl, _, refs = await crawls.create(
+        "default", "site", trigger="manual", idempotency_key=None, config=_config(), seeds=seeds
+    )
+    assert all(await asyncio.gather(*(crawls.begin_page(crawl.id, ref.page_id) for ref in refs)))
+    outcomes = [PageOutcome(DONE, title="first"), PageOutcome(DONE, title="\ud800"), PageOutcome(DONE, title="third")]
+    first, refused, third = await asyncio.gather(
+        *(crawls.finish_page(crawl.id, ref.page_id, outcome) for ref, outcome in zip(refs, outcomes, strict=True)),
+        return_exceptions=True,
+    )
+    assert isinstance(refused, InvalidValue)
+    assert [type(result).__name__ for result in (first, third)] == ["FinishResult", "FinishResult"]
+    stored = await crawls.get(crawl.id)
+    assert stored is not None
+    assert (stored.counters.fetched, stored.in_flight, stored.version) == (2, 1, 2)
+    assert [(page.url, page.seq) for page in await crawls.outcomes_since(crawl.id, 0)] == [(seeds[0], 1), (seeds[2], 2)]
+    pending = await crawls.pages(crawl.id, limit=10, state=CrawlPageState.FETCHING)
+    assert [page.url for page in pending] == [seeds[1]]
+    # Its retry, stored this time, completes the crawl.
+    retried = await crawls.finish_page(crawl.id, refs[1].page_id, PageOutcome(DONE, title="second"))
+    assert retried is not None
+    assert retried.completed_now
 
 
 @pytest.mark.parametrize("database_url", ["mongodb"], indirect=True)

@@ -22,23 +22,24 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from bson.errors import InvalidDocument
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure, WriteError
+from pymongo.errors import OperationFailure, WriteError
 
 from kubecrawl.core.clock import utcnow
 from kubecrawl.core.models import CrawlPageState, CrawlState
 from kubecrawl.store.contract import FinishResult, PageOutcome, PageRef
 from kubecrawl.store.mongo.crawl_locks import CrawlLocks
-from kubecrawl.store.mongo.database import Database, refused_value, store_error
+from kubecrawl.store.mongo.database import Database, store_error
 from kubecrawl.store.mongo.frontier import ACTIVE, MongoFrontier
 from kubecrawl.store.outcomes import SettledBatch, counted, outcome_values, shared_out
 
 P = CrawlPageState
 Items = Sequence[tuple[int, PageOutcome]]
 Finished = FinishResult | None | Exception
-# What the server (or bson, encoding it) says of one document: refused, not unreachable. A connection error is none
-# of these and fails the crawl's part (every page of it is retried).
-_ONE_DOCUMENT = (WriteError, OperationFailure, DocumentTooLarge, ValueError, TypeError)
+# What the server (or bson, encoding it) says of one document (BulkWriteError is an OperationFailure): refused, not
+# unreachable. A connection error is none of these and fails the crawl's part (every page of it is retried).
+_ONE_DOCUMENT = (WriteError, OperationFailure, InvalidDocument, ValueError, TypeError)
 
 
 class MongoPageFinishes:
@@ -156,11 +157,8 @@ class MongoPageFinishes:
         ]
         try:
             await self._pages.bulk_write(writes, ordered=True)
-        except BulkWriteError:
-            pass  # the server refused one of them
-        except _ONE_DOCUMENT as exc:  # bson's InvalidDocument is a ValueError
-            if not refused_value(exc):
-                raise
+        except _ONE_DOCUMENT:  # one of them refused (BulkWriteError), or not encoded (InvalidDocument): see which
+            pass
         else:
             return [page_id for page_id, _ in chosen], {}
         # One at a time: the pages the ordered bulk wrote before the refused one are written again with the same
