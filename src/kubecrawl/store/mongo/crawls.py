@@ -163,6 +163,7 @@ class MongoCrawlStore:
                 "discovered": len(added),
                 "in_flight": 0,
                 "version": 0,
+                "frontier_version": 0,
                 "error": None,
                 "created_at": now,
                 "started_at": None,
@@ -179,7 +180,7 @@ class MongoCrawlStore:
                 if existing is None:
                     raise
                 return _crawl(existing), False, []
-            to_publish = await self._frontier.refill(crawl_id, config, 0)
+            to_publish = await self._frontier.refill(crawl_id, config, 0, 0)
             created = await self._crawls.find_one({"_id": crawl_id})
         assert created is not None
         return _crawl(created), True, to_publish
@@ -260,17 +261,21 @@ class MongoCrawlStore:
                     {"$set": {"state": P.PENDING.value, "updated_at": utcnow()}},
                 )
                 released += moved.modified_count
-            if released:
+            if released:  # the PENDING set changed: frontier_version moves (store/mongo/frontier.py)
+                self._frontier.pending_changed(crawl_id)
                 await self._crawls.update_one(
-                    {"_id": crawl_id}, {"$inc": {"in_flight": -released, "queued": -released}}
+                    {"_id": crawl_id}, {"$inc": {"in_flight": -released, "queued": -released, "frontier_version": 1}}
                 )
 
     async def reopen_window(self, crawl_id: str) -> list[PageRef]:
         async with self._locks.held(crawl_id, "reopening a window"):
-            crawl = await self._crawls.find_one({"_id": crawl_id}, {"state": 1, "in_flight": 1, "config": 1})
+            crawl = await self._crawls.find_one(
+                {"_id": crawl_id}, {"state": 1, "in_flight": 1, "config": 1, "frontier_version": 1}
+            )
             if crawl is None or crawl["state"] not in ACTIVE or crawl["in_flight"] > 0:
                 return []
-            refs = await self._frontier.refill(crawl_id, crawl["config"], int(crawl["in_flight"]))
+            version = int(crawl.get("frontier_version", 0))
+            refs = await self._frontier.refill(crawl_id, crawl["config"], int(crawl["in_flight"]), version)
             if not refs:  # nothing was PENDING either: the crawl is done
                 await self._frontier.complete_if_done(crawl_id)
             return refs

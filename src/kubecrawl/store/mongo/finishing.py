@@ -137,7 +137,8 @@ class MongoPageFinishes:
         to_publish: list[PageRef] = []
         if moved["state"] in ACTIVE and config is not None:
             in_flight = int(moved["in_flight"])
-            to_publish = await self._frontier.refill(crawl_id, config, in_flight)
+            version = int(moved.get("frontier_version", 0))
+            to_publish = await self._frontier.refill(crawl_id, config, in_flight, version)
             if not to_publish and in_flight == 0 and await self._frontier.complete_if_done(crawl_id):
                 state = CrawlState.COMPLETED
         return state, previous_state, to_publish
