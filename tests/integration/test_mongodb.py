@@ -14,7 +14,8 @@ from kubecrawl.core.clock import utcnow
 from kubecrawl.core.errors import InvalidValue
 from kubecrawl.core.models import CrawlPageState
 from kubecrawl.core.settings import Settings
-from kubecrawl.store.contract import PageOutcome
+from kubecrawl.store.contract import FinishResult, PageOutcome
+from kubecrawl.store.mongo.crawls import MongoCrawlStore
 from kubecrawl.store.mongo.database import SCHEMA_VERSION, Database, connect, database, ensure_indexes
 from kubecrawl.store.mongo.locking import Leases
 from kubecrawl.store.opening import MongoDatabase
@@ -84,10 +85,10 @@ async def test_a_lease_is_held_by_one_caller_at_a_time_and_a_lapsed_one_is_taken
         assert lease.broken
 
 
-def _config() -> dict[str, object]:
+def _config(max_concurrency: int = 4) -> dict[str, object]:
     from kubecrawl.core.sites import CrawlSiteSpec
 
-    spec = {"url": "http://site.test/", "politeness": {"maxConcurrency": 4, "respectRobotsTxt": False}}
+    spec = {"url": "http://site.test/", "politeness": {"maxConcurrency": max_concurrency, "respectRobotsTxt": False}}
     return CrawlSiteSpec.model_validate(spec).model_dump(mode="json", by_alias=True)
 
 
@@ -151,6 +152,44 @@ async def test_an_outcome_the_database_refuses_fails_only_its_page_and_the_other
     retried = await crawls.finish_page(crawl.id, refs[1].page_id, PageOutcome(DONE, title="second"))
     assert retried is not None
     assert retried.completed_now
+
+
+async def test_two_workers_refilling_one_crawl_each_queue_other_pages_and_a_stale_copy_counts_only_its_own(
+    mongo: tuple[str, Database],
+) -> None:
+    """Each process keeps a copy of a crawl's PENDING pages (store/mongo/frontier.py): a refill by another process
+    makes it read them again, and a page queued by a writer that does not move ``frontier_version`` (a worker of
+    an older version) is neither queued twice nor counted twice."""
+    url, db = mongo
+    await ensure_indexes(db)
+    first, second = (MongoDatabase(connect(url)).stores.crawls for _ in range(2))
+    seeds = [f"http://site.test/{n}" for n in range(6)]
+    crawl, _, window = await first.create(
+        "default", "site", trigger="manual", idempotency_key=None, config=_config(max_concurrency=2), seeds=seeds
+    )
+    assert [ref.url for ref in window] == seeds[:2]
+    ids = {ref.url: ref.page_id for ref in window}
+    ids |= {page.url: page.id for page in await first.pages(crawl.id, limit=10)}
+
+    async def settle(crawls: MongoCrawlStore, name: str) -> FinishResult:
+        assert await crawls.begin_page(crawl.id, ids[name]) is not None
+        result = await crawls.finish_page(crawl.id, ids[name], PageOutcome(DONE))
+        assert result is not None
+        return result
+
+    # Each refill after the other process's reads the PENDING pages again.
+    assert [ref.url for ref in (await settle(second, seeds[0])).to_publish] == [seeds[2]]
+    assert [ref.url for ref in (await settle(first, seeds[1])).to_publish] == [seeds[3]]
+    # An older worker queues seeds[4] without moving frontier_version: the first process's copy still lists it.
+    await db.crawl_pages.update_one({"_id": ids[seeds[4]]}, {"$set": {"state": CrawlPageState.QUEUED.value}})
+    await db.crawls.update_one({"_id": crawl.id}, {"$inc": {"in_flight": 1, "queued": 1}})
+    assert (await settle(first, seeds[3])).to_publish == []  # three in flight: no room
+    assert [ref.url for ref in (await settle(first, seeds[2])).to_publish] == [seeds[5]]  # seeds[4] taken: skipped
+    assert (await settle(second, seeds[4])).to_publish == []
+    assert (await settle(first, seeds[5])).completed_now
+    done = await first.get(crawl.id)
+    assert done is not None
+    assert (done.in_flight, done.counters.fetched, done.counters.queued, done.version) == (0, 6, 6, 6)
 
 
 @pytest.mark.parametrize("database_url", ["mongodb"], indirect=True)

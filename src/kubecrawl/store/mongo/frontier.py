@@ -215,7 +215,8 @@ class MongoFrontier:
             ],
             ordered=False,
         )
-        if moved.modified_count != len(picked):  # the copy was stale: count only the pages this refill moved
+        stale = moved.modified_count != len(picked)
+        if stale:  # count only the pages this refill moved, and read the PENDING pages again for the rest
             self._pending.pop(crawl_id, None)
             ours = await self._pages.find(
                 {"crawl_id": crawl_id, "state": P.QUEUED.value, "_id": {"$in": [page_id for _, page_id, _ in picked]}},
@@ -227,7 +228,10 @@ class MongoFrontier:
         await self._crawls.update_one(
             {"_id": crawl_id}, {"$inc": {"in_flight": len(picked), "queued": len(picked), "frontier_version": 1}}
         )
-        return [PageRef(page_id, url, depth) for depth, page_id, url in picked]
+        refs = [PageRef(page_id, url, depth) for depth, page_id, url in picked]
+        if stale:
+            refs += await self.refill(crawl_id, config, in_flight + len(refs), version + 1)
+        return refs
 
     async def _read_pending(self, crawl_id: str, version: int) -> _Pending:
         """Read the crawl's PENDING pages into this process's copy (at most _KNOWN_CRAWLS copies are kept)."""
