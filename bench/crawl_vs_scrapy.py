@@ -24,14 +24,18 @@ there). Until 2026-12-06 each page was a dozen round trips of its own under the 
 (store/mongo/locking.py, which only FerretDB's non-atomic updates make necessary), the worker's 16 pages in flight
 polled the lease document for their turns, and each refill read and sorted all the crawl's PENDING pages: 1,000
 pages, load 0.2, mongo-1 14 pages/s against dist-1 807 (0.02); CPU seconds FerretDB 53.9, its PostgreSQL 28.0,
-the worker 20.2; PostgreSQL ran about 48,000 sequential scans (34,000 of them on the lease collection). Now page
+the worker 20.2; in a second run of it (load 5.7, 8 pages/s) PostgreSQL ran 48,000 sequential scans (34,000 of them
+on the lease collection, 9,800 on ``crawls``, 3,000 on ``crawl_pages``). Now page
 starts and outcomes are group-committed across crawls (store/batching.py), each crawl's part of a batch under one
 hold of its lease, callers of one lease in one process queue in memory, and the refill keeps a copy of the PENDING
 pages (store/mongo/frontier.py): same command, load 1.9, mongo-1 82 pages/s against dist-1 707 (0.12); CPU seconds
-PostgreSQL 6.1, FerretDB 3.7, the worker 2.0; about 3.2 requests to FerretDB per page, 6,200 sequential scans. What
-limits it now is the scans: about 3 per page of ``crawl_pages`` (each reads the crawl's ~1,000 rows), and the
-round trips of each batch run one after the other. mongo-2 (load 2.1): 49 pages/s against dist-2 551 (0.09): two
-workers wait for each other's lease on the crawl through the lock document. On MongoDB neither the scans nor the
+PostgreSQL 6.1, FerretDB 3.7, the worker 2.0; 3.2 requests to FerretDB per page; 4,300 sequential scans (lease
+collection 420, ``crawls`` 940, ``crawl_pages`` 2,750, in a run at load 2.7). What limits it now is those scans,
+about 3 per page of ``crawl_pages`` (each reads the crawl's ~1,000 rows and decompresses the settled ones, whose
+25 outlinks push them past PostgreSQL's 2 KB compression threshold: 2.0 ms a scan against 0.7 ms without them,
+measured on 1,000 such rows), and the round trips of a batch, one after the other. mongo-2 (load 2.1): 49 pages/s
+against dist-2 551 (0.09), 34-44 at load 3-4.6: two workers wait for each other's lease on the crawl through the
+lock document, and each refill after the other worker's reads the PENDING pages again. On MongoDB neither the scans nor the
 lease's cost apply; it is not measured here (no MongoDB server installs on these machines).
 
 Every crawler finds the pages through links (no sitemap) and must fetch all of them; a run that does not is
