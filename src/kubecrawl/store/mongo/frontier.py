@@ -19,7 +19,8 @@ crawl's lease (``store/mongo/locking.py``) around them all the same, because Fer
   set, under the crawl's lease, moves ``frontier_version`` (the reservation before an insert, a refill, a
   release, a repair), so a copy is read again after any other process (or a dead holder) changed the set. A copy
   that still proves stale (a claim that matched fewer pages than asked, e.g. from a worker of an older version)
-  is dropped, and only the pages this refill moved are counted.
+  is dropped: only the pages this refill moved are counted, and the rest of the window is filled from a fresh
+  read. With several workers on one crawl, each refill after another worker's reads the PENDING pages again.
 - Links this process has seen inserted into (or refused by) a crawl's frontier are remembered (``known``, for
   the most recent crawls, as the SQL frontier's ``CrawlMemo``): a page's 25 links, mostly known, cost a set
   lookup instead of an id block, a reservation and an insert FerretDB refuses one document at a time.
