@@ -17,14 +17,26 @@ process:
     mongo-2    the same with 2 worker processes.
 
 mongo-N / dist-N is what the MongoDB path costs on the same storage engine: FerretDB's translation of the wire
-protocol into SQL plus the MongoDB store's design (a few round trips per page under the crawl's lease, where the
-SQL store group-commits a batch of pages in one call). First figures, 300 pages, the 2-CPU machine shared with
-other work (load 5-6), one run each: dist-1 469 pages/s; mongo-1 5 pages/s, then 9 after the frontier stopped
-asking FerretDB for known URLs with ``$in``. FerretDB itself spent 15.6 CPU seconds (52 ms a page; PostgreSQL
-behind it 9.0, the worker 9.0): FerretDB 1.24 pushes few filters and no sorts down to PostgreSQL and evaluates the
-rest in Go over the documents it reads, so a crawl's "shallowest PENDING page" reads the crawl's pages; and each
-page waits for the crawl's lease (store/mongo/locking.py), which only FerretDB's non-atomic updates make
-necessary. On MongoDB neither applies; it is not measured here (no MongoDB server installs on these machines).
+protocol into SQL plus the MongoDB store's design. FerretDB 1.24 pushes only equalities down to PostgreSQL, as
+``_jsonb->'field' @> value``, which no index serves: every query and every update is a sequential scan of its
+collection, and FerretDB decodes in Go every document the scan returns (sorts, ``$in``, ranges are evaluated
+there). Until 2026-12-06 each page was a dozen round trips of its own under the crawl's lease
+(store/mongo/locking.py, which only FerretDB's non-atomic updates make necessary), the worker's 16 pages in flight
+polled the lease document for their turns, and each refill read and sorted all the crawl's PENDING pages: 1,000
+pages, load 0.2, mongo-1 14 pages/s against dist-1 807 (0.02); CPU seconds FerretDB 53.9, its PostgreSQL 28.0,
+the worker 20.2; in a second run of it (load 5.7, 8 pages/s) PostgreSQL ran 48,000 sequential scans (34,000 of them
+on the lease collection, 9,800 on ``crawls``, 3,000 on ``crawl_pages``). Now page
+starts and outcomes are group-committed across crawls (store/batching.py), each crawl's part of a batch under one
+hold of its lease, callers of one lease in one process queue in memory, and the refill keeps a copy of the PENDING
+pages (store/mongo/frontier.py): same command, load 1.9, mongo-1 82 pages/s against dist-1 707 (0.12); CPU seconds
+PostgreSQL 6.1, FerretDB 3.7, the worker 2.0; 3.2 requests to FerretDB per page; 4,300 sequential scans (lease
+collection 420, ``crawls`` 940, ``crawl_pages`` 2,750, in a run at load 2.7). What limits it now is those scans,
+about 3 per page of ``crawl_pages`` (each reads the crawl's ~1,000 rows and decompresses the settled ones, whose
+25 outlinks push them past PostgreSQL's 2 KB compression threshold: 2.0 ms a scan against 0.7 ms without them,
+measured on 1,000 such rows), and the round trips of a batch, one after the other. mongo-2 (load 2.1): 49 pages/s
+against dist-2 551 (0.09), 34-44 at load 3-4.6: two workers wait for each other's lease on the crawl through the
+lock document, and each refill after the other worker's reads the PENDING pages again. On MongoDB neither the scans nor the
+lease's cost apply; it is not measured here (no MongoDB server installs on these machines).
 
 Every crawler finds the pages through links (no sitemap) and must fetch all of them; a run that does not is
 reported as incomplete. Rates are pages fetched / crawl duration (the crawler's own start → finish, without

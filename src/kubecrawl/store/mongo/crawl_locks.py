@@ -67,5 +67,7 @@ class CrawlLocks:
         values["queued"] = values["in_flight"] + await pages.count_documents(
             {"crawl_id": crawl_id, "state": {"$in": settled}}
         )
-        await self._crawls.update_one({"_id": crawl_id}, {"$set": values})
+        # The dead holder may have changed the PENDING set without moving frontier_version: every copy of it is
+        # read again (store/mongo/frontier.py).
+        await self._crawls.update_one({"_id": crawl_id}, {"$set": values, "$inc": {"frontier_version": 1}})
         log.warning("crawl_repaired", crawl_id=crawl_id, **values)

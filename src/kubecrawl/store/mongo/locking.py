@@ -9,6 +9,11 @@ atomic on it, as on MongoDB. So every step that reads and writes several documen
 store's ``SELECT … FOR UPDATE`` on the crawl's row) holds the crawl's lease, and an "exactly one caller" choice
 that a conditional update makes on MongoDB is a ``try_hold`` here.
 
+Within one process the callers of one key queue on an ``asyncio.Lock`` before they ask the database: a worker's
+page batches and other steps of one crawl wait their turn in memory instead of polling the lock document
+(before 2026-12-06 each of 16 pages in flight polled it, each failed poll an insert and a delete, with a back-off
+of up to 50 ms that often outlasted the holder: docs/crawls.md, "On MongoDB").
+
 A lease runs out after ``LEASE_SECONDS``: a process killed while holding one (SIGKILL, an OOM kill) blocks the
 crawl that long, then the next caller takes it over and is told so (``Lease.broken``) to repair what the dead
 holder may have left half done.
@@ -39,6 +44,14 @@ _GIVE_UP_SECONDS = 2 * LEASE_SECONDS
 
 
 @dataclass(slots=True)
+class _Queue:
+    """This process's callers of one key: they take the database lease one at a time."""
+
+    lock: asyncio.Lock
+    users: int = 0
+
+
+@dataclass(slots=True)
 class Lease:
     key: str
     broken: bool = False  # taken over from a holder whose lease ran out
@@ -47,6 +60,7 @@ class Lease:
 class Leases:
     def __init__(self, db: Database) -> None:
         self._locks = db.kubecrawl_locks
+        self._queues: dict[str, _Queue] = {}
 
     async def _insert(self, key: str, token: str) -> bool:
         try:
@@ -78,11 +92,34 @@ class Leases:
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[Lease]:
-        """Hold ``key``, waiting for its holder (or for its lease to run out)."""
+        """Hold ``key``, waiting for its holder (or for its lease to run out): first behind this process's other
+        callers of the key, then for the database lease."""
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(asyncio.Lock())
+        queue.users += 1
+        try:
+            deadline = asyncio.get_running_loop().time() + _GIVE_UP_SECONDS
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await queue.lock.acquire()
+            except TimeoutError:
+                raise StoreUnavailable(f"lock {key} held in this process for over {_GIVE_UP_SECONDS:.0f} s") from None
+            try:
+                async with self._held(key, deadline) as lease:
+                    yield lease
+            finally:
+                queue.lock.release()
+        finally:
+            queue.users -= 1
+            if not queue.users:
+                del self._queues[key]
+
+    @asynccontextmanager
+    async def _held(self, key: str, deadline: float) -> AsyncIterator[Lease]:
         token = uuid.uuid4().hex
         lease = Lease(key)
         wait = _FIRST_WAIT
-        deadline = asyncio.get_running_loop().time() + _GIVE_UP_SECONDS
         while not await self._insert(key, token):
             if await self._break_expired(key):
                 lease.broken = True
