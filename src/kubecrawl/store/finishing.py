@@ -18,7 +18,6 @@ and nothing is PENDING. tests/integration/test_crawl_store.py runs the same case
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,7 +29,7 @@ from kubecrawl.store.contract import PageOutcome, PageRef
 from kubecrawl.store.dialects import Transactions, is_sqlite
 from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.frontier import Frontier
-from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values, pages_left
+from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values, pages_left, tally
 from kubecrawl.store.schema import Json, crawl_pages, crawls
 
 P = CrawlPageState
@@ -207,12 +206,7 @@ class FinishInProcess:
         self, conn: SqlConnection, crawl: Any, settled: Sequence[tuple[PageOutcome, int]], now: datetime
     ) -> tuple[CrawlState, list[PageRef], list[str]]:
         """Count the settled pages, grow the frontier, refill the window, detect completion (under the lock)."""
-        counters = Counter[str]()
-        links: dict[str, int] = {}
-        for outcome, depth in settled:
-            counters.update(counted(outcome))
-            for url in outcome.new_links:
-                links.setdefault(url, depth + 1)
+        counters, links = tally(settled)
         values: dict[str, Any] = {f"p_{name}": counters[name] for name in COUNTERS}
         values.update(p_crawl_id=crawl.id, p_version=len(settled), p_finished_at=None)
         in_flight = crawl.in_flight - len(settled)

@@ -11,6 +11,7 @@ fields. The SQL stores build their statements from ``OUTCOME_COLUMNS``; migratio
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,18 @@ def counted(outcome: PageOutcome) -> dict[str, int]:
     if outcome.state is P.FAILED:
         return {"failed": 1}
     return {"skipped_robots": 1} if outcome.skipped_robots else {}
+
+
+def tally(settled: Sequence[tuple[PageOutcome, int]]) -> tuple[Counter[str], dict[str, int]]:
+    """What a batch of settled pages (outcome, depth) moves: the crawl counters, and each new link at the depth
+    below the first page that found it."""
+    counters = Counter[str]()
+    links: dict[str, int] = {}
+    for outcome, depth in settled:
+        counters.update(counted(outcome))
+        for url in outcome.new_links:
+            links.setdefault(url, depth + 1)
+    return counters, links
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ written one at a time, numbered without gaps, and the refused page stays FETCHIN
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,7 +31,7 @@ from kubecrawl.store.contract import FinishResult, PageOutcome, PageRef
 from kubecrawl.store.mongo.crawl_locks import CrawlLocks
 from kubecrawl.store.mongo.database import Database, store_error
 from kubecrawl.store.mongo.frontier import ACTIVE, MongoFrontier
-from kubecrawl.store.outcomes import SettledBatch, counted, outcome_values, shared_out
+from kubecrawl.store.outcomes import SettledBatch, outcome_values, shared_out, tally
 
 P = CrawlPageState
 Items = Sequence[tuple[int, PageOutcome]]
@@ -117,12 +116,7 @@ class MongoPageFinishes:
     ) -> tuple[CrawlState, CrawlState, list[PageRef]] | None:
         """Add the settled pages' links, count them and give their slots back, refill the window, detect completion
         (under the crawl's lease); → the crawl's state after and before, and the pages to publish."""
-        counters = Counter[str]()
-        links: dict[str, int] = {}
-        for outcome, depth in settled:
-            counters.update(counted(outcome))
-            for url in outcome.new_links:
-                links.setdefault(url, depth + 1)
+        counters, links = tally(settled)
         config = await self._config(crawl_id)
         if state_read in ACTIVE and config is not None and links:
             await self._frontier.add_pages(crawl_id, config, list(links.items()))
