@@ -30,6 +30,7 @@ from kubecrawl.store.dialects import Transactions, is_sqlite
 from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.frontier import Frontier
 from kubecrawl.store.outcomes import COUNTERS, OUTCOME_COLUMNS, SettledBatch, counted, outcome_values, pages_left, tally
+from kubecrawl.store.prebuilt import Prebuilt
 from kubecrawl.store.schema import Json, crawl_pages, crawls
 
 P = CrawlPageState
@@ -43,21 +44,23 @@ _FINISH_CRAWLS = select(
     )
 )
 # The columns a page outcome moves (the spec comes from the frontier's memo: not its JSON decoded per batch).
-_LOCK_CRAWL_COUNTERS = (
+_LOCK_CRAWL_COUNTERS = Prebuilt(
     select(crawls.c.id, crawls.c.state, crawls.c.version, crawls.c.discovered, crawls.c.in_flight)
     .where(crawls.c.id == bindparam("p_crawl_id"))
     .with_for_update()
 )
-_FETCHING_PAGES = select(crawl_pages.c.id, crawl_pages.c.depth).where(
-    crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)), crawl_pages.c.state == P.FETCHING.value
+_FETCHING_PAGES = Prebuilt(
+    select(crawl_pages.c.id, crawl_pages.c.depth).where(
+        crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)), crawl_pages.c.state == P.FETCHING.value
+    )
 )
-_SETTLE_PAGE = (
+_SETTLE_PAGE = Prebuilt(
     update(crawl_pages)
     .where(crawl_pages.c.id == bindparam("b_id"), crawl_pages.c.state == P.FETCHING.value)
     .values({name: bindparam(f"b_{name}") for name in OUTCOME_COLUMNS})
 )
 # A batch's outcomes moved into the crawl row (locked by the caller): counter increments, the window, the state.
-_ADVANCE_CRAWL = (
+_ADVANCE_CRAWL = Prebuilt(
     update(crawls)
     .where(crawls.c.id == bindparam("p_crawl_id"))
     .values(
@@ -167,7 +170,7 @@ class FinishInProcess:
     async def _settle_crawl(
         self, conn: SqlConnection, crawl_id: str, items: Items, now: datetime
     ) -> tuple[SettledBatch | None, list[str]]:
-        crawl = (await conn.execute(_LOCK_CRAWL_COUNTERS, {"p_crawl_id": crawl_id})).first()
+        crawl = (await _LOCK_CRAWL_COUNTERS.execute(conn, {"p_crawl_id": crawl_id})).first()
         if crawl is None:
             return None, []
         settled = await self._settle_pages(conn, crawl, items, now)
@@ -180,15 +183,15 @@ class FinishInProcess:
         self, conn: SqlConnection, crawl: Any, items: Items, now: datetime
     ) -> dict[int, tuple[PageOutcome, int]]:
         """Write the outcomes of the pages still FETCHING (the first outcome per page); → {page: (outcome, depth)}."""
-        rows = await conn.execute(_FETCHING_PAGES, {"p_ids": sorted({page_id for page_id, _ in items})})
+        rows = await _FETCHING_PAGES.execute(conn, {"p_ids": sorted({page_id for page_id, _ in items})})
         fetching = {row.id: row.depth for row in rows}
         settled: dict[int, tuple[PageOutcome, int]] = {}
         for page_id, outcome in items:
             if page_id in fetching and page_id not in settled:
                 settled[page_id] = (outcome, fetching[page_id])
         if settled:
-            await conn.execute(
-                _SETTLE_PAGE,
+            await _SETTLE_PAGE.execute(
+                conn,
                 [
                     {
                         "b_id": page_id,
@@ -226,5 +229,5 @@ class FinishInProcess:
                 values["p_finished_at"] = now
                 state = CrawlState.COMPLETED
         values.update(p_in_flight=in_flight, p_state=state.value)
-        await conn.execute(_ADVANCE_CRAWL, values)
+        await _ADVANCE_CRAWL.execute(conn, values)
         return state, to_publish, added

@@ -26,6 +26,7 @@ from kubecrawl.store.contract import PageRef
 from kubecrawl.store.dialects import dialect_insert
 from kubecrawl.store.engines import SqlConnection, SqlEngine
 from kubecrawl.store.outcomes import window_room
+from kubecrawl.store.prebuilt import Prebuilt
 from kubecrawl.store.schema import crawl_pages, crawls
 
 P = CrawlPageState
@@ -36,13 +37,17 @@ P = CrawlPageState
 _KNOWN_CRAWLS = 8
 _MEMO_URLS = 200_000
 
-# Built once: building a Core statement per call cost more CPU than SQLite spent executing it.
-_CRAWL_CONFIG = select(crawls.c.config).where(crawls.c.id == bindparam("p_crawl_id"))
-_KNOWN_URLS = select(crawl_pages.c.url).where(
-    crawl_pages.c.crawl_id == bindparam("p_crawl_id"), crawl_pages.c.url.in_(bindparam("p_urls", expanding=True))
+# Built once: building a Core statement per call cost more CPU than SQLite spent executing it; on SQLite compiled
+# once and run on sqlite3 (store/prebuilt.py).
+_CRAWL_CONFIG = Prebuilt(select(crawls.c.config).where(crawls.c.id == bindparam("p_crawl_id")))
+_KNOWN_URLS = Prebuilt(
+    select(crawl_pages.c.url).where(
+        crawl_pages.c.crawl_id == bindparam("p_crawl_id"),
+        crawl_pages.c.url.in_(bindparam("p_urls", expanding=True)),
+    )
 )
 # PENDING → QUEUED for the shallowest pages, as many as the window has room for: one statement.
-_TAKE_PENDING = (
+_TAKE_PENDING = Prebuilt(
     update(crawl_pages)
     .where(
         crawl_pages.c.id.in_(
@@ -69,8 +74,8 @@ class CrawlMemo:
 
 class Frontier:
     def __init__(self, engine: SqlEngine) -> None:
-        self._insert_pages = dialect_insert(engine)(crawl_pages).on_conflict_do_nothing(
-            index_elements=["crawl_id", "url"]
+        self._insert_pages = Prebuilt(
+            dialect_insert(engine)(crawl_pages).on_conflict_do_nothing(index_elements=["crawl_id", "url"])
         )
         self._memos: OrderedDict[str, CrawlMemo] = OrderedDict()
 
@@ -95,7 +100,7 @@ class Frontier:
         """The crawl's spec, read once per process (it cannot change while the crawl runs)."""
         memo = self.memo(crawl_id)
         if memo.config is None:
-            memo.config = (await conn.execute(_CRAWL_CONFIG, {"p_crawl_id": crawl_id})).scalar_one()
+            memo.config = (await _CRAWL_CONFIG.execute(conn, {"p_crawl_id": crawl_id})).scalar_one()
         return memo.config
 
     async def add_pages(
@@ -115,15 +120,15 @@ class Frontier:
                 unique.setdefault(url, depth)
         if not unique:
             return []
-        existing = set((await conn.execute(_KNOWN_URLS, {"p_crawl_id": crawl_id, "p_urls": list(unique)})).scalars())
+        existing = set((await _KNOWN_URLS.execute(conn, {"p_crawl_id": crawl_id, "p_urls": list(unique)})).scalars())
         known.update(existing)
         fresh = [(url, depth) for url, depth in unique.items() if url not in existing][:limit]
         if not fresh:
             return []
         now = utcnow()
         # executemany of one prebuilt statement: compiled once (a multi-row VALUES would compile per row count).
-        await conn.execute(
-            self._insert_pages,
+        await self._insert_pages.execute(
+            conn,
             [
                 {
                     "crawl_id": crawl_id,
@@ -145,5 +150,5 @@ class Frontier:
         room = window_room(config, in_flight)
         if room <= 0:
             return []
-        rows = (await conn.execute(_TAKE_PENDING, {"p_crawl_id": crawl_id, "p_room": room, "p_now": utcnow()})).all()
+        rows = (await _TAKE_PENDING.execute(conn, {"p_crawl_id": crawl_id, "p_room": room, "p_now": utcnow()})).all()
         return [PageRef(row.id, row.url, row.depth) for row in sorted(rows, key=lambda row: (row.depth, row.id))]

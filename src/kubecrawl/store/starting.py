@@ -25,12 +25,14 @@ from kubecrawl.store.contract import PageStart
 from kubecrawl.store.dialects import Transactions, as_utc
 from kubecrawl.store.engines import SqlConnection
 from kubecrawl.store.frontier import Frontier
+from kubecrawl.store.prebuilt import Prebuilt
 from kubecrawl.store.schema import crawl_hosts, crawl_pages, crawls
 
 P = CrawlPageState
 
-# Built once: building a Core statement per call cost more CPU than SQLite spent executing it.
-_BEGIN_PAGES = (
+# Built once: building a Core statement per call cost more CPU than SQLite spent executing it; on SQLite compiled
+# once and run on sqlite3 (store/prebuilt.py).
+_BEGIN_PAGES = Prebuilt(
     update(crawl_pages)
     .where(
         crawl_pages.c.id.in_(bindparam("p_ids", expanding=True)),
@@ -48,7 +50,7 @@ _BEGIN_PAGES = (
     )
     .returning(crawl_pages.c.crawl_id, crawl_pages.c.id, crawl_pages.c.url, crawl_pages.c.depth, crawl_pages.c.attempts)
 )
-_MARK_RUNNING = (
+_MARK_RUNNING = Prebuilt(
     update(crawls)
     .where(crawls.c.id.in_(bindparam("p_crawl_ids", expanding=True)), crawls.c.state == CrawlState.QUEUED.value)
     .values(state=CrawlState.RUNNING.value, started_at=bindparam("p_now"))
@@ -56,15 +58,17 @@ _MARK_RUNNING = (
 # Each crawl's state, its previous crawl, and whether any of its hosts is held (Retry-After, Crawl-delay): one
 # read per batch; which hosts and until when is read only when some are (rarely). The spec (``config``) cannot
 # change during a crawl and is read once per process (the frontier's memo).
-_CRAWLS_FOR_PAGES = select(
-    crawls.c.id,
-    crawls.c.state,
-    crawls.c.previous_crawl_id,
-    select(func.count())
-    .where(crawl_hosts.c.crawl_id == crawls.c.id, crawl_hosts.c.next_fetch_at > bindparam("p_now"))
-    .scalar_subquery()
-    .label("held_hosts"),
-).where(crawls.c.id.in_(bindparam("p_crawl_ids", expanding=True)))
+_CRAWLS_FOR_PAGES = Prebuilt(
+    select(
+        crawls.c.id,
+        crawls.c.state,
+        crawls.c.previous_crawl_id,
+        select(func.count())
+        .where(crawl_hosts.c.crawl_id == crawls.c.id, crawl_hosts.c.next_fetch_at > bindparam("p_now"))
+        .scalar_subquery()
+        .label("held_hosts"),
+    ).where(crawls.c.id.in_(bindparam("p_crawl_ids", expanding=True)))
+)
 _PREVIOUS_PAGES = select(
     crawl_pages.c.url,
     crawl_pages.c.content_hash,
@@ -94,8 +98,8 @@ class PageStarts:
         async with self._transactions.single() as conn:
             started = {
                 (row.crawl_id, row.id): row
-                for row in await conn.execute(
-                    _BEGIN_PAGES,
+                for row in await _BEGIN_PAGES.execute(
+                    conn,
                     {
                         "p_ids": sorted({page_id for _, page_id in pages}),
                         "p_pages": sorted(set(pages)),
@@ -108,11 +112,11 @@ class PageStarts:
                 return [None] * len(pages)
             crawl_ids = sorted({crawl_id for crawl_id, _ in started})
             crawls_read = {
-                row.id: row for row in await conn.execute(_CRAWLS_FOR_PAGES, {"p_crawl_ids": crawl_ids, "p_now": now})
+                row.id: row for row in await _CRAWLS_FOR_PAGES.execute(conn, {"p_crawl_ids": crawl_ids, "p_now": now})
             }
             starting = [crawl_id for crawl_id, crawl in crawls_read.items() if crawl.state == CrawlState.QUEUED.value]
             if starting:  # their first pages: these crawls start running
-                await conn.execute(_MARK_RUNNING, {"p_crawl_ids": starting, "p_now": now})
+                await _MARK_RUNNING.execute(conn, {"p_crawl_ids": starting, "p_now": now})
             urls: dict[str, list[str]] = {}
             for (crawl_id, _), row in started.items():
                 urls.setdefault(crawl_id, []).append(row.url)

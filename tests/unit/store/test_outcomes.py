@@ -53,7 +53,7 @@ def test_the_stored_fields_are_the_outcome_fields_but_state_the_robots_flag_and_
 
 
 def test_the_in_process_statement_writes_exactly_the_outcome_columns() -> None:
-    bound = {name.removeprefix("b_") for name in _SETTLE_PAGE.compile().params if name.startswith("b_")}
+    bound = {name.removeprefix("b_") for name in _SETTLE_PAGE.statement.compile().params if name.startswith("b_")}
     assert bound - {"id"} == set(OUTCOME_COLUMNS)  # id: the page, in the WHERE clause
 
 
