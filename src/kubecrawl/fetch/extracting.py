@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 # The HTML spec's encoding prescan looks at the first 1024 bytes; real pages put long comments and scripts
 # before <meta charset>, so look a little further.
@@ -144,37 +144,56 @@ def extract_metadata(body: bytes, *, content_type: str | None, base_url: str) ->
     text, charset = decode_body(body, content_type)
     tree = LexborHTMLParser(text)
     meta = PageMeta(is_html=True, charset=charset)
-
-    base_node = tree.css_first("base[href]")
+    # Elements are found by tag name (``tags``), not CSS selectors: the first ``css`` call on a parsed page sets up
+    # lexbor's CSS engine for that page, which cost three times the parse itself (bench/profile_crawl.py).
+    base_node = _first(tree, "base", "href")
     base = _absolute(base_url, base_node.attributes.get("href")) if base_node else None
     base = base or base_url
     origin = _origin(base)
 
-    title = tree.css_first("title")
+    title = _first(tree, "title")
     meta.title = _clean(title.text()) if title else None
-    html = tree.css_first("html")
+    html = _first(tree, "html")
     meta.language = _clean(html.attributes.get("lang")) if html else None
 
     _read_meta_tags(tree, meta)
-    for node in tree.css("link[rel][href]"):
-        rels = (node.attributes.get("rel") or "").lower().split()
-        if "canonical" in rels:
-            meta.canonical = _absolute(base, node.attributes.get("href"), origin)
+    for node in tree.tags("link"):
+        attributes = node.attributes
+        if "href" in attributes and "canonical" in (attributes.get("rel") or "").lower().split():
+            meta.canonical = _absolute(base, attributes.get("href"), origin)
             break
 
-    for node in tree.css("a[href], area[href]"):
-        rels = (node.attributes.get("rel") or "").lower().split()
-        if "nofollow" in rels:
+    for node in _anchors(tree):
+        attributes = node.attributes
+        if "href" not in attributes or "nofollow" in (attributes.get("rel") or "").lower().split():
             continue
-        link = _absolute(base, node.attributes.get("href"), origin)
+        link = _absolute(base, attributes.get("href"), origin)
         if link is not None:
             meta.links.append(link)
     return meta
 
 
+def _first(tree: LexborHTMLParser, tag: str, attribute: str | None = None) -> LexborNode | None:
+    """The first ``tag`` element in document order (that has ``attribute``, if one is named)."""
+    for node in tree.tags(tag):
+        if attribute is None or attribute in node.attributes:
+            return node
+    return None
+
+
+def _anchors(tree: LexborHTMLParser) -> list[LexborNode]:
+    """The ``a`` and ``area`` elements in document order (image maps are rare: then, and only then, a selector)."""
+    if not tree.tags("area"):
+        return tree.tags("a")
+    return tree.css("a, area")
+
+
 def _read_meta_tags(tree: LexborHTMLParser, meta: PageMeta) -> None:
-    for node in tree.css("meta"):
+    content_language: LexborNode | None = None  # the first <meta http-equiv="content-language">
+    for node in tree.tags("meta"):
         attrs = node.attributes
+        if content_language is None and (attrs.get("http-equiv") or "").lower() == "content-language":
+            content_language = node
         key = (attrs.get("property") or attrs.get("name") or "").strip().lower()
         content = _clean(attrs.get("content"))
         if not key or content is None:
@@ -187,9 +206,8 @@ def _read_meta_tags(tree: LexborHTMLParser, meta: PageMeta) -> None:
             meta.opengraph.setdefault(key, content)
         elif key.startswith("twitter:"):
             meta.twitter.setdefault(key, content)
-    if meta.language is None:
-        lang = tree.css_first("meta[http-equiv='content-language' i]")
-        meta.language = _clean(lang.attributes.get("content")) if lang else None
+    if meta.language is None and content_language is not None:
+        meta.language = _clean(content_language.attributes.get("content"))
 
 
 def robots_directives(meta_robots: str | None, x_robots_tag: str | None) -> tuple[bool, bool]:

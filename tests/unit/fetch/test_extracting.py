@@ -279,3 +279,22 @@ def test_robots_directives_combine_meta_and_x_robots_tag(
 
 def test_robots_meta_content_is_reported() -> None:
     assert extract("<meta name='robots' content='noindex,  nofollow'>").robots == "noindex, nofollow"
+
+
+def test_the_first_content_language_declaration_gives_the_language_when_html_has_no_lang() -> None:
+    meta = extract(
+        "<html><head><meta http-equiv='Content-Language' content=' de-AT '>"
+        "<meta http-equiv='content-language' content='fr'></head></html>"
+    )
+    assert meta.language == "de-AT"
+    assert extract("<html lang='en'><meta http-equiv='content-language' content='fr'></html>").language == "en"
+
+
+def test_base_link_and_canonical_need_their_href() -> None:
+    meta = extract(
+        "<base target='_blank'><base href='/b/'>"
+        "<link rel='canonical'><link rel='alternate' href='/alt'><link rel='Canonical' href='page'>"
+        "<a href='x'></a>"
+    )
+    assert meta.canonical == "https://example.com/b/page"
+    assert meta.links == ["https://example.com/b/x"]
