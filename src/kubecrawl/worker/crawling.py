@@ -75,40 +75,38 @@ class Fetched:
 
 
 def page_report(start: PageStart, outcome: PageOutcome, fetched: Fetched | None) -> PageReport:
-    """A settled page as ``kubecrawl crawl -o`` writes it."""
-    report = PageReport(
-        url=start.url,
-        depth=start.depth,
-        state=outcome.state,
-        status=outcome.http_status,
-        changed=outcome.changed,
-        title=outcome.title,
-        description=outcome.description,
-        canonical=outcome.canonical,
-        attempts=start.attempts,
-        error_code=outcome.error_code,
-        error=outcome.error,
-    )
-    if fetched is None:
-        return report
-    headers: dict[str, str] = {}
-    for name, value in fetched.result.headers:
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    meta = fetched.meta
-    return report.model_copy(
-        update={
-            "final_url": fetched.result.final_url,
-            "headers": headers,
-            "timings": fetched.result.timings,
-            "content_type": fetched.result.content_type,
-            "bytes": fetched.result.body_bytes,
-            "fetched_at": datetime.now(UTC),
-            "lang": meta.language if meta else None,
-            "opengraph": meta.opengraph if meta else {},
-            "twitter": meta.twitter if meta else {},
-        }
-    )
+    """A settled page as ``kubecrawl crawl -o`` writes it (built once per page: validated once, never copied)."""
+    fields: dict[str, Any] = {
+        "url": start.url,
+        "depth": start.depth,
+        "state": outcome.state,
+        "status": outcome.http_status,
+        "changed": outcome.changed,
+        "title": outcome.title,
+        "description": outcome.description,
+        "canonical": outcome.canonical,
+        "attempts": start.attempts,
+        "error_code": outcome.error_code,
+        "error": outcome.error,
+    }
+    if fetched is not None:
+        headers: dict[str, str] = {}
+        for name, value in fetched.result.headers:
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        meta = fetched.meta
+        fields.update(
+            final_url=fetched.result.final_url,
+            headers=headers,
+            timings=fetched.result.timings,
+            content_type=fetched.result.content_type,
+            bytes=fetched.result.body_bytes,
+            fetched_at=datetime.now(UTC),
+            lang=meta.language if meta else None,
+            opengraph=meta.opengraph if meta else {},
+            twitter=meta.twitter if meta else {},
+        )
+    return PageReport(**fields)
 
 
 class PagePipeline:
