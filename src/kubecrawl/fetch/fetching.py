@@ -250,7 +250,7 @@ class Fetcher:
                     current = target
                     continue
                 first_byte = time.perf_counter()
-                body, truncated = await _read_capped(response, limit)
+                body, truncated = await _read_capped(response, _header(read, b"content-encoding"), limit)
             finally:
                 await response.aclose()
             return FetchResult(
@@ -273,16 +273,24 @@ class Fetcher:
 
 
 # The response headers _follow reads; the others are only reported.
-_READ_HEADERS = frozenset({b"set-cookie", b"location", b"content-type", b"content-length"})
+_READ_HEADERS = frozenset({b"set-cookie", b"location", b"content-type", b"content-length", b"content-encoding"})
 
 
 def _decode_headers(headers: httpx.Headers) -> tuple[list[tuple[str, str]], dict[bytes, list[str]]]:
     """Every header as sent (original case and order, repeats kept), and the values of the ones ``_follow`` reads
-    by lower-cased name, in one pass: each ``httpx.Headers`` look-up scans and decodes every header again."""
-    encoding = headers.encoding  # as httpx decodes them: ASCII, else UTF-8, else ISO-8859-1
+    by lower-cased name, in one pass: each ``httpx.Headers`` look-up scans and decodes every header again.
+    Decoded as httpx decodes them: ASCII, else (the whole set) UTF-8, else ISO-8859-1."""
+    raw = headers.raw
+    try:
+        return _decoded(raw, "ascii")  # nearly always; httpx's own check would decode every header once more
+    except UnicodeDecodeError:
+        return _decoded(raw, headers.encoding)
+
+
+def _decoded(raw: list[tuple[bytes, bytes]], encoding: str) -> tuple[list[tuple[str, str]], dict[bytes, list[str]]]:
     sent: list[tuple[str, str]] = []
     read: dict[bytes, list[str]] = {}
-    for name, value in headers.raw:
+    for name, value in raw:
         text = value.decode(encoding)
         sent.append((name.decode(encoding), text))
         key = name.lower()
@@ -303,9 +311,9 @@ def _content_length(value: str | None) -> int | None:
     return int(value.strip())
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+async def _read_capped(response: httpx.Response, content_encoding: str | None, limit: int) -> tuple[bytes, bool]:
     """Read at most ``limit`` bytes (decoded); the rest is never downloaded, nor inflated."""
-    decoder = BoundedDecoder(response.headers.get("content-encoding"))
+    decoder = BoundedDecoder(content_encoding)
     chunks: list[bytes] = []
     size = 0
     try:
