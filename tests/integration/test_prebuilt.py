@@ -25,7 +25,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 
 from kubecrawl.embedded import sqlite_url
 from kubecrawl.store.database import create_engine
@@ -131,3 +131,15 @@ async def test_a_refused_value_raises_sqlalchemys_error(engine: SqlEngine) -> No
     async with engine.connect() as conn:
         with pytest.raises(IntegrityError, match="UNIQUE constraint failed"):
             await Prebuilt(INSERT).execute(conn, [duplicate])
+
+
+async def test_a_row_without_a_value_for_a_parameter_is_refused_not_written_as_null(engine: SqlEngine) -> None:
+    rows = [
+        {"crawl": "d", "url": "/1", "state": "QUEUED", "seen_at": None, "links": None, "changed": None},
+        {"crawl": "d", "url": "/2", "state": "QUEUED", "seen_at": None, "links": None},  # no "changed"
+    ]
+    async with engine.connect() as conn:
+        with pytest.raises(InvalidRequestError, match="'changed'"):
+            await Prebuilt(INSERT).execute(conn, rows)
+        with pytest.raises(InvalidRequestError, match="'ids'"):
+            await Prebuilt(BY_IDS).execute(conn, {})

@@ -28,7 +28,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
 from kubecrawl.store.sqlite_engine import SqliteConnection
 
@@ -81,7 +81,7 @@ def _json_each(name: str, widths: Mapping[str, int]) -> str:
 class _Compiled:
     """One statement's SQLite text, the parameters' defaults and processors, and the result rows' shape."""
 
-    __slots__ = ("defaults", "expanding", "processors", "row", "row_processors", "sql")
+    __slots__ = ("defaults", "expanding", "processors", "required", "row", "row_processors", "sql")
 
     def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
         # Compiled with named parameters (``:name``, which sqlite3 takes from a dict) rather than the dialect's ``?``,
@@ -97,6 +97,8 @@ class _Compiled:
         self.sql: str = _POSTCOMPILE.sub(lambda match: _json_each(match.group(1), widths), compiled.string)
         self.expanding = frozenset(widths)
         self.defaults: dict[str, Any] = dict(compiled.params)
+        # parameters without a value of their own: each call (each row of an executemany) must give them
+        self.required = frozenset(name for bind, name in compiled.bind_names.items() if bind.required)
         for name in self.expanding:  # a literal list (``IN ('A', 'B')``): its JSON once
             if self.defaults.get(name) is not None:
                 self.defaults[name] = json.dumps(list(self.defaults[name]))
@@ -117,6 +119,9 @@ class _Compiled:
         ]
 
     def bind(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        missing = self.required.difference(parameters)
+        if missing:  # as SQLAlchemy refuses it, rather than sending NULL
+            raise InvalidRequestError(f"A value is required for bind parameter {min(missing)!r}")
         values = self.defaults | dict(parameters)
         for name in self.expanding:
             value = parameters.get(name)
