@@ -44,14 +44,13 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("  PageTask parse", r"\.model_validate_json \("),
     ("  page report (kubecrawl crawl's observer)", r"(\._report|^page_report) \(kubecrawl/worker/crawling\.py"),
     ("  publishing next pages", r"^publish_pages \("),
-    ("frontier: page starts (begin_page)", r"\.begin_page \("),
-    ("frontier: page outcomes (finish_page)", r"\.finish_page \("),
-    ("  sqlite3 (the C library's work)", r"sqlite3"),
+    ("frontier: page starts (group-committed)", r"^PageStarts\.start \("),
+    ("frontier: page outcomes (group-committed)", r"^FinishInProcess\.settle \("),
+    ("  statements on sqlite3 (store/prebuilt.py)", r"^Prebuilt\.run \("),
     ("  SQLAlchemy", r"\(sqlalchemy/"),
-    ("progress bar and stats (rich, cli)", r"\((rich/|kubecrawl/cli/)"),
+    ("progress bar (rich)", r"\(rich/"),
     ("logging (structlog)", r"\(structlog/"),
     ("metrics (prometheus_client)", r"\(prometheus_client/"),
-    ("waiting (epoll, idle)", r"(^|\.)(select|poll) \("),
 )
 _STARTUP = re.compile(r"^_find_and_load \(")
 # The crawl itself: the main thread's event loop (its other samples are start-up and the final report).
@@ -88,10 +87,13 @@ def analyse(raw: Path, top: int) -> dict[str, object]:
         samples.append((stack, count))
     total = sum(count for _, count in samples) or 1
     parts: dict[str, float] = {}
+    # uvloop's own C code, waiting in epoll included, shows as samples whose innermost Python frame is the runner
+    in_loop = sum(count for stack, count in samples if _CRAWL.match(stack[-1]))
     for label, pattern in PARTS:
         compiled = re.compile(pattern)
         hits = sum(count for stack, count in samples if any(compiled.search(frame) for frame in stack))
         parts[label] = hits / total
+    parts["the event loop's own code (uvloop), idle waits included"] = in_loop / total
     leaves: collections.Counter[str] = collections.Counter()
     modules: collections.Counter[str] = collections.Counter()
     for stack, count in samples:
