@@ -26,7 +26,6 @@ import argparse
 import bisect
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, RESULTS, ROOT, crawl_seconds, generate_site, start_nginx
+from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, RESULTS, ROOT, crawl_seconds, generate_site, start_nginx, stop_site
 
 TENTHS = 10
 FLATNESS_TARGET = 0.9
@@ -171,10 +170,7 @@ def main() -> None:
         curve = tenths(db, crawl["id"], run["cpu_samples"])
         db_bytes = sum(path.stat().st_size for path in work.glob("embedded.db*"))
     finally:
-        nginx.terminate()
-        nginx.wait(10)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        stop_site(nginx, work, keep=args.keep)
 
     fetched = crawl["counters"]["fetched"]
     seconds = crawl_seconds(crawl)

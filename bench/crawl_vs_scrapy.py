@@ -160,6 +160,14 @@ def start_nginx(base: Path, root: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def stop_site(nginx: subprocess.Popen[bytes], work: Path, *, keep: bool) -> None:
+    """Stop the site's nginx and remove the work folder (the site, databases, logs) unless asked to keep it."""
+    nginx.terminate()
+    nginx.wait(10)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, generate_site, start_nginx  # noqa: E402
+from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, generate_site, start_nginx, stop_site  # noqa: E402
 
 # (label, a pattern any frame of the sample matches). Parts nest: a sample counts for every part it matches.
 PARTS: tuple[tuple[str, str], ...] = (
@@ -151,10 +151,7 @@ def main() -> None:
         result = json.loads(out.stdout[out.stdout.index("{") : out.stdout.rindex("}") + 1])
         analysis = analyse(raw, args.top)
     finally:
-        nginx.terminate()
-        nginx.wait(10)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        stop_site(nginx, work, keep=args.keep)
     fetched = result["counters"]["fetched"]
     print(f"{fetched} pages, {result['state']}; {analysis['samples']} samples of the crawl (start-up excluded)")
     print("\npart                                                        share")
