@@ -52,7 +52,8 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("logging (structlog)", r"\(structlog/"),
     ("metrics (prometheus_client)", r"\(prometheus_client/"),
 )
-_STARTUP = re.compile(r"^_find_and_load \(")
+# Start-up: imports, and a new database file's migration (which runs on the loop, before the first page).
+_STARTUP = re.compile(r"^(_find_and_load|upgrade_if_behind|migrate) \(|\.(create|open)_database \(")
 # The crawl itself: the main thread's event loop (its other samples are start-up and the final report).
 _CRAWL = re.compile(r"^Runner\.run \(asyncio/runners\.py")
 
@@ -119,7 +120,9 @@ def module_of(frame: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=2000)
-    parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    parser.add_argument(
+        "--rate", type=int, default=250, help="py-spy samples per second (each pauses the crawl: more slow it down)"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", action="store_true", help="keep the site, the database and py-spy's output")
     args = parser.parse_args()
