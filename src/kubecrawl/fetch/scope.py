@@ -10,6 +10,7 @@ already holds.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +20,25 @@ from kubecrawl.core.errors import InvalidUrl
 from kubecrawl.core.sites import ScopeSpec, compile_pattern
 from kubecrawl.core.urls import normalise_url_and_host, url_host
 
-# admit() verdicts are memoised per Scope: a site's navigation puts the same links on every page, so a crawl
-# meets each URL about 25 times. The memo is emptied when full (the links every page repeats come straight back)
-# and only holds URLs up to _MEMO_URL_LENGTH characters, so with the 64 scopes a process keeps
-# (worker/crawling.py) it stays under about 2 MB per crawl, whatever the pages link to; longer links, rare, are
-# judged each time.
-_MEMO_SIZE = 2048
+# admit() verdicts are memoised: a site's navigation puts the same links on every page, so a crawl meets each URL
+# about 25 times. One memo for the process, keyed by scope and URL, holds at most _MEMO_SIZE verdicts (about 10 MB):
+# when full, the older half goes. Per scope, a fixed bound either thrashed on crawls larger than it (2,048 URLs:
+# every link judged again on a 6,000-page crawl, 6 % of its time, bench/profile_crawl.py) or, times the 1,024
+# scopes a worker keeps (worker/crawling.py), bounded nothing useful. Only URLs up to _MEMO_URL_LENGTH characters
+# are remembered; longer links, rare, are judged each time.
+_MEMO_SIZE = 65_536
 _MEMO_URL_LENGTH = 512
+
+
+_VERDICTS: dict[tuple[int, str], str | None] = {}
+
+
+def _remember(key: tuple[int, str], verdict: str | None) -> None:
+    global _VERDICTS  # noqa: PLW0603 (rebuilt, not emptied: the newer half stays)
+    if len(_VERDICTS) >= _MEMO_SIZE:
+        # Insertion order is age: keep the newer half (one copy per _MEMO_SIZE / 2 insertions).
+        _VERDICTS = dict(itertools.islice(_VERDICTS.items(), len(_VERDICTS) // 2, None))
+    _VERDICTS[key] = verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +48,8 @@ class Scope:
     include: tuple[Any, ...]  # RE2 patterns (core.sites.compile_pattern)
     exclude: tuple[Any, ...]
     # Not part of the scope's identity; frozen holds for the fields above, the memo only caches their verdicts.
-    _verdicts: dict[str, str | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # this scope's part of the process's memo: a number no other Scope object of the process has
+    _memo_key: int = field(default_factory=itertools.count().__next__, init=False, repr=False, compare=False)
 
     @classmethod
     def for_site(cls, seed_url: str, spec: ScopeSpec) -> Scope:
@@ -51,15 +65,14 @@ class Scope:
         """The normalised URL if it is in scope, else ``None``."""
         if not isinstance(url, str):  # outlinks read back from JSON may be anything, unhashable ones included
             return None
+        key = (self._memo_key, url)
         try:
-            return self._verdicts[url]
+            return _VERDICTS[key]
         except KeyError:
             pass
         verdict = self._judge(url)
         if len(url) <= _MEMO_URL_LENGTH:
-            if len(self._verdicts) >= _MEMO_SIZE:
-                self._verdicts.clear()
-            self._verdicts[url] = verdict
+            _remember(key, verdict)
         return verdict
 
     def _judge(self, url: str) -> str | None:

@@ -30,20 +30,33 @@ def test_filter_normalises_deduplicates_and_keeps_only_in_scope_links() -> None:
         assert scope.filter(links) == ["https://example.com/docs/a"]
 
 
-def test_memo_is_emptied_when_full_and_answers_stay_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scope_module, "_MEMO_SIZE", 3)
+def test_the_memo_keeps_its_newer_half_when_full_and_answers_stay_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scope_module, "_MEMO_SIZE", 4)
+    monkeypatch.setattr(scope_module, "_VERDICTS", {})
     scope = make()
     links = [f"https://example.com/{n}" for n in range(10)] + ["https://other.org/"]
     for _ in range(2):
         assert scope.filter(links) == links[:-1]
-        assert len(scope._verdicts) <= 3
+        assert len(scope_module._VERDICTS) <= 4
+    assert list(scope_module._VERDICTS)[-1] == (scope._memo_key, "https://other.org/")  # the newest stays
 
 
-def test_long_links_are_judged_but_not_remembered() -> None:
+def test_two_scopes_never_share_a_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scope_module, "_VERDICTS", {})
+    narrow = make()
+    wide = Scope.for_site(SEED, ScopeSpec.model_validate({"sameHost": False}))
+    link = "https://other.org/page"
+    assert narrow.admit(link) is None
+    assert wide.admit(link) == link
+    assert narrow.admit(link) is None
+
+
+def test_long_links_are_judged_but_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scope_module, "_VERDICTS", {})
     scope = make()
     link = "https://example.com/" + "x" * scope_module._MEMO_URL_LENGTH
     assert scope.admit(link) == link
-    assert link not in scope._verdicts
+    assert not scope_module._VERDICTS
 
 
 def test_links_that_are_not_strings_are_refused() -> None:
@@ -56,4 +69,4 @@ def test_the_memo_is_not_part_of_a_scopes_identity() -> None:
     scope.admit("https://example.com/a")
     assert scope == make()
     assert hash(scope) == hash(make())
-    assert "_verdicts" not in repr(scope)
+    assert "_memo_key" not in repr(scope)
