@@ -143,3 +143,10 @@ async def test_a_row_without_a_value_for_a_parameter_is_refused_not_written_as_n
             await Prebuilt(INSERT).execute(conn, rows)
         with pytest.raises(InvalidRequestError, match="'ids'"):
             await Prebuilt(BY_IDS).execute(conn, {})
+
+
+async def test_a_parameter_rendered_at_execution_otherwise_than_a_list_is_refused(engine: SqlEngine) -> None:
+    statement = select(pages.c.url).limit(bindparam("n", literal_execute=True))
+    async with engine.connect() as conn:
+        with pytest.raises(ValueError, match="does not render"):
+            await Prebuilt(statement).execute(conn, {"n": 1})

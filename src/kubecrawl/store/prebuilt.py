@@ -95,6 +95,8 @@ class _Compiled:
             compiled.bind_names[bind]: len(getattr(bind.type, "types", ())) for bind in compiled.post_compile_params
         }
         self.sql: str = _POSTCOMPILE.sub(lambda match: _json_each(match.group(1), widths), compiled.string)
+        if "__[POSTCOMPILE_" in self.sql:  # rendered at execution by SQLAlchemy some other way (a literal_execute)
+            raise ValueError(f"prebuilt: a parameter this module does not render: {self.sql}")
         self.expanding = frozenset(widths)
         self.defaults: dict[str, Any] = dict(compiled.params)
         # parameters without a value of their own: each call (each row of an executemany) must give them
