@@ -21,12 +21,12 @@ from kubecrawl.core.sites import ScopeSpec, compile_pattern
 from kubecrawl.core.urls import normalise_url_and_host, url_host
 
 # admit() verdicts are memoised: a site's navigation puts the same links on every page, so a crawl meets each URL
-# about 25 times. One memo for the process, keyed by scope and URL, holds at most _MEMO_SIZE verdicts (about 10 MB):
-# when full, the older half goes. Per scope, a fixed bound either thrashed on crawls larger than it (2,048 URLs:
-# every link judged again on a 6,000-page crawl, 6 % of its time, bench/profile_crawl.py) or, times the 1,024
-# scopes a worker keeps (worker/crawling.py), bounded nothing useful. Only URLs up to _MEMO_URL_LENGTH characters
-# are remembered; longer links, rare, are judged each time.
-_MEMO_SIZE = 65_536
+# about 25 times. One memo for the process, keyed by scope and URL, holds at most _MEMO_SIZE verdicts (7 MB for
+# links of 45 characters); when full, the older half goes. Per scope, a fixed bound either thrashed on crawls
+# larger than it (2,048 URLs: every link judged again on a 6,000-page crawl, 6 % of its time,
+# bench/profile_crawl.py) or, times the 1,024 scopes a worker keeps (worker/crawling.py), bounded nothing useful.
+# Only URLs up to _MEMO_URL_LENGTH characters are remembered; longer links, rare, are judged each time.
+_MEMO_SIZE = 32_768
 _MEMO_URL_LENGTH = 512
 
 
