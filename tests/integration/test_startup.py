@@ -37,7 +37,7 @@ OPEN = {"KUBECRAWL_ALLOW_PRIVATE_TARGETS": "true"}  # the test sites live on loo
 LISTING = (
     "import atexit, gc, sys\n"
     "listing = sys.argv.pop(1)\n"
-    "atexit.register(lambda: open(listing, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+    "atexit.register(lambda: open(listing, 'w').write('\\n'.join(sorted(n for n, m in sys.modules.items() if m))))\n"
     "atexit.register(lambda: open(listing + '.gc', 'w').write(f'{gc.isenabled()} {gc.get_freeze_count()}'))\n"
     "sys.argv[0] = 'kubecrawl'\n"
     "from kubecrawl.cli import main\n"
@@ -122,6 +122,9 @@ async def test_a_crawl_loads_no_broker_client_api_server_mongodb_driver_schedule
     # the listing sees what the crawl uses
     assert {"kubecrawl.embedded", "sqlalchemy.dialects.sqlite", "aiohttp", "alembic"} <= loaded  # a new file
     assert loaded & NEVER_ON_SQLITE == set()
+    # the progress bar's rich, not what httpx's CLI and structlog import of it (pygments: Alembic's, a new file)
+    assert "rich.progress" in loaded
+    assert loaded & {"httpx._main", "rich.traceback", "rich.syntax"} == set()
 
 
 async def test_a_crawl_collects_garbage_again_once_started_having_frozen_what_start_up_built(
@@ -233,6 +236,8 @@ async def test_a_worker_on_postgresql_loads_no_migrations_mongodb_driver_or_api_
     assert {"aio_pika", "sqlalchemy", "kubecrawl.worker"} <= loaded  # the listing sees what the worker uses
     never = {"alembic", "pymongo", "bson", "uvicorn", "fastapi", "starlette", "kopf", "kubernetes_asyncio", "yaml"}
     assert loaded & (never | {"croniter", "kubecrawl.api", "kubecrawl.embedded", "kubecrawl.operator"}) == set()
+    # neither httpx's command-line client nor structlog's rich tracebacks (kubecrawl/__init__.py, core/logging.py)
+    assert loaded & {"httpx._main", "rich", "pygments"} == set()
 
 
 async def test_a_trigger_loads_an_http_client_and_no_store_broker_or_server(settings: Settings, tmp_path: Path) -> None:
@@ -254,3 +259,4 @@ async def test_a_trigger_loads_an_http_client_and_no_store_broker_or_server(sett
     assert '"event":"crawl_triggered"' in run.err
     assert {"httpx", "kubecrawl.operator"} <= loaded  # the listing sees what the trigger uses
     assert loaded & NEVER_IN_TRIGGER == set()
+    assert loaded & {"httpx._main", "rich", "pygments"} == set()  # as for the worker

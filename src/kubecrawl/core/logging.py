@@ -15,14 +15,40 @@ both paths' loggers share.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
 from typing import Any, Literal
 
 import orjson
-import structlog
-from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog with rich hidden from it (once per process; nothing changes if structlog is imported).
+
+    ``structlog.dev`` imports rich's console and traceback modules (and pygments) whenever rich is installed, for
+    exception formatting this module never uses: tracebacks are plain text before any renderer, as rich's would
+    print local variables, which may hold secrets. With httpx's command-line client (``kubecrawl/__init__.py``)
+    that was some 55 ms of every command's start-up. What imports rich afterwards (``kubecrawl crawl``'s progress
+    bar) gets it as usual."""
+    if "structlog" in sys.modules:
+        return
+    rich = sys.modules.get("rich")  # the crawl's command imports rich's console before its logging is set up
+    sys.modules["rich"] = None  # type: ignore[assignment]  # ``import rich`` raises ImportError meanwhile
+    try:
+        importlib.import_module("structlog")
+    finally:
+        if rich is None:
+            del sys.modules["rich"]
+        else:
+            sys.modules["rich"] = rich
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402 (imported by the call above, without rich)
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger  # noqa: E402
 
 
 def _service_name_adder(service_name: str) -> Processor:
