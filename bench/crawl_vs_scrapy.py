@@ -205,7 +205,7 @@ def run_raw(base_url: str, pages: int, *, on_uvloop: bool = False) -> None:
                     body = await response.read()
                 tree = LexborHTMLParser(body)
                 # By tag name, as kubecrawl's extraction does: a CSS selector sets up lexbor's CSS engine for each
-                # parsed page, which cost three times the parse (until 2026-12-06 this loop used css()).
+                # parsed page, which cost more than the parse (until 2026-12-06 this loop used css()).
                 titles = tree.tags("title")
                 _ = titles[0].text() if titles else None
                 links += sum(1 for node in tree.tags("a") if node.attributes.get("href"))
