@@ -1,15 +1,22 @@
 """The fetcher verifies TLS certificates: a site whose certificate no trusted CA signed is not fetched.
 
 The SSL context the HTTP transport is given is never used (the fetcher's own connector verifies with aiohttp's
-default context; ``fetch/fetching.py``, ``Fetcher.__aenter__``); this keeps it that way on a real TLS server.
+default context; ``fetch/fetching.py``, ``Fetcher.__aenter__``); this keeps it that way on a real TLS server. That
+default context loads its CA certificates at its first TLS connection (``core/deferred_trust.py``): a fresh
+process shows that nothing is loaded before, the default paths (``SSL_CERT_FILE``) are after, and verification
+still refuses what they do not sign.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import ssl
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -71,5 +78,82 @@ async def test_a_site_with_a_certificate_no_trusted_ca_signed_is_not_fetched(tmp
             with pytest.raises(FetchTransient, match="Certificate") as refused:
                 await fetcher.fetch(f"https://127.0.0.1:{port}/")
         assert refused.value.code == "connect_error"
+    finally:
+        await runner.cleanup()
+
+
+# Run in a fresh interpreter: aiohttp's default contexts are made when kubecrawl first imports it (pytest's own
+# plugins may import aiohttp before kubecrawl in this process). Prints what the contexts held before and after.
+_FETCH_IN_A_NEW_PROCESS = """
+import asyncio, json, sys
+from kubecrawl.core.errors import KubecrawlError
+from kubecrawl.core.settings import FetchSettings
+from kubecrawl.core.urls import TargetPolicy
+from kubecrawl.fetch.fetching import Fetcher
+import aiohttp.connector as connector
+
+def cas():
+    contexts = (connector._SSL_CONTEXT_VERIFIED, connector._SSL_CONTEXT_UNVERIFIED)
+    return [context.cert_store_stats()["x509_ca"] for context in contexts]
+
+async def main():
+    before = cas()
+    async with Fetcher(FetchSettings(timeout_seconds=30), TargetPolicy(allow_private=True)) as fetcher:
+        try:
+            outcome = (await fetcher.fetch(sys.argv[1])).status_code
+        except KubecrawlError as exc:
+            outcome = f"{exc.code}: {exc}"
+    print(json.dumps({"before": before, "outcome": outcome, "after": cas()}))
+
+if sys.argv[2] == "uvloop":  # the loop kubecrawl's processes run on
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+async def _fetch_in_a_new_process(url: str, loop: str, **env: str) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FETCH_IN_A_NEW_PROCESS,
+        url,
+        loop,
+        env={key: value for key, value in os.environ.items() if not key.startswith("SSL_CERT_")} | env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_the_ca_bundle_is_loaded_at_the_first_tls_connection_from_the_default_paths(
+    tmp_path: Path, loop: str
+) -> None:
+    """core/deferred_trust.py: importing the fetcher loads no CA certificate; the first TLS connection (uvloop's and
+    asyncio's TLS transports alike) loads the default paths (here SSL_CERT_FILE, the one certificate the site's is)
+    into the verifying context only, and a site signed by none of the default CAs is still refused."""
+    cert, key = self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_get("/", _page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        trusted = await _fetch_in_a_new_process(url, loop, SSL_CERT_FILE=str(cert))
+        assert trusted == {"before": [0, 0], "outcome": 200, "after": [1, 0]}
+        system = await _fetch_in_a_new_process(url, loop)  # the machine's CA bundle: no CA of it signed this site
+        assert system["before"] == [0, 0]
+        assert str(system["outcome"]).startswith("connect_error: ")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(system["outcome"])
+        assert system["after"][0] > 1  # the machine's CAs, in the verifying context
+        assert system["after"][1] == 0
     finally:
         await runner.cleanup()

@@ -1,4 +1,8 @@
-"""Domain models shared by the API, the worker and the store."""
+"""Domain models shared by the API, the worker and the store.
+
+The models ``kubecrawl crawl`` never validates (a metadata record, a stored fetch, a crawl page as the API lists
+it) build their validators at first use (``defer_build``), not at import: a few milliseconds of every command's
+start-up (docs/crawls.md, "Start-up")."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ FINAL_PAGE_STATUSES = frozenset({PageStatus.COMPLETED, PageStatus.FAILED_PERMANE
 class PageMetadataRecord(BaseModel):
     """One row of ``page_metadata`` as the API returns it."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, defer_build=True)
 
     url: str
     status: PageStatus
@@ -62,6 +66,8 @@ class PageMetadataRecord(BaseModel):
 
 class FetchedPage(BaseModel):
     """What a successful fetch stores: the worker builds it from the fetch result and extracted metadata."""
+
+    model_config = ConfigDict(defer_build=True)
 
     http_status: int
     final_url: str
@@ -136,6 +142,8 @@ class Crawl(BaseModel):
 
 
 class CrawlPage(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: int
     url: str
     depth: int
