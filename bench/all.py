@@ -5,8 +5,9 @@ with its ratio and target.
     flock /tmp/kubecrawl-bench.lock .venv/bin/python bench/all.py           # the full run (hours: 100,000 pages)
 
 Benches are found by module name in bench/; one that is absent is reported as such and skipped, one that fails
-is reported and the others still run. ``--only a,b`` runs a subset. Those whose JSON this script reads
-(``--json PATH``) are summarised here; the others' own output is their summary.
+is reported and the others still run. ``--only a,b`` runs a subset. Each bench writes its figures to a JSON file
+this script names (``--json PATH``), and the summary at the end reads them back: one line per goal, its figure, its
+ratio and whether its target is met (goal 2's worker in the full run only: ``--quick`` starts no servers for it).
 
 | bench | goal | quick | full |
 |---|---|---|---|
@@ -26,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +43,39 @@ def plan(quick: bool, stamp: str) -> list[tuple[str, str, list[str]]]:
 
     q = ["--quick"] if quick else []
     return [
-        ("startup", "startup", q),
-        ("crawl_size", "crawl_size", q),
-        ("crawl_vs_scrapy", "crawl_vs_scrapy", ["--pages", "1000" if quick else "2000"]),
+        ("startup", "startup", [*q, "--json", out("startup")]),
+        ("crawl_size", "crawl_size", [*q, "--json", out("crawl-size")]),
+        ("crawl_vs_scrapy", "crawl_vs_scrapy", ["--pages", "1000" if quick else "2000", "--json", out("crawl")]),
         ("metadata_pipeline", "metadata_pipeline", [*(q or ["--pages", "20000"]), "--json", out("metadata")]),
         ("dist_size-1", "dist_size", [*(q or ["--pages", "100000"]), "--json", out("size-1")]),
         ("dist_size-2", "dist_size", [*(q or ["--pages", "20000"]), "--workers", "2", "--json", out("size-2")]),
         ("many_hosts", "many_hosts", [*q, "--json", out("hosts")]),
         ("scaling_model", "scaling_model", [out("size-1"), out("size-2"), "--json", out("model")]),
     ]
+
+
+def single_process(read: Callable[[str], dict[str, Any] | None], ok: dict[bool, str]) -> None:
+    """Goals 1, 2 and 3 embedded: the benches that run kubecrawl's processes on their own (no servers)."""
+    if crawl := read("crawl"):
+        ratios = crawl["ratios"]
+        if "embedded / raw" in ratios:
+            print(
+                f"  goal 1  embedded crawl {ratios['embedded / raw']:.2f} × raw (≥ 0.4) "
+                f"{ok[ratios['embedded / raw'] >= 0.4]}; {ratios.get('embedded / scrapy', 0):.2f} × Scrapy"
+            )
+    if startup := read("startup"):
+        for name, figure in startup["results"].items():
+            if name != "peer" and "@" not in name:
+                print(
+                    f"  goal 2  {name}: {figure['median_seconds']:.3f} s to {figure['measured']} "
+                    f"({figure['ratio_to_peer']:.2f} × the peer) (≤ 0.5 s) {ok[figure['target_met']]}"
+                )
+    if size := read("crawl-size"):
+        print(
+            f"  goal 3  embedded, {size['fetched']} pages: last/first tenth {size['last_over_first']:.2f} (≥ 0.9) "
+            f"{ok[size['last_over_first'] >= 0.9]}; RSS {size['max_rss_mb']:.0f} MB (≤ 300) "
+            f"{ok[size['max_rss_mb'] <= 300]}; {size['db_bytes_per_page']:.0f} DB bytes/page"
+        )
 
 
 def summary(stamp: str, outcomes: dict[str, str]) -> None:
@@ -61,6 +87,7 @@ def summary(stamp: str, outcomes: dict[str, str]) -> None:
     print("\n=== summary ===")
     for label, outcome in outcomes.items():
         print(f"  {label:<18} {outcome}")
+    single_process(read, ok)
     if meta := read("metadata"):
         print(
             f"  goal 5  metadata pipeline: 1 worker {meta['worker_pages_per_s']:.0f} pages/s, raw "

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, RESULTS, ROOT, crawl_seconds, generate_site, start_nginx, stop_site
+from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, RESULTS, crawl_seconds, generate_site, start_nginx, stop_site
 
 TENTHS = 10
 FLATNESS_TARGET = 0.9
@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="10,000 pages")
     parser.add_argument("--keep", action="store_true", help="keep the site and the database")
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the figures here (default: bench/results/crawl-size-….json)"
+    )
     args = parser.parse_args()
     pages = 10_000 if args.quick else args.pages
 
@@ -199,7 +202,7 @@ def main() -> None:
     print(f"  database                  {db_bytes / fetched:>6.0f} bytes per page ({db_bytes / 1e6:.0f} MB)")
     print(f"  CPU                       {1000 * run['cpu_seconds'] / fetched:>6.2f} ms per page (whole process)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"crawl-size-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out = Path(args.json) if args.json else RESULTS / f"crawl-size-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(
         json.dumps(
             {
@@ -219,7 +222,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"\n  written to {out.relative_to(ROOT)}")
+    print(f"\n  written to {out}")
 
 
 if __name__ == "__main__":

@@ -498,6 +498,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="run everything this many times; ratios are medians of each round's"
     )
+    parser.add_argument("--json", metavar="PATH", help="write the figures here (default: bench/results/crawl-….json)")
     args = parser.parse_args()
     runs = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(runs) - set(ALL_RUNS)
@@ -545,10 +546,10 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    report(rounds, args.pages)
+    report(rounds, args.pages, args.json)
 
 
-def report(rounds: list[dict[str, dict[str, Any]]], pages: int) -> None:
+def report(rounds: list[dict[str, dict[str, Any]]], pages: int, path: str | None = None) -> None:
     """Each run's pages/s (median, and the range over rounds), its CPU seconds (last round), and each ratio as
     the median of the ratios measured within one round: both sides of a ratio shared the machine's state."""
     print(f"\n  {'run':<10} {'pages':>6} {'seconds':>8} {'pages/s':>9}   note")
@@ -592,7 +593,7 @@ def report(rounds: list[dict[str, dict[str, Any]]], pages: int) -> None:
             verdict = "ok" if ratios[label] >= target else "MISSED"
             print(f"  {label:<22} {ratios[label]:>6.2f}   (target ≥ {target})  {verdict}{spread}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"crawl-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out = Path(path) if path else RESULTS / f"crawl-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(
         json.dumps(
             {
@@ -604,7 +605,7 @@ def report(rounds: list[dict[str, dict[str, Any]]], pages: int) -> None:
             indent=2,
         )
     )
-    print(f"\n  written to {out.relative_to(ROOT)}")
+    print(f"\n  written to {out}")
 
 
 if __name__ == "__main__":

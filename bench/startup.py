@@ -264,6 +264,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (databases, server data)")
     parser.add_argument("--baseline", metavar="REF", help="also run the commands from this git commit's sources")
     parser.add_argument("--current-venv", action="store_true", help="run in this virtualenv, extras and all")
+    parser.add_argument("--json", metavar="PATH", help="write the figures here (default: bench/results/startup-….json)")
     args = parser.parse_args()
     runs = [name.strip() for name in args.only.split(",") if name.strip()]
     if args.quick:
@@ -310,10 +311,12 @@ def main() -> None:
             server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    report(times, venv=str(python.parent.parent), load_before=load_before, load_after=load())
+    report(times, venv=str(python.parent.parent), load_before=load_before, load_after=load(), out=args.json)
 
 
-def report(times: dict[str, list[dict[str, float]]], *, venv: str, load_before: str, load_after: str) -> None:
+def report(
+    times: dict[str, list[dict[str, float]]], *, venv: str, load_before: str, load_after: str, out: str | None = None
+) -> None:
     medians = {
         name: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for name, runs in times.items()
     }
@@ -343,8 +346,8 @@ def report(times: dict[str, list[dict[str, float]]], *, venv: str, load_before: 
         }
     print("(worker: exec → /health/ready 200, and SIGTERM → exit)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"startup-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(
+    path = Path(out) if out else RESULTS / f"startup-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(
         json.dumps(
             {
                 "benchmark": "startup",
@@ -357,7 +360,7 @@ def report(times: dict[str, list[dict[str, float]]], *, venv: str, load_before: 
             indent=2,
         )
     )
-    print(f"written to {out}")
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":
