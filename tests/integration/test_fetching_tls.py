@@ -15,6 +15,7 @@ import os
 import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ async def _page(_request: web.Request) -> web.Response:
     return web.Response(text="<title>tls</title>", content_type="text/html")
 
 
-async def test_a_site_with_a_certificate_no_trusted_ca_signed_is_not_fetched(tmp_path: Path) -> None:
+@pytest.fixture
+async def tls_site(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A one-page site on 127.0.0.1 served over TLS with a self-signed certificate: its port and the certificate."""
     cert, key = self_signed(tmp_path)
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
@@ -67,19 +70,23 @@ async def test_a_site_with_a_certificate_no_trusted_ca_signed_is_not_fetched(tmp
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
     await site.start()
-    port = runner.addresses[0][1]
     try:
-        # The server does serve TLS: a client that trusts this certificate gets through the handshake.
-        trusting = ssl.create_default_context(cafile=str(cert))
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusting)
-        writer.close()
-        await writer.wait_closed()
-        async with Fetcher(FetchSettings(timeout_seconds=30), OPEN) as fetcher:
-            with pytest.raises(FetchTransient, match="Certificate") as refused:
-                await fetcher.fetch(f"https://127.0.0.1:{port}/")
-        assert refused.value.code == "connect_error"
+        yield runner.addresses[0][1], cert
     finally:
         await runner.cleanup()
+
+
+async def test_a_site_with_a_certificate_no_trusted_ca_signed_is_not_fetched(tls_site: tuple[int, Path]) -> None:
+    port, cert = tls_site
+    # The server does serve TLS: a client that trusts this certificate gets through the handshake.
+    trusting = ssl.create_default_context(cafile=str(cert))
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusting)
+    writer.close()
+    await writer.wait_closed()
+    async with Fetcher(FetchSettings(timeout_seconds=30), OPEN) as fetcher:
+        with pytest.raises(FetchTransient, match="Certificate") as refused:
+            await fetcher.fetch(f"https://127.0.0.1:{port}/")
+    assert refused.value.code == "connect_error"
 
 
 # Run in a fresh interpreter: aiohttp's default contexts are made when kubecrawl first imports it (pytest's own
@@ -131,29 +138,18 @@ async def _fetch_in_a_new_process(url: str, loop: str, **env: str) -> dict[str, 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 async def test_the_ca_bundle_is_loaded_at_the_first_tls_connection_from_the_default_paths(
-    tmp_path: Path, loop: str
+    tls_site: tuple[int, Path], loop: str
 ) -> None:
     """core/deferred_trust.py: importing the fetcher loads no CA certificate; the first TLS connection (uvloop's and
     asyncio's TLS transports alike) loads the default paths (here SSL_CERT_FILE, the one certificate the site's is)
     into the verifying context only, and a site signed by none of the default CAs is still refused."""
-    cert, key = self_signed(tmp_path)
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    served.load_cert_chain(cert, key)
-    app = web.Application()
-    app.router.add_get("/", _page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
-    await site.start()
-    url = f"https://127.0.0.1:{runner.addresses[0][1]}/"
-    try:
-        trusted = await _fetch_in_a_new_process(url, loop, SSL_CERT_FILE=str(cert))
-        assert trusted == {"before": [0, 0], "outcome": 200, "after": [1, 0]}
-        system = await _fetch_in_a_new_process(url, loop)  # the machine's CA bundle: no CA of it signed this site
-        assert system["before"] == [0, 0]
-        assert str(system["outcome"]).startswith("connect_error: ")
-        assert "CERTIFICATE_VERIFY_FAILED" in str(system["outcome"])
-        assert system["after"][0] > 1  # the machine's CAs, in the verifying context
-        assert system["after"][1] == 0
-    finally:
-        await runner.cleanup()
+    port, cert = tls_site
+    url = f"https://127.0.0.1:{port}/"
+    trusted = await _fetch_in_a_new_process(url, loop, SSL_CERT_FILE=str(cert))
+    assert trusted == {"before": [0, 0], "outcome": 200, "after": [1, 0]}
+    system = await _fetch_in_a_new_process(url, loop)  # the machine's CA bundle: no CA of it signed this site
+    assert system["before"] == [0, 0]
+    assert str(system["outcome"]).startswith("connect_error: ")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(system["outcome"])
+    assert system["after"][0] > 1  # the machine's CAs, in the verifying context
+    assert system["after"][1] == 0
