@@ -17,10 +17,11 @@ connection such a context's ``get_ca_certs()`` and ``cert_store_stats()`` show n
 surfaces at that connection, as an ``ssl.SSLError``, instead of at import.
 
 Every other SSL context of the process (kubernetes_asyncio's, httpx's, a test's) is untouched: the hook is active
-only while aiohttp.connector's module body runs, and is removed once it has. If aiohttp was imported before
-kubecrawl, aiohttp keeps its eager contexts. ``tests/integration/test_fetching_tls.py`` checks both sides in a
-fresh process: nothing loaded before the first connection, a certificate signed by a CA of ``SSL_CERT_FILE``
-accepted, one no trusted CA signed refused.
+only while aiohttp.connector's module body runs, and is removed once it has (a context another thread happened to
+make in that window would be deferred the same way, and load at its own first connection). If aiohttp was
+imported before kubecrawl, aiohttp keeps its eager contexts. ``tests/integration/test_fetching_tls.py`` checks
+both sides in a fresh process: nothing loaded before the first connection, a certificate signed by a CA of
+``SSL_CERT_FILE`` accepted, one no trusted CA signed refused.
 """
 
 from __future__ import annotations
