@@ -32,12 +32,20 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crawl_vs_scrapy import CONCURRENCY, KUBECRAWL, RESULTS, crawl_seconds, generate_site, start_nginx, stop_site
+from crawl_vs_scrapy import (
+    CONCURRENCY,
+    KUBECRAWL,
+    crawl_seconds,
+    generate_site,
+    save_result,
+    start_nginx,
+    stop_site,
+)
 
 TENTHS = 10
 FLATNESS_TARGET = 0.9
@@ -201,28 +209,27 @@ def main() -> None:
     )
     print(f"  database                  {db_bytes / fetched:>6.0f} bytes per page ({db_bytes / 1e6:.0f} MB)")
     print(f"  CPU                       {1000 * run['cpu_seconds'] / fetched:>6.2f} ms per page (whole process)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.json) if args.json else RESULTS / f"crawl-size-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "pages": pages,
-                "fetched": fetched,
-                "seconds": seconds,
-                "state": crawl["state"],
-                "tenths": curve,
-                "last_over_first": flatness,
-                "cpu_first_over_last": cpu_flatness,
-                "max_rss_mb": run["max_rss_mb"],
-                "db_bytes": db_bytes,
-                "db_bytes_per_page": db_bytes / fetched,
-                "cpu_seconds": run["cpu_seconds"],
-                "load_average": {"before": load_before, "after": load_after},
-            },
-            indent=2,
-        )
+    print()
+    save_result(
+        {
+            "pages": pages,
+            "fetched": fetched,
+            "seconds": seconds,
+            "state": crawl["state"],
+            "tenths": curve,
+            "last_over_first": flatness,
+            "flat_met": flatness >= FLATNESS_TARGET,
+            "cpu_first_over_last": cpu_flatness,
+            "max_rss_mb": run["max_rss_mb"],
+            "rss_met": run["max_rss_mb"] <= RSS_TARGET_MB,
+            "db_bytes": db_bytes,
+            "db_bytes_per_page": db_bytes / fetched,
+            "cpu_seconds": run["cpu_seconds"],
+            "load_average": {"before": load_before, "after": load_after},
+        },
+        args.json,
+        "crawl-size",
     )
-    print(f"\n  written to {out}")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,6 +91,14 @@ ALL_RUNS = ("raw", "raw-uvloop", "scrapy", "embedded", "dist-1", "dist-2", "mong
 
 
 # --- the site ---------------------------------------------------------------------------------------------------
+
+
+def save_result(result: dict[str, Any], out: Path | str | None, name: str) -> None:
+    """Write a run's figures to ``out``, by default bench/results/<name>-<UTC timestamp>.json."""
+    out = Path(out) if out else RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  written to {out}")
 
 
 def page_path(i: int) -> str:
@@ -592,20 +600,20 @@ def report(rounds: list[dict[str, dict[str, Any]]], pages: int, path: str | None
                 continue
             verdict = "ok" if ratios[label] >= target else "MISSED"
             print(f"  {label:<22} {ratios[label]:>6.2f}   (target ≥ {target})  {verdict}{spread}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(path) if path else RESULTS / f"crawl-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "pages": pages,
-                "rounds": rounds,
-                "ratios": ratios,
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            },
-            indent=2,
-        )
+    targets = {label: target for label, _top, _bottom, target in checks if label in ratios and target is not None}
+    print()
+    save_result(
+        {
+            "pages": pages,
+            "rounds": rounds,
+            "ratios": ratios,
+            "targets": targets,
+            "met": {label: ratios[label] >= target for label, target in targets.items()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        },
+        path,
+        "crawl",
     )
-    print(f"\n  written to {out}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from distributed import (
     load_average,
     machine_busy_seconds,
     peak_rss_mb,
-    save_result,
     tree_cpu,
 )
 
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_report(result)
-    save_result(result, args.json, f"dist-size-{args.workers}w")
+    crawl_bench.save_result(result, args.json, f"dist-size-{args.workers}w")
     return result
 
 

@@ -84,14 +84,6 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
-    """Write a run's figures to ``out``, by default bench/results/<name>-<UTC timestamp>.json."""
-    out = out or ROOT / "bench" / "results" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  written to {out}")
-
-
 # --- servers and kubecrawl processes -------------------------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import crawl_vs_scrapy as crawl_bench
-from distributed import Services, http_json, load_average, save_result, tree_cpu
+from distributed import Services, http_json, load_average, tree_cpu
 
 PREFETCH = 16
 PER_HOST_CONCURRENCY = 2
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_report(result)
-    save_result(result, args.json, "many-hosts")
+    crawl_bench.save_result(result, args.json, "many-hosts")
     return result
 
 

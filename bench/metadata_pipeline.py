@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import crawl_vs_scrapy as crawl_bench
-from distributed import Services, load_average, peak_rss_mb, save_result, tree_cpu
+from distributed import Services, load_average, peak_rss_mb, tree_cpu
 
 TARGET = 0.5
 PREFETCH = 16
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_report(result)
-    save_result(result, args.json, "metadata")
+    crawl_bench.save_result(result, args.json, "metadata")
     return result
 
 

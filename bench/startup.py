@@ -46,7 +46,6 @@ machine's figures move with its load, so read the ratios, measured in the same r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -58,14 +57,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support.servers: the same private servers the test suite uses
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+from crawl_vs_scrapy import save_result  # noqa: E402
+
 PRODUCT_VENV = ROOT / ".cache" / "startup-venv"
 TARGET_SECONDS = 0.5
 ALL_RUNS = ("peer", "crawl", "trigger", "worker")
@@ -345,22 +345,18 @@ def report(
             "exit_median_seconds": round(medians[name]["exit"], 4),
         }
     print("(worker: exec → /health/ready 200, and SIGTERM → exit)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = Path(out) if out else RESULTS / f"startup-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "benchmark": "startup",
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "virtualenv": venv,
-                "load_average": {"start": load_before, "end": load_after},
-                "results": summary,
-            },
-            indent=2,
-        )
+    save_result(
+        {
+            "benchmark": "startup",
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "virtualenv": venv,
+            "load_average": {"start": load_before, "end": load_after},
+            "results": summary,
+        },
+        out,
+        "startup",
     )
-    print(f"written to {path}")
 
 
 if __name__ == "__main__":
